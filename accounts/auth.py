@@ -1,0 +1,188 @@
+"""API key authentication for the async inference API and the management API.
+
+The lookup result is cached in the process for `API_KEY_CACHE_SECONDS`, so a
+hot key costs no database query per request. Revoking a key or suspending its
+organization therefore takes effect in every process within that many
+seconds (5 by default). Expiry is checked on every request against the cached
+expiry time, so an expired key is refused at once.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from accounts import keys
+from accounts.models import APIKey
+from novakit.errors import ApiError, forbidden, unauthorized
+
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+_CACHE_MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyContext:
+    """What the request path needs to know about the caller, without ORM objects."""
+
+    key_id: int
+    key_prefix: str
+    organization_id: int
+    organization_slug: str
+    organization_active: bool
+    scopes: frozenset[str]
+    allowed_models: frozenset[str]
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent_requests: int | None
+    org_requests_per_minute: int | None
+    org_tokens_per_minute: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def allows_model(self, model_id: str) -> bool:
+        return not self.allowed_models or model_id in self.allowed_models
+
+
+# key hash -> (context, monotonic time it was read)
+_cache: dict[str, tuple[KeyContext, float]] = {}
+# key id -> when this process last wrote last_used_at
+_last_used_written: dict[int, datetime] = {}
+
+
+def cache_clear() -> None:
+    _cache.clear()
+    _last_used_written.clear()
+
+
+def _load_context(key_hash: str, prefix: str) -> KeyContext | None:
+    row = (
+        APIKey.objects.select_related("organization")
+        .filter(prefix=prefix)
+        .only(
+            "id", "prefix", "key_hash", "scopes", "allowed_models", "requests_per_minute",
+            "tokens_per_minute", "max_concurrent_requests", "expires_at", "revoked_at",
+            "organization__id", "organization__slug", "organization__is_active",
+            "organization__requests_per_minute", "organization__tokens_per_minute",
+        )
+        .first()
+    )
+    # Compare the full hash in constant time: finding the row by prefix alone
+    # proves nothing.
+    if row is None or not keys.matches_hash(key_hash, row.key_hash):
+        return None
+    org = row.organization
+    return KeyContext(
+        key_id=row.id,
+        key_prefix=row.prefix,
+        organization_id=org.id,
+        organization_slug=org.slug,
+        organization_active=org.is_active,
+        scopes=frozenset(row.scopes),
+        allowed_models=frozenset(row.allowed_models or ()),
+        requests_per_minute=row.requests_per_minute,
+        tokens_per_minute=row.tokens_per_minute,
+        max_concurrent_requests=row.max_concurrent_requests,
+        org_requests_per_minute=org.requests_per_minute,
+        org_tokens_per_minute=org.tokens_per_minute,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+def parse_bearer(header: str | None) -> str:
+    """The secret from an `Authorization: Bearer sk_...` header, or 401."""
+    if not header:
+        raise unauthorized("Missing API key: send 'Authorization: Bearer sk_...'")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise unauthorized("Malformed Authorization header: expected 'Bearer sk_...'")
+    if not keys.looks_like_secret(token):
+        raise unauthorized("Invalid API key")
+    return token
+
+
+def _check(context: KeyContext | None, scope: str | None) -> KeyContext:
+    now = timezone.now()
+    if context is None:
+        raise unauthorized("Invalid API key")
+    if context.revoked_at is not None and context.revoked_at <= now:
+        raise unauthorized("This API key has been revoked")
+    if context.expires_at is not None and context.expires_at <= now:
+        raise unauthorized("This API key has expired")
+    if not context.organization_active:
+        raise forbidden("This organization is suspended")
+    if scope is not None and scope not in context.scopes:
+        raise forbidden(f"This API key lacks the '{scope}' scope")
+    return context
+
+
+def _cached(key_hash: str) -> KeyContext | None:
+    entry = _cache.get(key_hash)
+    if entry is None:
+        return None
+    context, read_at = entry
+    if time.monotonic() - read_at > settings.API_KEY_CACHE_SECONDS:
+        _cache.pop(key_hash, None)
+        return None
+    return context
+
+
+def _remember(key_hash: str, context: KeyContext) -> None:
+    if len(_cache) >= _CACHE_MAX_ENTRIES:
+        _cache.clear()
+    _cache[key_hash] = (context, time.monotonic())
+
+
+def _touch_due(context: KeyContext) -> bool:
+    now = timezone.now()
+    last = _last_used_written.get(context.key_id)
+    if last is not None and now - last < LAST_USED_RESOLUTION:
+        return False
+    _last_used_written[context.key_id] = now
+    return True
+
+
+def _touch(key_id: int) -> None:
+    # Conditional: several processes share the minute, one of them writes.
+    now = timezone.now()
+    APIKey.objects.filter(pk=key_id).exclude(last_used_at__gt=now - LAST_USED_RESOLUTION).update(
+        last_used_at=now
+    )
+
+
+def authenticate_secret(secret: str, *, scope: str | None) -> KeyContext:
+    """Synchronous authentication (management API, commands)."""
+    key_hash = keys.hash_secret(secret)
+    context = _cached(key_hash)
+    if context is None:
+        context = _load_context(key_hash, keys.visible_prefix(secret))
+        if context is not None:
+            _remember(key_hash, context)
+    context = _check(context, scope)
+    if _touch_due(context):
+        _touch(context.key_id)
+    return context
+
+
+async def aauthenticate(authorization: str | None, *, scope: str | None) -> KeyContext:
+    """Authenticate a request's Authorization header from async code."""
+    secret = parse_bearer(authorization)
+    key_hash = keys.hash_secret(secret)
+    context = _cached(key_hash)
+    if context is None:
+        context = await sync_to_async(_load_context)(key_hash, keys.visible_prefix(secret))
+        if context is not None:
+            _remember(key_hash, context)
+    context = _check(context, scope)
+    if _touch_due(context):
+        await sync_to_async(_touch)(context.key_id)
+    return context
+
+
+__all__ = ["ApiError", "KeyContext", "aauthenticate", "authenticate_secret", "parse_bearer"]

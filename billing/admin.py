@@ -1,0 +1,111 @@
+from django import forms
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
+
+from billing.models import CreditAccount, LedgerEntry, Quota, Reservation
+from billing.services import credits_adjust, credits_grant
+
+
+class ReadOnlyMixin:
+    def has_add_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+class LedgerInline(ReadOnlyMixin, admin.TabularInline):
+    model = LedgerEntry
+    fields = ["created_at", "kind", "amount", "balance_after", "request_id", "reason", "actor",
+              "actor_label"]
+    readonly_fields = fields
+    ordering = ["-created_at", "-id"]
+    max_num = 0
+    show_change_link = False
+
+
+class CreditChangeForm(forms.Form):
+    kind = forms.ChoiceField(choices=[
+        (LedgerEntry.Kind.GRANT, "Grant (add credits)"),
+        (LedgerEntry.Kind.PURCHASE, "Purchase (add credits)"),
+        (LedgerEntry.Kind.ADJUSTMENT, "Adjustment (signed)"),
+        (LedgerEntry.Kind.REFUND, "Refund (add credits)"),
+    ])
+    amount = forms.IntegerField()
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=True)
+
+
+@admin.register(CreditAccount)
+class CreditAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["organization", "balance", "reserved", "available", "updated_at"]
+    search_fields = ["organization__slug"]
+    readonly_fields = ["organization", "balance", "reserved", "low_balance_threshold",
+                       "updated_at"]
+    inlines = [LedgerInline]
+    change_form_template = "admin/billing/creditaccount/change_form.html"
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return request.user.has_perm("billing.view_creditaccount")
+
+    def get_urls(self):  # type: ignore[no-untyped-def]
+        return [
+            path("<int:pk>/change-credits/", self.admin_site.admin_view(self.change_credits),
+                 name="billing_creditaccount_change_credits"),
+            *super().get_urls(),
+        ]
+
+    def change_credits(self, request, pk):  # type: ignore[no-untyped-def]
+        """Grant or adjust credits through the billing service; a reason is mandatory."""
+        if not request.user.has_perm("billing.add_ledgerentry"):
+            messages.error(request, "You may not change credits.")
+            return redirect(reverse("admin:billing_creditaccount_change", args=[pk]))
+        account = get_object_or_404(CreditAccount, pk=pk)
+        form = CreditChangeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            kind, amount, reason = (form.cleaned_data[name] for name in ("kind", "amount", "reason"))
+            try:
+                if kind in (LedgerEntry.Kind.GRANT, LedgerEntry.Kind.PURCHASE):
+                    entry = credits_grant(account=account, amount=amount, reason=reason,
+                                          actor=request.user, kind=kind)
+                else:
+                    entry = credits_adjust(account=account, amount=amount, reason=reason,
+                                           actor=request.user, kind=kind)
+            except Exception as exc:  # the service's refusal, shown on the form
+                form.add_error("amount", str(getattr(exc, "message", exc)))
+            else:
+                messages.success(request, f"{entry.kind} {entry.amount:+d}: balance "
+                                          f"{entry.balance_after}")
+                return redirect(reverse("admin:billing_creditaccount_change", args=[pk]))
+        context = {**self.admin_site.each_context(request), "form": form, "account": account,
+                   "opts": self.model._meta, "title": f"Change credits of {account.organization}"}
+        return render(request, "admin/billing/change_credits.html", context)
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["created_at", "account", "kind", "amount", "balance_after", "request_id",
+                    "actor", "actor_label", "reason"]
+    list_filter = ["kind"]
+    search_fields = ["request_id", "account__organization__slug", "reason"]
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+
+@admin.register(Reservation)
+class ReservationAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["request_id", "account", "status", "amount", "charged", "created_at",
+                    "expires_at"]
+    list_filter = ["status"]
+    search_fields = ["request_id"]
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ["organization", "api_key", "metric", "period", "limit"]
+    list_filter = ["metric", "period"]
+    search_fields = ["organization__slug"]

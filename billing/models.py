@@ -1,0 +1,184 @@
+"""Credit accounts, the append-only ledger, reservations and quotas.
+
+Nothing here changes a balance: `billing.services` does, inside transactions.
+Credits are whole numbers (BigInteger); prices are worked out in Decimal and
+rounded once per request (see `billing.pricing`).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.models import APIKey, Organization
+
+
+class CreditAccount(models.Model):
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="credit_account"
+    )
+    # `balance` is the sum of this account's ledger entries, kept here so the hot
+    # path need not add them up; it changes in the same transaction as the entry.
+    balance = models.BigIntegerField(default=0)
+    # Credits held by open reservations; always <= balance.
+    reserved = models.BigIntegerField(default=0)
+    low_balance_threshold = models.BigIntegerField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # Last line of defence: the services never let these fail, but if a
+            # bug tried, the database refuses rather than overdrawing.
+            models.CheckConstraint(condition=Q(balance__gte=0), name="credit_balance_not_negative"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="credit_reserved_not_negative"),
+            models.CheckConstraint(
+                condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}: {self.balance}"
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+class LedgerEntry(models.Model):
+    class Kind(models.TextChoices):
+        GRANT = "grant", "Grant"
+        PURCHASE = "purchase", "Purchase"
+        USAGE = "usage", "Usage"
+        REFUND = "refund", "Refund"
+        ADJUSTMENT = "adjustment", "Adjustment"
+        EXPIRY = "expiry", "Expiry"
+
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    amount = models.BigIntegerField(help_text="Signed: positive adds credits, negative spends")
+    balance_after = models.BigIntegerField()
+    request_id = models.CharField(max_length=64, null=True, blank=True)
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_label = models.CharField(max_length=100, blank=True)
+    reason = models.TextField(blank=True)
+    # Makes a grant or purchase safe to submit twice (a retried payment webhook).
+    idempotency_key = models.CharField(max_length=100, null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request_id"],
+                condition=Q(kind="usage"),
+                name="ledger_one_usage_entry_per_request",
+            ),
+            models.UniqueConstraint(
+                fields=["account", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="ledger_idempotency_key_unique",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "-created_at"], name="ledger_account_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount:+d}"
+
+    def save(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if self.pk is not None:
+            raise ValueError("ledger entries are append-only: record a new entry instead")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise ValueError("ledger entries are append-only: record a new entry instead")
+
+
+class Reservation(models.Model):
+    """Credits (and quota) held for one in-flight request until it is settled."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+        EXPIRED = "expired", "Expired"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="reservations")
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    amount = models.BigIntegerField()
+    tokens = models.BigIntegerField(default=0)
+    # [[quota_counter_id, held_amount], ...]: what to give back at settlement.
+    quota_holds = models.JSONField(default=list)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    charged = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "expires_at"], name="reservation_open_expiry")]
+        constraints = [models.CheckConstraint(condition=Q(amount__gte=0), name="reservation_amount_gte_0")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.status} {self.amount}"
+
+
+class Quota(models.Model):
+    class Metric(models.TextChoices):
+        CHAT_TOKENS = "chat_tokens", "Chat tokens"
+        CREDITS = "credits", "Credits"
+
+    class Period(models.TextChoices):
+        MONTHLY = "monthly", "Monthly"
+        DAILY = "daily", "Daily"
+        NONE = "none", "No reset"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="quotas")
+    # Set: the quota binds one key; null: the whole organization.
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.CASCADE, related_name="quotas"
+    )
+    metric = models.CharField(max_length=16, choices=Metric.choices, default=Metric.CHAT_TOKENS)
+    period = models.CharField(max_length=16, choices=Period.choices, default=Period.MONTHLY)
+    limit = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "metric"],
+                condition=Q(api_key__isnull=True),
+                name="quota_one_per_org_metric",
+            ),
+            models.UniqueConstraint(fields=["api_key", "metric"], name="quota_one_per_key_metric"),
+            models.CheckConstraint(condition=Q(limit__gte=0), name="quota_limit_gte_0"),
+        ]
+
+    def __str__(self) -> str:
+        subject = self.api_key.prefix if self.api_key_id else self.organization.slug
+        return f"{subject} {self.metric} {self.limit}/{self.period}"
+
+
+class QuotaCounter(models.Model):
+    """Use of one quota in one period. A new period is a new row: resets need no job."""
+
+    quota = models.ForeignKey(Quota, on_delete=models.CASCADE, related_name="counters")
+    period_start = models.DateTimeField()
+    used = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["quota", "period_start"], name="quota_counter_unique"),
+            models.CheckConstraint(condition=Q(used__gte=0), name="quota_used_gte_0"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="quota_reserved_gte_0"),
+        ]

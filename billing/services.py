@@ -1,0 +1,514 @@
+"""Every change to credits and quotas. Keyword-only, atomic, idempotent where a retry can happen.
+
+Invariants these functions keep, and the tests check:
+- an account's `balance` equals the sum of its ledger entries;
+- `0 <= reserved <= balance` (also enforced by check constraints);
+- each request id has at most one reservation and at most one usage entry,
+  and is settled or released at most once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Least
+from django.utils import timezone
+
+from accounts.models import Organization
+from accounts.services import audit_record
+from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
+from novakit.errors import ApiError
+
+Kind = LedgerEntry.Kind
+
+
+class InsufficientCredits(ApiError):
+    def __init__(self, remaining: int) -> None:
+        super().__init__(
+            402, "quota_exceeded", "Insufficient credits", extras={"remaining": max(0, remaining)}
+        )
+
+
+class QuotaExceeded(ApiError):
+    def __init__(self, metric: str, remaining: int) -> None:
+        super().__init__(
+            402,
+            "quota_exceeded",
+            f"Quota exceeded for {metric}",
+            extras={"remaining": max(0, remaining)},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    request_id: str
+    status: str
+    charged: int
+    reserved: int
+    # After this settlement: the account's spendable credits and the least
+    # chat-token quota left among the quotas the request was held against.
+    available: int
+    quota_tokens_remaining: int | None
+    already_closed: bool = False
+
+
+# --- accounts and the ledger -------------------------------------------------
+
+
+def account_for_organization(*, organization: Organization | int) -> CreditAccount:
+    organization_id = organization if isinstance(organization, int) else organization.pk
+    account, _ = CreditAccount.objects.get_or_create(organization_id=organization_id)
+    return account
+
+
+def _append_entry(
+    *,
+    account_id: int,
+    kind: str,
+    amount: int,
+    reason: str,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    request_id: str | None = None,
+    api_key_id: int | None = None,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """Move `amount` credits (signed) into or out of an account, with its ledger entry.
+
+    Must run inside a transaction. Spending is one conditional UPDATE: it only
+    matches while the unreserved balance covers the amount, so two concurrent
+    debits cannot both pass a check made before either wrote.
+    """
+    rows = CreditAccount.objects.filter(pk=account_id)
+    if amount < 0:
+        rows = rows.filter(balance__gte=F("reserved") - amount)
+    if rows.update(balance=F("balance") + amount) != 1:
+        available = CreditAccount.objects.filter(pk=account_id).values_list(
+            "balance", "reserved"
+        ).first()
+        raise InsufficientCredits(available[0] - available[1] if available else 0)
+    # Our UPDATE holds the row's write lock until commit, so this read is exact.
+    balance_after = CreditAccount.objects.filter(pk=account_id).values_list("balance", flat=True)[0]
+    return LedgerEntry.objects.create(
+        account_id=account_id,
+        kind=kind,
+        amount=amount,
+        balance_after=balance_after,
+        reason=reason,
+        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_label=actor_label,
+        request_id=request_id,
+        api_key_id=api_key_id,
+        idempotency_key=idempotency_key,
+    )
+
+
+def _credit_movement(
+    *,
+    account: CreditAccount,
+    kind: str,
+    amount: int,
+    reason: str,
+    actor: AbstractBaseUser | None,
+    actor_label: str,
+    idempotency_key: str | None,
+) -> LedgerEntry:
+    if idempotency_key:
+        existing = LedgerEntry.objects.filter(
+            account=account, idempotency_key=idempotency_key
+        ).first()
+        if existing is not None:
+            return existing
+    try:
+        with transaction.atomic():
+            entry = _append_entry(
+                account_id=account.pk,
+                kind=kind,
+                amount=amount,
+                reason=reason,
+                actor=actor,
+                actor_label=actor_label,
+                idempotency_key=idempotency_key,
+            )
+            audit_record(
+                action=f"credits.{kind}",
+                actor=actor,
+                actor_label=actor_label,
+                organization_id=account.organization_id,
+                target=f"account {account.pk}",
+                before={"balance": entry.balance_after - amount},
+                after={"balance": entry.balance_after, "entry": entry.pk},
+                reason=reason,
+            )
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        # A concurrent call with the same key won the race: return its entry.
+        return LedgerEntry.objects.get(account=account, idempotency_key=idempotency_key)
+    return entry
+
+
+def _require_reason(reason: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("a reason is required for every change to credits")
+    return reason
+
+
+@transaction.atomic
+def credits_grant(
+    *,
+    account: CreditAccount,
+    amount: int,
+    reason: str,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    kind: str = Kind.GRANT,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """Add credits (a grant or a purchase)."""
+    if kind not in (Kind.GRANT, Kind.PURCHASE):
+        raise ValueError("credits_grant records grants and purchases only")
+    if amount <= 0:
+        raise ValueError("a grant must be a positive number of credits")
+    return _credit_movement(
+        account=account,
+        kind=kind,
+        amount=amount,
+        reason=_require_reason(reason),
+        actor=actor,
+        actor_label=actor_label,
+        idempotency_key=idempotency_key,
+    )
+
+
+@transaction.atomic
+def credits_adjust(
+    *,
+    account: CreditAccount,
+    amount: int,
+    reason: str,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    kind: str = Kind.ADJUSTMENT,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """A signed correction, a refund (positive) or an expiry of credits (negative).
+
+    Taking credits away never dips into credits that open reservations hold.
+    """
+    if kind not in (Kind.ADJUSTMENT, Kind.REFUND, Kind.EXPIRY):
+        raise ValueError("credits_adjust records adjustments, refunds and expiries only")
+    if amount == 0:
+        raise ValueError("an adjustment must change the balance")
+    if kind == Kind.REFUND and amount < 0:
+        raise ValueError("a refund adds credits")
+    if kind == Kind.EXPIRY and amount > 0:
+        raise ValueError("an expiry removes credits")
+    return _credit_movement(
+        account=account,
+        kind=kind,
+        amount=amount,
+        reason=_require_reason(reason),
+        actor=actor,
+        actor_label=actor_label,
+        idempotency_key=idempotency_key,
+    )
+
+
+# --- quotas --------------------------------------------------------------------
+
+
+def period_start(period: str, now: dt.datetime) -> dt.datetime:
+    """The start of the quota period containing `now` (UTC). Resets follow the calendar."""
+    now = now.astimezone(dt.UTC)
+    if period == Quota.Period.MONTHLY:
+        return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if period == Quota.Period.DAILY:
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def period_end(period: str, start: dt.datetime) -> dt.datetime | None:
+    if period == Quota.Period.MONTHLY:
+        return (start + dt.timedelta(days=32)).replace(day=1)
+    if period == Quota.Period.DAILY:
+        return start + dt.timedelta(days=1)
+    return None
+
+
+def applicable_quotas(*, organization_id: int, api_key_id: int | None) -> list[Quota]:
+    quotas = Quota.objects.filter(organization_id=organization_id, api_key__isnull=True)
+    if api_key_id is not None:
+        quotas = quotas | Quota.objects.filter(api_key_id=api_key_id)
+    return list(quotas.order_by("pk"))
+
+
+def _counter_for(quota: Quota, now: dt.datetime) -> int:
+    start = period_start(quota.period, now)
+    QuotaCounter.objects.bulk_create(
+        [QuotaCounter(quota=quota, period_start=start)], ignore_conflicts=True
+    )
+    return QuotaCounter.objects.filter(quota=quota, period_start=start).values_list(
+        "pk", flat=True
+    )[0]
+
+
+def _hold_quotas(
+    *, quotas: list[Quota], tokens: int, credits: int, now: dt.datetime
+) -> list[list[int]]:
+    """Hold `tokens`/`credits` against each quota, or raise QuotaExceeded.
+
+    Each hold is a conditional UPDATE that only matches while the period's use
+    plus holds leaves room, so concurrent requests cannot overshoot a quota.
+    Counters are taken in primary-key order so two requests never deadlock.
+    """
+    holds: list[list[int]] = []
+    for quota in quotas:
+        amount = tokens if quota.metric == Quota.Metric.CHAT_TOKENS else credits
+        counter_id = _counter_for(quota, now)
+        updated = QuotaCounter.objects.filter(
+            pk=counter_id, used__lte=quota.limit - amount - F("reserved")
+        ).update(reserved=F("reserved") + amount)
+        if updated != 1:
+            used, reserved = QuotaCounter.objects.filter(pk=counter_id).values_list(
+                "used", "reserved"
+            )[0]
+            raise QuotaExceeded(quota.metric, quota.limit - used - reserved)
+        holds.append([counter_id, amount])
+    return holds
+
+
+def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int | None:
+    """Give back the holds, count what was used; return the least chat-token room left."""
+    least_room: int | None = None
+    for counter_id, held in holds:
+        counter = (
+            QuotaCounter.objects.select_related("quota")
+            .only("quota__metric", "quota__limit")
+            .get(pk=counter_id)
+        )
+        used = tokens if counter.quota.metric == Quota.Metric.CHAT_TOKENS else credits
+        QuotaCounter.objects.filter(pk=counter_id).update(
+            reserved=F("reserved") - held, used=F("used") + used
+        )
+        if counter.quota.metric == Quota.Metric.CHAT_TOKENS:
+            used_now, reserved_now = QuotaCounter.objects.filter(pk=counter_id).values_list(
+                "used", "reserved"
+            )[0]
+            room = max(0, counter.quota.limit - used_now - reserved_now)
+            least_room = room if least_room is None else min(least_room, room)
+    return least_room
+
+
+@transaction.atomic
+def quota_set(
+    *,
+    organization: Organization,
+    limit: int | None,
+    metric: str = Quota.Metric.CHAT_TOKENS,
+    period: str = Quota.Period.MONTHLY,
+    api_key_id: int | None = None,
+    actor: AbstractBaseUser | None = None,
+    actor_label: str = "",
+    reason: str = "",
+) -> Quota | None:
+    """Set (or with `limit=None` remove) an organization's or a key's quota."""
+    existing = Quota.objects.filter(organization=organization, metric=metric, api_key_id=api_key_id)
+    before: dict[str, Any] | None = existing.values("limit", "period").first()
+    quota: Quota | None = None
+    if limit is None:
+        existing.delete()
+    else:
+        if limit < 0:
+            raise ValueError("a quota cannot be negative")
+        quota, _ = Quota.objects.update_or_create(
+            organization=organization,
+            metric=metric,
+            api_key_id=api_key_id,
+            defaults={"limit": limit, "period": period},
+        )
+    audit_record(
+        action="quota.set",
+        actor=actor,
+        actor_label=actor_label,
+        organization=organization,
+        target=f"{metric}" + (f" key {api_key_id}" if api_key_id else ""),
+        before=before,
+        after={"limit": limit, "period": period} if limit is not None else None,
+        reason=reason,
+    )
+    return quota
+
+
+# --- reservations ------------------------------------------------------------------
+
+
+@transaction.atomic
+def credits_reserve(
+    *,
+    organization_id: int,
+    api_key_id: int | None,
+    request_id: str,
+    amount: int,
+    tokens: int,
+    now: dt.datetime | None = None,
+) -> Reservation:
+    """Hold the worst-case credits (and quota) for a request before it runs.
+
+    Steps: (1) a second call with the same request id returns the first
+    reservation; (2) hold every applicable quota; (3) hold the credits with one
+    conditional UPDATE; (4) record the reservation. Any refusal rolls the whole
+    transaction back, so a refused request holds nothing.
+    """
+    if amount < 0 or tokens < 0:
+        raise ValueError("a reservation cannot be negative")
+    existing = Reservation.objects.filter(request_id=request_id).first()
+    if existing is not None:
+        return existing
+    now = now or timezone.now()
+    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    holds = _hold_quotas(quotas=quotas, tokens=tokens, credits=amount, now=now)
+    # The conditional update is the whole check: it matches only while the
+    # unreserved balance covers the amount, and takes the row lock as it does.
+    updated = CreditAccount.objects.filter(
+        organization_id=organization_id, balance__gte=F("reserved") + amount
+    ).update(reserved=F("reserved") + amount)
+    if updated != 1:
+        row = CreditAccount.objects.filter(organization_id=organization_id).values_list(
+            "balance", "reserved"
+        ).first()
+        raise InsufficientCredits(row[0] - row[1] if row else 0)
+    account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
+        "pk", flat=True
+    )[0]
+    return Reservation.objects.create(
+        request_id=request_id,
+        account_id=account_id,
+        api_key_id=api_key_id,
+        amount=amount,
+        tokens=tokens,
+        quota_holds=holds,
+        created_at=now,
+        expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
+    )
+
+
+def _close(
+    *, request_id: str, status: str, credits: int, tokens: int, now: dt.datetime | None = None
+) -> Settlement:
+    """Close an open reservation once: charge up to what it held, give back the rest."""
+    now = now or timezone.now()
+    # The claim: only one caller can move the reservation out of OPEN. A second
+    # settle, a release racing a settle, or the expiry job all match nothing.
+    claimed = Reservation.objects.filter(
+        request_id=request_id, status=Reservation.Status.OPEN
+    ).update(status=status, charged=Least(Value(max(0, credits)), F("amount")), closed_at=now)
+    if claimed != 1:
+        return _already_closed(request_id)
+    reservation = Reservation.objects.only(
+        "account_id", "api_key_id", "amount", "charged", "quota_holds"
+    ).get(request_id=request_id)
+    charge = reservation.charged or 0
+    least_room = _release_holds(reservation.quota_holds, tokens=tokens, credits=charge)
+    CreditAccount.objects.filter(pk=reservation.account_id).update(
+        reserved=F("reserved") - reservation.amount
+    )
+    if charge > 0:
+        _append_entry(
+            account_id=reservation.account_id,
+            kind=Kind.USAGE,
+            amount=-charge,
+            reason="chat completion",
+            request_id=request_id,
+            api_key_id=reservation.api_key_id,
+            actor_label="api",
+        )
+    balance, reserved = CreditAccount.objects.filter(pk=reservation.account_id).values_list(
+        "balance", "reserved"
+    )[0]
+    return Settlement(
+        request_id=request_id,
+        status=status,
+        charged=charge,
+        reserved=reservation.amount,
+        available=balance - reserved,
+        quota_tokens_remaining=least_room,
+    )
+
+
+def _already_closed(request_id: str) -> Settlement:
+    reservation = Reservation.objects.select_related("account").filter(request_id=request_id).first()
+    if reservation is None:
+        raise LookupError(f"no reservation for request {request_id}")
+    account = reservation.account
+    return Settlement(
+        request_id=request_id,
+        status=reservation.status,
+        charged=reservation.charged or 0,
+        reserved=reservation.amount,
+        available=account.balance - account.reserved,
+        quota_tokens_remaining=None,
+        already_closed=True,
+    )
+
+
+@transaction.atomic
+def credits_settle(
+    *, request_id: str, credits: int, tokens: int, now: dt.datetime | None = None
+) -> Settlement:
+    """Charge a finished request what it used (at most what it reserved) and release the rest.
+
+    Idempotent: settling a request again, or after it was released or
+    expired, changes nothing and reports the first outcome.
+    """
+    if credits < 0 or tokens < 0:
+        raise ValueError("usage cannot be negative")
+    return _close(
+        request_id=request_id,
+        status=Reservation.Status.SETTLED,
+        credits=credits,
+        tokens=tokens,
+        now=now,
+    )
+
+
+@transaction.atomic
+def credits_release(*, request_id: str, now: dt.datetime | None = None) -> Settlement:
+    """Release a request that produced nothing: no charge, no quota use. Idempotent."""
+    return _close(
+        request_id=request_id, status=Reservation.Status.RELEASED, credits=0, tokens=0, now=now
+    )
+
+
+def reservations_expire(*, now: dt.datetime | None = None, batch_size: int = 500) -> int:
+    """Release reservations whose request died with its process (nothing is charged).
+
+    Each one is closed in its own transaction through the same claim as
+    settlement, so a request that settles at the same moment wins cleanly.
+    """
+    now = now or timezone.now()
+    expired = 0
+    stale = list(
+        Reservation.objects.filter(status=Reservation.Status.OPEN, expires_at__lte=now)
+        .order_by("expires_at")
+        .values_list("request_id", flat=True)[:batch_size]
+    )
+    for request_id in stale:
+        with transaction.atomic():
+            outcome = _close(
+                request_id=request_id,
+                status=Reservation.Status.EXPIRED,
+                credits=0,
+                tokens=0,
+                now=now,
+            )
+        if not outcome.already_closed:
+            expired += 1
+    return expired

@@ -1,0 +1,64 @@
+from django import forms
+from django.contrib import admin
+
+from completions.models import CatalogModel, ModelRoute, Provider, UsageRecord
+
+
+class ProviderForm(forms.ModelForm):
+    # Write-only: the stored key is never shown; leave blank to keep it.
+    api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
+                              help_text="Leave blank to keep the current key.")
+
+    class Meta:
+        model = Provider
+        fields = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
+
+    def save(self, commit=True):  # type: ignore[no-untyped-def]
+        provider = super().save(commit=False)
+        if self.cleaned_data.get("api_key"):
+            provider.set_api_key(self.cleaned_data["api_key"])
+        if commit:
+            provider.save()
+        return provider
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
+
+
+class RouteInline(admin.TabularInline):
+    model = ModelRoute
+    extra = 0
+
+
+@admin.register(CatalogModel)
+class CatalogModelAdmin(admin.ModelAdmin):
+    list_display = ["model_id", "tier", "multiplier", "context_length", "supports_vision",
+                    "is_active", "staff_override"]
+    list_filter = ["tier", "is_active", "supports_vision"]
+    search_fields = ["model_id", "name"]
+    inlines = [RouteInline]
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if change and {"tier", "multiplier", "is_active"} & set(form.changed_data):
+            obj.staff_override = True
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "request_id", "organization", "model", "status", "streamed",
+                    "prompt_tokens", "completion_tokens", "credits", "latency_ms"]
+    list_filter = ["status", "streamed", "model"]
+    search_fields = ["request_id", "organization__slug", "end_user"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False

@@ -1,0 +1,175 @@
+"""The model catalog: loading the shipped data, and the in-process snapshot the hot path reads."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+CATALOG_FILE = Path(settings.BASE_DIR) / "platform" / "catalog" / "models.json"
+OPENROUTER = "openrouter"
+
+
+def catalog_data() -> dict[str, Any]:
+    return json.loads(CATALOG_FILE.read_text())
+
+
+def catalog_load(*, provider_model: Any, catalog_model: Any, route_model: Any, update: bool) -> int:
+    """Create the shipped providers and models; with `update`, refresh models staff have not overridden.
+
+    Takes the model classes as arguments so the data migration can pass its
+    historical models (`apps.get_model`) and the command the live ones.
+    Returns how many catalog models were created or updated.
+    """
+    data = catalog_data()
+    providers = {}
+    for item in data["providers"]:
+        provider, _ = provider_model.objects.get_or_create(
+            slug=item["slug"],
+            defaults={
+                "name": item["name"],
+                "kind": item["kind"],
+                "base_url": item["base_url"],
+                "supports_web_search": item["supports_web_search"],
+            },
+        )
+        providers[item["slug"]] = provider
+    changed = 0
+    for item in data["models"]:
+        fields = {
+            "name": item["name"],
+            "owned_by": item["owned_by"],
+            "tier": item["tier"],
+            "multiplier": Decimal(item["multiplier"]),
+            "context_length": item["context_length"],
+            "supports_vision": item["vision"],
+            "prompt_usd_per_m": Decimal(item["prompt_usd_per_m"]),
+            "completion_usd_per_m": Decimal(item["completion_usd_per_m"]),
+            "is_development": item.get("development", False),
+        }
+        model = catalog_model.objects.filter(model_id=item["id"]).first()
+        if model is None:
+            model = catalog_model.objects.create(model_id=item["id"], **fields)
+            changed += 1
+        elif update and not model.staff_override:
+            for name, value in fields.items():
+                setattr(model, name, value)
+            model.save()
+            changed += 1
+        for priority, (provider_slug, upstream_model) in enumerate(item["routes"]):
+            route_model.objects.get_or_create(
+                model=model,
+                provider=providers[provider_slug],
+                defaults={"upstream_model": upstream_model, "priority": priority},
+            )
+    return changed
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str
+    kind: str
+    base_url: str
+    api_key: str
+    upstream_model: str
+    supports_web_search: bool
+
+    @property
+    def configured(self) -> bool:
+        return self.kind == "builtin" or bool(self.base_url and self.api_key)
+
+    def missing_setting(self) -> str:
+        if self.provider == OPENROUTER:
+            return "OPENROUTER_API_KEY"
+        return f"the API key of provider '{self.provider}'"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    model_id: str
+    name: str
+    owned_by: str
+    tier: str
+    multiplier: Decimal
+    context_length: int
+    supports_vision: bool
+    prompt_usd_per_m: Decimal
+    completion_usd_per_m: Decimal
+    is_development: bool
+    created: int
+    routes: tuple[Route, ...]
+
+    @property
+    def available(self) -> bool:
+        return any(route.configured for route in self.routes)
+
+
+def _route_for(route: Any) -> Route:
+    provider = route.provider
+    base_url = provider.base_url
+    api_key = provider.get_api_key()
+    if provider.slug == OPENROUTER:
+        base_url = base_url or settings.OPENROUTER_BASE_URL
+        api_key = api_key or settings.OPENROUTER_API_KEY
+    return Route(
+        provider=provider.slug,
+        kind=provider.kind,
+        base_url=base_url.rstrip("/"),
+        api_key=api_key,
+        upstream_model=route.upstream_model,
+        supports_web_search=provider.supports_web_search,
+    )
+
+
+def load_snapshot() -> dict[str, ModelInfo]:
+    from completions.models import CatalogModel
+
+    snapshot: dict[str, ModelInfo] = {}
+    models = CatalogModel.objects.filter(is_active=True).prefetch_related("routes__provider")
+    for model in models:
+        routes = tuple(
+            _route_for(route)
+            for route in sorted(model.routes.all(), key=lambda r: (r.priority, r.pk))
+            if route.provider.is_active
+        )
+        snapshot[model.model_id] = ModelInfo(
+            model_id=model.model_id,
+            name=model.name,
+            owned_by=model.owned_by or model.model_id.split("/")[0],
+            tier=model.tier,
+            multiplier=model.multiplier,
+            context_length=model.context_length,
+            supports_vision=model.supports_vision,
+            prompt_usd_per_m=model.prompt_usd_per_m,
+            completion_usd_per_m=model.completion_usd_per_m,
+            is_development=model.is_development,
+            created=int(model.created_at.timestamp()),
+            routes=routes,
+        )
+    return snapshot
+
+
+class _SnapshotCache:
+    """The catalog, read at most every CATALOG_CACHE_SECONDS per process."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, ModelInfo] | None = None
+        self.read_at = 0.0
+
+    def clear(self) -> None:
+        self.snapshot = None
+
+    async def get(self) -> dict[str, ModelInfo]:
+        if self.snapshot is None or time.monotonic() - self.read_at > settings.CATALOG_CACHE_SECONDS:
+            self.snapshot = await sync_to_async(load_snapshot)()
+            self.read_at = time.monotonic()
+        return self.snapshot
+
+
+catalog_cache = _SnapshotCache()

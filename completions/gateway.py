@@ -1,0 +1,519 @@
+"""The request path of `POST /api/v1/chat/completions`.
+
+1. Validate what the schema cannot: the model, the key's model list, vision,
+   web search, the completion budget against the context window.
+2. Estimate the prompt, price the worst case, reserve it (402 when short).
+3. Call the upstream's routes in order; fall back on connection errors,
+   timeouts, 429 and 5xx, but only before a byte has gone to the client.
+4. Answer: a completion with NovaKit's extras, or an SSE stream relayed chunk
+   by chunk whose last chunk carries the usage and extras, then `[DONE]`.
+5. Settle exactly once whatever happened (completed, failed, cancelled),
+   in a task the client's disconnect cannot cancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse, StreamingHttpResponse
+
+from accounts.auth import KeyContext
+from billing.pricing import Price, price_request
+from billing.services import Settlement, credits_reserve
+from completions.catalog import ModelInfo, Route, catalog_cache
+from completions.models import UsageRecord
+from completions.schemas import ChatCompletionRequest
+from completions.services import (
+    RequestOutcome,
+    charged_breakdown,
+    request_settle,
+    tokens_remaining_estimate,
+)
+from completions.tokens import count_text, estimate_prompt_tokens
+from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
+from novakit.errors import ApiError, error_body, forbidden, invalid_request, json_response
+
+logger = logging.getLogger(__name__)
+
+_FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+# Settlements still running; held so the event loop does not drop them, and
+# so a graceful shutdown can wait for them.
+pending_settlements: set[asyncio.Task[Settlement | None]] = set()
+
+
+@dataclass
+class Admitted:
+    """A request that passed validation and holds its reservation."""
+
+    request_id: str
+    key: KeyContext
+    model: ModelInfo
+    routes: list[Route]
+    payload: dict[str, Any]
+    web_search: bool
+    images: int
+    prompt_estimate: int
+    reserved: Price
+    end_user: str
+    started: float
+
+    def outcome(self, *, streamed: bool) -> RequestOutcome:
+        return RequestOutcome(
+            request_id=self.request_id,
+            organization_id=self.key.organization_id,
+            api_key_id=self.key.key_id,
+            model=self.model.model_id,
+            multiplier=self.model.multiplier,
+            credits_reserved=self.reserved.total,
+            streamed=streamed,
+            end_user=self.end_user,
+        )
+
+    def elapsed_ms(self) -> int:
+        return int((time.monotonic() - self.started) * 1000)
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """Messages as the upstream expects them: the contract's `images` become content parts."""
+    messages = []
+    for message in body.messages:
+        item = message.model_dump(exclude_none=True, exclude={"images"})
+        if message.images:
+            parts = (
+                [{"type": "text", "text": message.content}]
+                if isinstance(message.content, str)
+                else list(message.content or [])
+            )
+            parts += [{"type": "image_url", "image_url": {"url": url}} for url in message.images]
+            item["content"] = parts
+        messages.append(item)
+    return messages
+
+
+def _payload(body: ChatCompletionRequest, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    payload = body.model_dump(exclude={"messages", "web_search", "stream", "model"})
+    payload = {name: value for name, value in payload.items() if value is not None}
+    payload["messages"] = messages
+    return payload
+
+
+def _for_route(admitted: Admitted, route: Route, *, stream: bool) -> dict[str, Any]:
+    payload = {**admitted.payload, "model": route.upstream_model, "stream": stream}
+    if stream:
+        # Ask for usage in the last chunk, whatever the client asked.
+        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    if admitted.web_search:
+        payload["plugins"] = [*(payload.get("plugins") or []), {"id": "web"}]
+    return payload
+
+
+async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -> Admitted:
+    started = time.monotonic()
+    catalog = await catalog_cache.get()
+    model = catalog.get(body.model)
+    if model is None:
+        raise ApiError(
+            404, "model_not_found", f"The model '{body.model}' does not exist", param="model"
+        )
+    if not key.allows_model(model.model_id):
+        raise forbidden(f"This API key may not use the model '{model.model_id}'")
+    images = body.image_count()
+    if images and not model.supports_vision:
+        raise invalid_request(
+            f"The model '{model.model_id}' does not accept images; use a vision model",
+            param="messages",
+        )
+    newer_budget = (body.model_extra or {}).get("max_completion_tokens")
+    if newer_budget is not None and (
+        not isinstance(newer_budget, int) or isinstance(newer_budget, bool) or newer_budget < 1
+    ):
+        raise invalid_request("max_completion_tokens must be a positive integer",
+                              param="max_completion_tokens")
+    budget = body.completion_budget()
+    if budget > model.context_length:
+        raise invalid_request(
+            f"max_tokens ({budget}) exceeds the context window of '{model.model_id}' "
+            f"({model.context_length} tokens)",
+            param="max_tokens",
+        )
+    routes = [route for route in model.routes if route.configured]
+    if not routes:
+        missing = model.routes[0].missing_setting() if model.routes else "a provider route"
+        raise ApiError(
+            503, "upstream_unavailable",
+            f"The model '{model.model_id}' has no configured provider: set {missing}",
+        )
+    if body.web_search:
+        routes = [route for route in routes if route.supports_web_search]
+        if not routes:
+            raise invalid_request(
+                f"Web search is not available for '{model.model_id}' on its providers",
+                param="web_search",
+            )
+    messages = _upstream_messages(body)
+    prompt_estimate = estimate_prompt_tokens(messages, body.model_extra)
+    if prompt_estimate + budget > model.context_length:
+        raise invalid_request(
+            f"The prompt (about {prompt_estimate} tokens) plus max_tokens ({budget}) exceed the "
+            f"context window of '{model.model_id}' ({model.context_length} tokens)",
+            param="messages",
+        )
+    worst_case = price_request(
+        multiplier=model.multiplier,
+        prompt_tokens=prompt_estimate,
+        completion_tokens=budget,
+        web_search=body.web_search,
+        images=images,
+    )
+    await sync_to_async(credits_reserve)(
+        organization_id=key.organization_id,
+        api_key_id=key.key_id,
+        request_id=request_id,
+        amount=worst_case.total,
+        tokens=prompt_estimate + budget,
+    )
+    return Admitted(
+        request_id=request_id,
+        key=key,
+        model=model,
+        routes=routes,
+        payload=_payload(body, messages),
+        web_search=body.web_search,
+        images=images,
+        prompt_estimate=prompt_estimate,
+        reserved=worst_case,
+        end_user=body.user or "",
+        started=started,
+    )
+
+
+# --- settlement ---------------------------------------------------------------------
+
+
+async def settle(outcome: RequestOutcome) -> Settlement | None:
+    """Settle in a task of its own, shielded: a client that leaves cannot interrupt it."""
+    task = asyncio.ensure_future(sync_to_async(request_settle)(outcome=outcome))
+    pending_settlements.add(task)
+    task.add_done_callback(pending_settlements.discard)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # The reservation stays open and the expiry job releases it; log loudly.
+        logger.exception("settlement failed for %s", outcome.request_id)
+        return None
+
+
+def _price(admitted: Admitted, prompt_tokens: int, completion_tokens: int) -> Price:
+    return price_request(
+        multiplier=admitted.model.multiplier,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        web_search=admitted.web_search,
+        images=admitted.images,
+    )
+
+
+def _usage_extras(admitted: Admitted, outcome: RequestOutcome, settlement: Settlement | None,
+                  ) -> dict[str, Any]:
+    charged = settlement.charged if settlement else outcome.price.total
+    usage: dict[str, Any] = {
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+        "credits_used": charged,
+        "credits_breakdown": charged_breakdown(outcome.price, charged),
+    }
+    if settlement is not None:
+        usage["tokens_remaining_estimate"] = tokens_remaining_estimate(
+            settlement, multiplier=admitted.model.multiplier
+        )
+    return usage
+
+
+def response_headers(admitted: Admitted, settlement: Settlement | None) -> dict[str, str]:
+    headers = {"x-request-id": admitted.request_id}
+    if settlement is not None:
+        headers["x-credits-remaining"] = str(settlement.available)
+    return headers
+
+
+def _upstream_usage(data: dict[str, Any]) -> tuple[int, int] | None:
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
+        return prompt, completion
+    return None
+
+
+# --- non-streaming ------------------------------------------------------------------------
+
+
+def _normalise_completion(data: dict[str, Any], admitted: Admitted) -> dict[str, Any]:
+    """Fill what OpenAI's schema requires and the upstream may have left out."""
+    choices = []
+    for index, choice in enumerate(data.get("choices") or []):
+        message = dict(choice.get("message") or {})
+        message.setdefault("role", "assistant")
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        finish = choice.get("finish_reason")
+        choices.append({
+            **choice,
+            "index": choice.get("index", index),
+            "message": message,
+            "finish_reason": finish if finish in _FINISH_REASONS else "stop",
+            "logprobs": choice.get("logprobs"),
+        })
+    return {
+        **data,
+        "id": admitted.request_id,
+        "object": "chat.completion",
+        "created": data.get("created") if isinstance(data.get("created"), int) else int(time.time()),
+        "model": admitted.model.model_id,
+        "model_tier": admitted.model.tier,
+        "choices": choices,
+    }
+
+
+def _completion_text(data: dict[str, Any]) -> str:
+    parts = []
+    for choice in data.get("choices") or []:
+        message = choice.get("message") or {}
+        parts.append(str(message.get("content") or ""))
+        if message.get("tool_calls"):
+            parts.append(orjson.dumps(message["tool_calls"]).decode())
+    return "".join(parts)
+
+
+async def answer(admitted: Admitted) -> HttpResponse:
+    """Non-streaming: try each route, settle, answer with the extras."""
+    outcome = admitted.outcome(streamed=False)
+    failure: UpstreamFailure | None = None
+    data: dict[str, Any] | None = None
+    try:
+        for route in admitted.routes:
+            outcome.provider = route.provider
+            try:
+                data = await complete(route, _for_route(admitted, route, stream=False))
+                break
+            except UpstreamFailure as exc:
+                failure = exc
+                logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
+                               admitted.request_id)
+                if not exc.retryable:
+                    break
+    except asyncio.CancelledError:
+        # The client left while we waited: the upstream may have done the work.
+        # Policy (README): charge the prompt, nothing for an answer never delivered.
+        outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
+        outcome.prompt_tokens, outcome.usage_source = admitted.prompt_estimate, "tokenizer"
+        outcome.price = _price(admitted, outcome.prompt_tokens, 0)
+        outcome.latency_ms = admitted.elapsed_ms()
+        await settle(outcome)
+        raise
+    outcome.latency_ms = admitted.elapsed_ms()
+    if data is None:
+        assert failure is not None
+        outcome.release = True
+        outcome.status = UsageRecord.Status.ERROR
+        outcome.http_status, outcome.error_code = failure.status, failure.code
+        await settle(outcome)
+        raise ApiError(failure.status, failure.code, failure.message,
+                       headers={"x-request-id": admitted.request_id})
+    reported = _upstream_usage(data)
+    if reported is None:
+        outcome.usage_source = "tokenizer"
+        reported = (admitted.prompt_estimate, count_text(_completion_text(data)))
+    outcome.prompt_tokens, outcome.completion_tokens = reported
+    outcome.price = _price(admitted, *reported)
+    outcome.ttft_ms = outcome.latency_ms
+    settlement = await settle(outcome)
+    body = _normalise_completion(data, admitted)
+    body["usage"] = {**(data.get("usage") or {}), **_usage_extras(admitted, outcome, settlement)}
+    return json_response(body, headers=response_headers(admitted, settlement))
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
+    """Open the first route that produces a first event; release and raise if none does."""
+    failure: UpstreamFailure | None = None
+    outcome = admitted.outcome(streamed=True)
+    try:
+        for route in admitted.routes:
+            try:
+                return await open_stream(route, _for_route(admitted, route, stream=True)), route
+            except UpstreamFailure as exc:
+                failure = exc
+                outcome.provider = route.provider
+                logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
+                               admitted.request_id)
+                if not exc.retryable:
+                    break
+    except asyncio.CancelledError:
+        outcome.release = True
+        outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
+        outcome.latency_ms = admitted.elapsed_ms()
+        await settle(outcome)
+        raise
+    assert failure is not None
+    outcome.release = True
+    outcome.status = UsageRecord.Status.ERROR
+    outcome.http_status, outcome.error_code = failure.status, failure.code
+    outcome.latency_ms = admitted.elapsed_ms()
+    await settle(outcome)
+    raise ApiError(failure.status, failure.code, failure.message,
+                   headers={"x-request-id": admitted.request_id})
+
+
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+class _Relay:
+    """State of one relayed stream: what was delivered, and the upstream's usage if it sent any."""
+
+    def __init__(self, admitted: Admitted) -> None:
+        self.admitted = admitted
+        self.created = int(time.time())
+        self.delivered: list[str] = []
+        self.usage: tuple[int, int] | None = None
+        self.held_finish: dict[str, Any] | None = None
+        self.sent_any = False
+
+    def normalise(self, event: dict[str, Any]) -> dict[str, Any]:
+        choices = []
+        for index, choice in enumerate(event.get("choices") or []):
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.delivered.append(delta["content"])
+            if delta.get("tool_calls"):
+                self.delivered.append(orjson.dumps(delta["tool_calls"]).decode())
+            finish = choice.get("finish_reason")
+            choices.append({
+                **choice,
+                "index": choice.get("index", index),
+                "delta": delta,
+                "finish_reason": finish if finish in _FINISH_REASONS else None,
+            })
+        chunk = {
+            **event,
+            "id": self.admitted.request_id,
+            "object": "chat.completion.chunk",
+            "created": event["created"] if isinstance(event.get("created"), int) else self.created,
+            "model": self.admitted.model.model_id,
+            "choices": choices,
+        }
+        chunk.pop("usage", None)
+        return chunk
+
+    def delivered_tokens(self) -> int:
+        return count_text("".join(self.delivered))
+
+
+async def relay(admitted: Admitted, stream: EventStream, route: Route) -> AsyncIterator[bytes]:
+    """Pass the upstream's chunks on as they come; settle and send the usage chunk at the end.
+
+    The chunk that carries `finish_reason` is held back until the stream ends
+    so the usage can ride on it: clients that read `choices[0]` of every chunk
+    (the contract's own streaming example) keep working.
+    """
+    state = _Relay(admitted)
+    outcome = admitted.outcome(streamed=True)
+    outcome.provider = route.provider
+    settled = False
+
+    async def finish(status: str, http_status: int = 200, error_code: str = ""
+                     ) -> Settlement | None:
+        nonlocal settled
+        settled = True
+        outcome.status, outcome.http_status, outcome.error_code = status, http_status, error_code
+        outcome.latency_ms = admitted.elapsed_ms()
+        if state.usage is not None and status == UsageRecord.Status.OK:
+            outcome.prompt_tokens, outcome.completion_tokens = state.usage
+        else:
+            # No usage from the upstream for what was delivered: count it ourselves.
+            outcome.usage_source = "tokenizer"
+            outcome.prompt_tokens = admitted.prompt_estimate
+            outcome.completion_tokens = state.delivered_tokens()
+        outcome.price = _price(admitted, outcome.prompt_tokens, outcome.completion_tokens)
+        return await settle(outcome)
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        yield stream.first
+        async for event in stream.rest:
+            yield event
+
+    try:
+        async for event in events():
+            if "error" in event and not event.get("choices"):
+                error = event["error"] if isinstance(event["error"], dict) else {}
+                raise UpstreamFailure(502, "upstream_error",
+                                      str(error.get("message") or "The provider failed mid-stream"),
+                                      retryable=False, kind="stream_error")
+            reported = _upstream_usage(event)
+            if reported is not None:
+                state.usage = reported
+            if not event.get("choices"):
+                continue  # a usage-only chunk: its numbers go on our final chunk
+            chunk = state.normalise(event)
+            if outcome.ttft_ms is None:
+                outcome.ttft_ms = admitted.elapsed_ms()
+            if any(choice["finish_reason"] for choice in chunk["choices"]):
+                if state.held_finish is not None:
+                    yield _sse(state.held_finish)
+                state.held_finish = chunk
+                continue
+            state.sent_any = True
+            yield _sse(chunk)
+        settlement = await finish(UsageRecord.Status.OK)
+        final = state.held_finish or {
+            "id": admitted.request_id, "object": "chat.completion.chunk",
+            "created": state.created, "model": admitted.model.model_id, "choices": [],
+        }
+        final["model_tier"] = admitted.model.tier
+        final["usage"] = _usage_extras(admitted, outcome, settlement)
+        yield _sse(final)
+        yield b"data: [DONE]\n\n"
+    except UpstreamFailure as exc:
+        logger.warning("stream from %s failed (%s) for %s", route.provider, exc.kind,
+                       admitted.request_id)
+        await finish(UsageRecord.Status.ERROR, exc.status, exc.code)
+        # One error event, then the stream closes without [DONE]: never a clean end.
+        yield _sse(error_body(exc.code, exc.message))
+    except (asyncio.CancelledError, GeneratorExit):
+        if not settled:
+            await finish(UsageRecord.Status.CANCELLED, 499, "client_closed")
+        raise
+    finally:
+        if not settled:  # an unexpected error in our own code: still settle what was delivered
+            await finish(UsageRecord.Status.ERROR, 500, "server_error")
+        await stream.aclose()
+
+
+def stream_response(admitted: Admitted, stream: EventStream, route: Route) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        relay(admitted, stream, route), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    for name, value in response_headers(admitted, None).items():
+        response[name] = value
+    return response

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from accounts.models import APIKey, Organization
+from billing.tiers import MULTIPLIER_RANGES, Tier, multiplier_in_range
+from completions import crypto
+
+
+class Provider(models.Model):
+    """An upstream: OpenRouter by default, or any OpenAI-compatible base URL."""
+
+    class Kind(models.TextChoices):
+        OPENAI = "openai", "OpenAI-compatible HTTP API"
+        BUILTIN = "builtin", "Built-in development model"
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.OPENAI)
+    # Blank for `openrouter`: OPENROUTER_BASE_URL / OPENROUTER_API_KEY apply.
+    base_url = models.URLField(blank=True)
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    supports_web_search = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.slug
+
+    def set_api_key(self, plaintext: str) -> None:
+        self.api_key_encrypted = crypto.encrypt(plaintext)
+
+    def get_api_key(self) -> str:
+        return crypto.decrypt(self.api_key_encrypted)
+
+
+class CatalogModel(models.Model):
+    model_id = models.CharField(max_length=200, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    owned_by = models.CharField(max_length=100, blank=True)
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.BASIC)
+    multiplier = models.DecimalField(max_digits=4, decimal_places=2, default=Decimal("1"))
+    context_length = models.PositiveIntegerField(default=8192)
+    supports_vision = models.BooleanField(default=False)
+    prompt_usd_per_m = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
+    completion_usd_per_m = models.DecimalField(
+        max_digits=12, decimal_places=4, default=Decimal("0")
+    )
+    is_development = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    # Set when staff edit tier, multiplier or active: a catalog sync leaves those alone.
+    staff_override = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model_id"]
+
+    def __str__(self) -> str:
+        return self.model_id
+
+    def clean(self) -> None:
+        if not multiplier_in_range(self.tier, self.multiplier):
+            low, high = MULTIPLIER_RANGES[self.tier]
+            raise ValidationError(
+                {"multiplier": f"A {self.tier} model's multiplier must be within {low}–{high}."}
+            )
+
+
+class ModelRoute(models.Model):
+    """One way to serve a catalog model: a provider and the model's name there, tried in order."""
+
+    model = models.ForeignKey(CatalogModel, on_delete=models.CASCADE, related_name="routes")
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="routes")
+    upstream_model = models.CharField(max_length=200)
+    priority = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["model", "priority", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "provider"], name="route_one_per_provider")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} via {self.provider} ({self.priority})"
+
+
+class UsageRecord(models.Model):
+    """One row per admitted request, written at settlement in the same transaction as its charge."""
+
+    class Status(models.TextChoices):
+        OK = "ok", "OK"
+        ERROR = "error", "Error"
+        CANCELLED = "cancelled", "Cancelled"
+
+    request_id = models.CharField(max_length=64, unique=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    api_key = models.ForeignKey(
+        APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    end_user = models.CharField(max_length=256, blank=True)
+    model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=64, blank=True)
+    multiplier = models.DecimalField(max_digits=4, decimal_places=2)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    credits = models.BigIntegerField(default=0)
+    credits_breakdown = models.JSONField(default=dict)
+    credits_reserved = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices)
+    http_status = models.PositiveSmallIntegerField(default=200)
+    error_code = models.CharField(max_length=64, blank=True)
+    streamed = models.BooleanField(default=False)
+    usage_source = models.CharField(
+        max_length=16, default="upstream", help_text="upstream, or tokenizer when estimated"
+    )
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organization", "-created_at"], name="usage_org_recent"),
+            models.Index(fields=["created_at"], name="usage_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.model} {self.status}"

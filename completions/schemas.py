@@ -1,0 +1,88 @@
+"""The chat completions request, as the public contract documents it.
+
+Parameters the contract lists are validated here with its ranges and defaults.
+Anything else OpenAI defines (tools, response_format, seed, n, logprobs, ...)
+is kept as an extra field and passed to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODEL = "openai/gpt-4o-mini"
+MAX_IMAGES_PER_MESSAGE = 4
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    images: list[str] | None = Field(default=None, max_length=MAX_IMAGES_PER_MESSAGE)
+    name: str | None = Field(default=None, max_length=256)
+
+    @field_validator("images")
+    @classmethod
+    def _image_urls(cls, images: list[str] | None) -> list[str] | None:
+        for url in images or ():
+            if not (url.startswith(("https://", "http://", "data:image/"))):
+                raise ValueError("each image must be an http(s) URL or a data:image/ URL")
+        return images
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessage:
+        # Only an assistant turn that calls tools may leave out its content.
+        if self.content is None and not (self.role == "assistant" and self.model_extra):
+            raise ValueError("content is required")
+        if isinstance(self.content, list):
+            for part in self.content:
+                if not isinstance(part.get("type"), str):
+                    raise ValueError("each content part needs a 'type'")
+        return self
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
+    model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_tokens: int = Field(default=2048, ge=1, le=1_000_000)
+    stream: bool = False
+    web_search: bool = False
+    top_p: float = Field(default=1, ge=0, le=1)
+    frequency_penalty: float = Field(default=0, ge=-2, le=2)
+    presence_penalty: float = Field(default=0, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stop
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _max_tokens_whole(cls, value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
+    def completion_budget(self) -> int:
+        """The most tokens the answer may have: OpenAI's newer `max_completion_tokens` wins."""
+        newer = (self.model_extra or {}).get("max_completion_tokens")
+        if isinstance(newer, int) and not isinstance(newer, bool) and newer > 0:
+            return newer
+        return self.max_tokens
+
+    def image_count(self) -> int:
+        count = 0
+        for message in self.messages:
+            count += len(message.images or ())
+            if isinstance(message.content, list):
+                count += sum(1 for part in message.content if part.get("type") == "image_url")
+        return count

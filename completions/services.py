@@ -1,0 +1,106 @@
+"""Settling a request: its charge and its usage record, together, exactly once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import IntegrityError, transaction
+
+from billing.pricing import Price, tokens_affordable
+from billing.services import Settlement, credits_release, credits_settle
+from completions.models import UsageRecord
+
+
+@dataclass
+class RequestOutcome:
+    """What happened to one admitted request, as settlement needs to know it."""
+
+    request_id: str
+    organization_id: int
+    api_key_id: int
+    model: str
+    multiplier: Decimal
+    credits_reserved: int
+    streamed: bool
+    end_user: str = ""
+    provider: str = ""
+    status: str = UsageRecord.Status.OK
+    http_status: int = 200
+    error_code: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    usage_source: str = "upstream"
+    price: Price = field(default_factory=lambda: Price(base=0))
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    # Nothing reached the upstream's output: release instead of charging.
+    release: bool = False
+
+
+@transaction.atomic
+def request_settle(*, outcome: RequestOutcome) -> Settlement:
+    """Charge (or release) the reservation and write the one usage record, in one transaction.
+
+    Idempotent by request id: the billing service settles at most once, and
+    the usage record's unique request id makes a second write a no-op.
+    """
+    if outcome.release:
+        settlement = credits_release(request_id=outcome.request_id)
+    else:
+        settlement = credits_settle(
+            request_id=outcome.request_id,
+            credits=outcome.price.total,
+            tokens=outcome.prompt_tokens + outcome.completion_tokens,
+        )
+    if settlement.already_closed:
+        return settlement
+    breakdown = charged_breakdown(outcome.price, settlement.charged)
+    try:
+        with transaction.atomic():
+            UsageRecord.objects.create(
+                request_id=outcome.request_id,
+                organization_id=outcome.organization_id,
+                api_key_id=outcome.api_key_id,
+                end_user=outcome.end_user,
+                model=outcome.model,
+                provider=outcome.provider,
+                multiplier=outcome.multiplier,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                credits=settlement.charged,
+                credits_breakdown=breakdown,
+                credits_reserved=outcome.credits_reserved,
+                status=outcome.status,
+                http_status=outcome.http_status,
+                error_code=outcome.error_code,
+                streamed=outcome.streamed,
+                usage_source=outcome.usage_source,
+                latency_ms=outcome.latency_ms,
+                ttft_ms=outcome.ttft_ms,
+            )
+    except IntegrityError:
+        pass  # already written by an earlier settlement of this request
+    return settlement
+
+
+def charged_breakdown(price: Price, charged: int) -> dict[str, int]:
+    """The parts of what was charged; they always add up to `charged`.
+
+    The charge is capped at the reservation (README "Credits"): when a request
+    used more than its worst case was estimated at, the base absorbs the cut.
+    """
+    if charged >= price.total:
+        return price.breakdown
+    surcharges = sum(price.surcharges.values())
+    if charged < surcharges:
+        return {"base": charged}
+    return {"base": charged - surcharges, **price.surcharges}
+
+
+def tokens_remaining_estimate(settlement: Settlement, *, multiplier: Decimal) -> int:
+    """How many more tokens of this model the organization can use: quota or balance, the lower."""
+    by_balance = tokens_affordable(credits=settlement.available, multiplier=multiplier)
+    if settlement.quota_tokens_remaining is None:
+        return by_balance
+    return min(by_balance, settlement.quota_tokens_remaining)

@@ -1,0 +1,42 @@
+"""ASGI entry point, with the lifespan protocol Django lacks.
+
+On shutdown the process waits for settlements still running (so no request
+is left half-billed) and closes the pooled upstream client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "novakit.settings")
+
+django_application = get_asgi_application()
+logger = logging.getLogger(__name__)
+
+
+async def _shutdown() -> None:
+    from completions.gateway import pending_settlements
+    from completions.upstream import upstream_client
+
+    if pending_settlements:
+        logger.info("waiting for %d settlement(s) before exit", len(pending_settlements))
+        await asyncio.wait(list(pending_settlements), timeout=30)
+    await upstream_client.aclose()
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await _shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await django_application(scope, receive, send)

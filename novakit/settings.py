@@ -1,0 +1,183 @@
+"""NovaKit settings: twelve-factor, every value from the environment with a safe default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from novakit.env import env_bool, env_decimal, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEV_SECRET_KEY = "dev-insecure-novakit-secret-key-change-me"  # noqa: S105 (refused when DEBUG=0)
+DEV_KEY_HASH_SECRET = "dev-insecure-novakit-key-hash-secret"  # noqa: S105 (refused when DEBUG=0)
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+# The HMAC secret that API keys are hashed with. Separate from SECRET_KEY so that
+# rotating session signing does not invalidate every API key.
+API_KEY_HASH_SECRET = env_str("API_KEY_HASH_SECRET", DEV_KEY_HASH_SECRET)
+if not DEBUG and (SECRET_KEY == DEV_SECRET_KEY or API_KEY_HASH_SECRET == DEV_KEY_HASH_SECRET):
+    raise ImproperlyConfigured(
+        "DEBUG is off but SECRET_KEY or API_KEY_HASH_SECRET is the development default: "
+        "set both to long random values."
+    )
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "ninja",
+    "accounts",
+    "billing",
+    "completions",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "novakit.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "novakit.asgi.application"
+WSGI_APPLICATION = "novakit.wsgi.application"
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run beside the single writer; the busy timeout makes a
+    # writer wait for the lock instead of failing at once under concurrency.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- Redis, cache and Celery -------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "")
+
+CELERY_BROKER_URL = REDIS_URL or "memory://"
+CELERY_RESULT_BACKEND = None
+# No broker configured: tasks run in the calling process so the embedded
+# default still aggregates usage without a worker.
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
+CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+
+# --- API keys ----------------------------------------------------------------
+# How long a key lookup is trusted in a process before it is read again: a
+# revocation or an organization's suspension reaches every process within this.
+API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
+
+# --- Billing -----------------------------------------------------------------
+# Credits per 1,000 tokens at a 1x multiplier; see README "Credits".
+CREDITS_PER_1K_PROMPT_TOKENS = env_decimal("CREDITS_PER_1K_PROMPT_TOKENS", "100")
+CREDITS_PER_1K_COMPLETION_TOKENS = env_decimal("CREDITS_PER_1K_COMPLETION_TOKENS", "300")
+CREDITS_WEB_SEARCH_SURCHARGE = env_decimal("CREDITS_WEB_SEARCH_SURCHARGE", "10")
+CREDITS_PER_IMAGE_SURCHARGE = env_decimal("CREDITS_PER_IMAGE_SURCHARGE", "2")
+# A reservation not settled within this many seconds belongs to a request that
+# died with its process; the expiry job releases it.
+RESERVATION_TTL_SECONDS = env_int("RESERVATION_TTL_SECONDS", 900, minimum=60)
+DEMO_CREDITS = env_int("DEMO_CREDITS", 1_000_000, minimum=0)
+
+# --- Upstream providers ------------------------------------------------------
+OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")
+OPENROUTER_BASE_URL = env_str("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")
+UPSTREAM_CONNECT_TIMEOUT = env_float("UPSTREAM_CONNECT_TIMEOUT", 5.0, minimum=0.01)
+UPSTREAM_FIRST_BYTE_TIMEOUT = env_float("UPSTREAM_FIRST_BYTE_TIMEOUT", 60.0, minimum=0.01)
+UPSTREAM_CHUNK_TIMEOUT = env_float("UPSTREAM_CHUNK_TIMEOUT", 30.0, minimum=0.01)
+UPSTREAM_MAX_CONNECTIONS = env_int("UPSTREAM_MAX_CONNECTIONS", 512, minimum=1)
+# Provider API keys are encrypted at rest with a key derived from this value.
+PROVIDER_KEY_ENCRYPTION_SECRET = env_str("PROVIDER_KEY_ENCRYPTION_SECRET", SECRET_KEY)
+CATALOG_CACHE_SECONDS = env_float("CATALOG_CACHE_SECONDS", 30.0, minimum=0)
+MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 4 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+
+# --- Management API ----------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.drf.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "EXCEPTION_HANDLER": "novakit.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "NovaKit management API",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+# "httpx" (httpx's own transport) or "aiohttp" (httpx-aiohttp, same httpx API);
+# bench/ measures both, see bench/results/REPORT.md.
+UPSTREAM_TRANSPORT = env_str("UPSTREAM_TRANSPORT", "httpx")
+if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
+    raise ImproperlyConfigured(f"UPSTREAM_TRANSPORT must be httpx or aiohttp, got {UPSTREAM_TRANSPORT!r}")

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+
+from novakit import health
+from novakit.api import api
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    # Management API (DRF) first: its paths are distinct from the inference API's.
+    path("api/v1/", include("billing.urls")),
+    path("api/v1/management/schema", SpectacularAPIView.as_view(), name="management-schema"),
+    path("api/v1/", api.urls),
+]
