@@ -1,0 +1,136 @@
+"""Shared fixtures: tenants (two organizations and an outsider), the fake upstream, the live gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import openai
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+
+from accounts import auth
+from accounts.models import APIKey, Membership, Organization
+from accounts.scopes import ALL_SCOPES
+from accounts.services import api_key_create, membership_add, organization_create
+from billing.models import CreditAccount
+from billing.services import account_for_organization, credits_grant
+from completions.catalog import catalog_cache, catalog_load
+from completions.models import CatalogModel, ModelRoute, Provider
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.live_server import LiveGateway
+
+UPSTREAM_KEY = "fake-upstream-key"
+
+
+@dataclass
+class Tenant:
+    org: Organization
+    account: CreditAccount
+    key: APIKey
+    secret: str
+    user: AbstractBaseUser
+
+    def refresh_account(self) -> CreditAccount:
+        self.account.refresh_from_db()
+        return self.account
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> Iterator[None]:
+    auth.cache_clear()
+    catalog_cache.clear()
+    yield
+    auth.cache_clear()
+    catalog_cache.clear()
+
+
+@pytest.fixture
+def catalog(db: None) -> None:
+    """The shipped catalog. Its data migration loaded it, but a transactional test's
+    flush empties every table, so load it again when it is missing."""
+    if not CatalogModel.objects.exists():
+        catalog_load(provider_model=Provider, catalog_model=CatalogModel, route_model=ModelRoute,
+                     update=False)
+
+
+@pytest.fixture
+def tenant_factory(catalog: None) -> Callable[..., Tenant]:
+    def make(
+        slug: str, *, credits: int = 1_000_000, scopes: tuple[str, ...] = ALL_SCOPES,
+        role: str = Membership.Role.OWNER,
+    ) -> Tenant:
+        user = get_user_model().objects.create_user(
+            username=f"{slug}-owner", email=f"owner@{slug}.test", password="a-long-test-password"
+        )
+        org = organization_create(slug=slug, name=slug.title())
+        membership_add(organization=org, user=user, role=role)
+        account = account_for_organization(organization=org)
+        if credits:
+            credits_grant(account=account, amount=credits, reason="test credits")
+        key, secret = api_key_create(organization=org, name="test", scopes=scopes, created_by=user)
+        account.refresh_from_db()
+        return Tenant(org=org, account=account, key=key, secret=secret, user=user)
+
+    return make
+
+
+@pytest.fixture
+def tenant(tenant_factory: Callable[..., Tenant]) -> Tenant:
+    return tenant_factory("acme")
+
+
+@pytest.fixture
+def other_tenant(tenant_factory: Callable[..., Tenant]) -> Tenant:
+    return tenant_factory("globex")
+
+
+@pytest.fixture
+def outsider(db: None) -> AbstractBaseUser:
+    """A signed-up user who belongs to no organization."""
+    return get_user_model().objects.create_user(
+        username="outsider", email="outsider@example.test", password="a-long-test-password"
+    )
+
+
+@pytest.fixture(scope="session")
+def fake_upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[FakeUpstream]:  # type: ignore[no-untyped-def]
+    """The fake upstream, reset, with OpenRouter's settings pointing at it."""
+    fake_upstream_server.reset()
+    settings.OPENROUTER_BASE_URL = fake_upstream_server.url
+    settings.OPENROUTER_API_KEY = UPSTREAM_KEY
+    catalog_cache.clear()
+    yield fake_upstream_server
+    fake_upstream_server.reset()
+
+
+@pytest.fixture(scope="session")
+def live_gateway_server(django_db_setup: None) -> Iterator[LiveGateway]:
+    server = LiveGateway().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live_gateway(live_gateway_server: LiveGateway, transactional_db: None) -> LiveGateway:
+    """The real ASGI server. Tests using it see committed data only (transactional_db)."""
+    return live_gateway_server
+
+
+@pytest.fixture
+def client_for(live_gateway: LiveGateway) -> Callable[[Tenant], openai.OpenAI]:
+    """The official OpenAI SDK pointed at the live gateway, with only the base URL changed."""
+
+    def make(tenant: Tenant, **options: object) -> openai.OpenAI:
+        options.setdefault("max_retries", 0)
+        return openai.OpenAI(api_key=tenant.secret, base_url=live_gateway.api_base, **options)  # type: ignore[arg-type]
+
+    return make

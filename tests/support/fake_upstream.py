@@ -1,0 +1,194 @@
+"""A real OpenAI-compatible HTTP server on a loopback port, with switchable faults.
+
+The behaviour of a request is chosen, in order, by a `[[fault:NAME]]` or
+`[[fault:NAME:ARG]]` marker in the last user message (so concurrent tests can
+each pick their own), else by `FakeUpstream.scenario` (set by a test).
+
+Scenarios:
+  ok             a normal answer (streamed if asked), usage included
+  no_usage       a normal answer without any usage numbers
+  tools          the answer is a tool call (streamed as tool-call deltas)
+  status:CODE    answers HTTP CODE with an OpenAI-style error body
+  slow:SECONDS   streams with SECONDS between chunks
+  cut:N          streams N chunks, then drops the connection (no [DONE])
+  hang           never answers
+  malformed      a 200 whose body is not JSON (or a stream with a broken event)
+  error_event:N  streams N chunks, then an SSE `{"error": ...}` event
+Every request is recorded in `requests` (path, headers, parsed body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+WORDS = "The quick brown fox jumps over the lazy dog and keeps running far away".split()
+_MARKER = re.compile(r"\[\[fault:([a-z_]+)(?::([0-9.]+))?\]\]")
+
+
+@dataclass
+class FakeUpstream:
+    host: str = "127.0.0.1"
+    port: int = 0
+    scenario: str = "ok"
+    chunks: int = 8
+    chunk_interval: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def reset(self) -> None:
+        self.scenario = "ok"
+        self.chunks = 8
+        self.chunk_interval = 0.0
+        self.requests.clear()
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> FakeUpstream:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_get("/v1/models", self._models)
+            self._runner = web.AppRunner(app, access_log=None)
+            self._loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, self.host, self.port)
+            self._loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # --- behaviour -----------------------------------------------------------------
+    def _choose(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        for message in reversed(body.get("messages", [])):
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                found = _MARKER.search(message["content"])
+                if found:
+                    return found.group(1), found.group(2)
+                break
+        name, _, arg = self.scenario.partition(":")
+        return name, arg or None
+
+    def _words(self, body: dict[str, Any]) -> list[str]:
+        limit = body.get("max_tokens") or body.get("max_completion_tokens") or 10_000
+        return [WORDS[i % len(WORDS)] for i in range(min(self.chunks, int(limit)))]
+
+    @staticmethod
+    def _usage(body: dict[str, Any], words: list[str]) -> dict[str, int]:
+        prompt = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages", []))
+        return {"prompt_tokens": prompt, "completion_tokens": len(words),
+                "total_tokens": prompt + len(words)}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return web.json_response({"error": {"message": "bad json"}}, status=400)
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        name, arg = self._choose(body)
+        if name == "status":
+            code = int(float(arg or 500))
+            return web.json_response(
+                {"error": {"message": f"fake upstream says {code}", "code": code}}, status=code
+            )
+        if name == "hang":
+            await asyncio.sleep(3600)
+        if body.get("stream"):
+            return await self._stream(request, body, name, arg)
+        if name == "malformed":
+            return web.Response(text="this is not json {", content_type="application/json")
+        words = self._words(body)
+        message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+        finish = "stop"
+        if name == "tools":
+            message = {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+            finish = "tool_calls"
+        completion: dict[str, Any] = {
+            "id": "gen-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"), "choices": [
+                {"index": 0, "message": message, "finish_reason": finish}],
+        }
+        if name != "no_usage":
+            completion["usage"] = self._usage(body, words)
+        return web.json_response(completion)
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], name: str,
+                      arg: str | None) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        interval = float(arg) if name == "slow" and arg else self.chunk_interval
+        words = self._words(body)
+        base = {"id": "gen-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                "model": body.get("model")}
+
+        async def send(data: dict[str, Any] | str) -> None:
+            text = data if isinstance(data, str) else json.dumps(data)
+            await response.write(f"data: {text}\n\n".encode())
+
+        await response.write(b": keep-alive comment\n\n")
+        if name == "tools":
+            await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": None}]})
+            for piece in ['{"city"', ': "Paris"}']:
+                await send({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "function": {"arguments": piece}}]}, "finish_reason": None}]})
+            await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            await send({**base, "choices": [], "usage": self._usage(body, ["x", "y"])})
+            await send("[DONE]")
+            return response
+        await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": None}]})
+        for position, word in enumerate(words):
+            if name == "cut" and position >= int(float(arg or 2)):
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            if name == "error_event" and position >= int(float(arg or 2)):
+                await send({"error": {"message": "fake upstream failed mid-stream", "code": 502}})
+                await send("[DONE]")
+                return response
+            if name == "malformed" and position == 1:
+                await response.write(b"data: {not json\n\n")
+                return response
+            if interval:
+                await asyncio.sleep(interval)
+            piece = word if position == 0 else " " + word
+            await send({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                             "finish_reason": None}]})
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if name != "no_usage":
+            await send({**base, "choices": [], "usage": self._usage(body, words)})
+        await send("[DONE]")
+        return response
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": []})
