@@ -87,6 +87,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # The test database is a file, not memory, so tests can start real
+    # subprocesses (a second gateway, a Celery worker) that share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": env_str("SQLITE_TEST_DATABASE", str(BASE_DIR / ".test-db.sqlite3"))
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -108,8 +113,8 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # --- Redis, cache and Celery -------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
 
-CELERY_BROKER_URL = REDIS_URL or "memory://"
-CELERY_RESULT_BACKEND = None
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL) or None
 # No broker configured: tasks run in the calling process so the embedded
 # default still aggregates usage without a worker.
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", not REDIS_URL)
