@@ -79,6 +79,8 @@ class Route:
     api_key: str
     upstream_model: str
     supports_web_search: bool
+    # False when the provider's own model list (catalog sync) no longer offers it.
+    listed: bool = True
 
     @property
     def configured(self) -> bool:
@@ -107,7 +109,7 @@ class ModelInfo:
 
     @property
     def available(self) -> bool:
-        return any(route.configured for route in self.routes)
+        return any(route.configured and route.listed for route in self.routes)
 
 
 def _route_for(route: Any) -> Route:
@@ -124,6 +126,7 @@ def _route_for(route: Any) -> Route:
         api_key=api_key,
         upstream_model=route.upstream_model,
         supports_web_search=provider.supports_web_search,
+        listed=route.is_listed,
     )
 
 

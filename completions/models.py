@@ -77,6 +77,8 @@ class ModelRoute(models.Model):
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="routes")
     upstream_model = models.CharField(max_length=200)
     priority = models.PositiveSmallIntegerField(default=0)
+    # False when the provider's last model listing (catalog sync) did not include it.
+    is_listed = models.BooleanField(default=True)
 
     class Meta:
         ordering = ["model", "priority", "pk"]
@@ -119,6 +121,9 @@ class UsageRecord(models.Model):
     )
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    # When the request arrived: usage is rolled up into the window it started in.
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # When it was settled; the rollup job looks for windows with new records by this.
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -129,3 +134,50 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status}"
+
+
+class UsageRollup(models.Model):
+    """Usage totals of one organization's key and model in one hour or day.
+
+    Keyed by the request's start time, so a stream that settles after its
+    window closed still counts in the window it started in. Rows are
+    recomputed from the raw records and upserted, never incremented, so
+    running the job twice (or on two workers at once) cannot double-count.
+    """
+
+    class Granularity(models.TextChoices):
+        HOUR = "hour", "Hour"
+        DAY = "day", "Day"
+
+    granularity = models.CharField(max_length=8, choices=Granularity.choices)
+    window_start = models.DateTimeField()
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    # Plain ids, not foreign keys: 0 means "no key" and keeps the unique key NULL-free.
+    key_id = models.BigIntegerField(default=0)
+    model = models.CharField(max_length=200)
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    streamed = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    credits = models.BigIntegerField(default=0)
+    latency_p50_ms = models.PositiveIntegerField(default=0)
+    latency_p95_ms = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["granularity", "window_start", "organization", "key_id", "model"],
+                name="rollup_one_row_per_window_key_model",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["organization", "granularity", "window_start"],
+                         name="rollup_org_series"),
+            models.Index(fields=["granularity", "window_start"], name="rollup_platform_series"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.granularity} {self.window_start:%Y-%m-%d %H:00} {self.model}"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from billing.pricing import Price, tokens_affordable
 from billing.services import Settlement, credits_release, credits_settle
@@ -78,6 +80,7 @@ def request_settle(*, outcome: RequestOutcome) -> Settlement:
                 usage_source=outcome.usage_source,
                 latency_ms=outcome.latency_ms,
                 ttft_ms=outcome.ttft_ms,
+                started_at=timezone.now() - dt.timedelta(milliseconds=outcome.latency_ms),
             )
     except IntegrityError:
         pass  # already written by an earlier settlement of this request

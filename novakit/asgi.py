@@ -19,9 +19,28 @@ django_application = get_asgi_application()
 logger = logging.getLogger(__name__)
 
 
+_beat_stop = asyncio.Event()
+_beat_task: asyncio.Task[None] | None = None
+
+
+async def _startup() -> None:
+    global _beat_task
+    from django.conf import settings
+
+    if settings.IN_PROCESS_BEAT:
+        from novakit.scheduler import run_forever
+
+        _beat_stop.clear()
+        _beat_task = asyncio.create_task(run_forever(_beat_stop))
+
+
 async def _shutdown() -> None:
     from completions.gateway import pending_settlements
     from completions.upstream import upstream_client
+
+    _beat_stop.set()
+    if _beat_task is not None:
+        await asyncio.wait([_beat_task], timeout=10)
 
     if pending_settlements:
         logger.info("waiting for %d settlement(s) before exit", len(pending_settlements))
@@ -34,6 +53,7 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                await _startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await _shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -88,9 +89,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # The test database is a file, not memory, so tests can start real
-    # subprocesses (a second gateway, a Celery worker) that share it.
+    # subprocesses (a second gateway, a Celery worker) that share it; one per
+    # test run, so two runs on one machine do not trample each other.
     DATABASES["default"]["TEST"] = {
-        "NAME": env_str("SQLITE_TEST_DATABASE", str(BASE_DIR / ".test-db.sqlite3"))
+        "NAME": env_str("SQLITE_TEST_DATABASE", str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3"))
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -112,6 +114,17 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 # --- Redis, cache and Celery -------------------------------------------------
 REDIS_URL = env_str("REDIS_URL", "")
+# Every key NovaKit writes to Redis starts with this, so deployments (and test
+# runs) can share one server.
+REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "novakit:")
+# Per event loop (one per worker process); a request holds one only for a command.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
+# Redis answers in well under a millisecond: a slower answer counts as a failure,
+# so a sick Redis costs a request at most this long (see novakit/redis.py).
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
+# After a failure, Redis is left alone this long: rate limits fail open and the
+# key cache trusts its TTL meanwhile.
+REDIS_RETRY_SECONDS = env_float("REDIS_RETRY_SECONDS", 2.0, minimum=0)
 
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL) or None
@@ -125,9 +138,23 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 # --- API keys ----------------------------------------------------------------
-# How long a key lookup is trusted in a process before it is read again: a
-# revocation or an organization's suspension reaches every process within this.
+# How long a key lookup is trusted in a process before it is read again. With
+# Redis a revocation or an organization's suspension reaches every process at
+# its next request (accounts/auth.py); without Redis (or while it is down) and
+# for any other change to a key (scopes, limits) this is the bound.
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
+
+# --- Rate limits (accounts/ratelimit.py; README "Rate limits") -----------------
+RATE_LIMIT_ENABLED = env_bool("RATE_LIMIT_ENABLED", True)
+# Per organization when its own fields are empty; 0 means unlimited. Generous
+# on purpose: they stop a runaway client, the per-key limits shape traffic.
+RATE_LIMIT_ORG_RPM_DEFAULT = env_int("RATE_LIMIT_ORG_RPM_DEFAULT", 3_000, minimum=0)
+RATE_LIMIT_ORG_TPM_DEFAULT = env_int("RATE_LIMIT_ORG_TPM_DEFAULT", 10_000_000, minimum=0)
+# A concurrency slot whose request never ended (its process died) frees itself
+# after this long, like an unsettled reservation.
+RATE_LIMIT_CONCURRENCY_LEASE_SECONDS = env_int(
+    "RATE_LIMIT_CONCURRENCY_LEASE_SECONDS", 900, minimum=1
+)
 
 # --- Billing -----------------------------------------------------------------
 # Credits per 1,000 tokens at a 1x multiplier; see README "Credits".
@@ -185,4 +212,34 @@ LOGGING = {
 # bench/ measures both, see bench/results/REPORT.md.
 UPSTREAM_TRANSPORT = env_str("UPSTREAM_TRANSPORT", "httpx")
 if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
-    raise ImproperlyConfigured(f"UPSTREAM_TRANSPORT must be httpx or aiohttp, got {UPSTREAM_TRANSPORT!r}")
+    raise ImproperlyConfigured(
+        f"UPSTREAM_TRANSPORT must be httpx or aiohttp, got {UPSTREAM_TRANSPORT!r}"
+    )
+
+# --- Background jobs -----------------------------------------------------------
+USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 3600, minimum=60)
+USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 90, minimum=1)
+# Catalog sync: a model the upstream offers that the catalog lacks gets the
+# tier and multiplier of the first band its completion price (USD per million
+# tokens) is under.
+CATALOG_SYNC_TIER_BANDS: list[tuple[float, str, str]] = [
+    (1.0, "basic", "1.0"),
+    (5.0, "standard", "1.5"),
+    (15.0, "standard", "2.0"),
+    (40.0, "powerful", "2.5"),
+    (float("inf"), "powerful", "3.0"),
+]
+CATALOG_SYNC_ENABLED = env_bool("CATALOG_SYNC_ENABLED", True)
+LOW_BALANCE_DEFAULT_THRESHOLD = env_int("LOW_BALANCE_DEFAULT_THRESHOLD", 0, minimum=0)
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "NovaKit <noreply@localhost>")
+
+CELERY_BEAT_SCHEDULE = {
+    "usage-rollup": {"task": "completions.tasks.usage_rollup_task", "schedule": 60.0},
+    "usage-retention": {"task": "completions.tasks.usage_retention_task", "schedule": 3600.0},
+    "catalog-sync": {"task": "completions.tasks.catalog_sync_task", "schedule": 6 * 3600.0},
+    "expire-reservations": {"task": "billing.tasks.reservations_expire_task", "schedule": 60.0},
+    "low-balance-alerts": {"task": "billing.tasks.low_balance_alerts_task", "schedule": 300.0},
+}
+# Without a broker the web process runs the beat schedule itself (novakit/scheduler.py).
+IN_PROCESS_BEAT = env_bool("IN_PROCESS_BEAT", not REDIS_URL)

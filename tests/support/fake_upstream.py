@@ -14,6 +14,9 @@ Scenarios:
   hang           never answers
   malformed      a 200 whose body is not JSON (or a stream with a broken event)
   error_event:N  streams N chunks, then an SSE `{"error": ...}` event
+A provider with a fixed behaviour, whatever the scenario, is the base URL
+`url_for(SCENARIO)` (e.g. a failing first route next to a healthy second).
+`hang` lasts until the next `reset()`, so no handler outlives its test.
 Every request is recorded in `requests` (path, headers, parsed body).
 """
 
@@ -41,6 +44,10 @@ class FakeUpstream:
     chunks: int = 8
     chunk_interval: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # What GET /v1/models lists (OpenRouter's format), for catalog sync tests.
+    model_listing: list[dict[str, Any]] = field(default_factory=list)
+    # Bumped by reset(): a `hang` ends when the test that asked for it is over.
+    _generation: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
@@ -49,11 +56,17 @@ class FakeUpstream:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    def url_for(self, scenario: str) -> str:
+        """A base URL whose requests always behave as `scenario` (e.g. "status:500")."""
+        return f"http://{self.host}:{self.port}/forced/{scenario}/v1"
+
     def reset(self) -> None:
         self.scenario = "ok"
         self.chunks = 8
         self.chunk_interval = 0.0
         self.requests.clear()
+        self._generation += 1
+        self.model_listing = []
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -64,6 +77,7 @@ class FakeUpstream:
             asyncio.set_event_loop(self._loop)
             app = web.Application()
             app.router.add_post("/v1/chat/completions", self._chat)
+            app.router.add_post("/forced/{scenario}/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
@@ -81,11 +95,15 @@ class FakeUpstream:
     def stop(self) -> None:
         if self._loop is None:
             return
+        self._generation += 1  # end any `hang` so cleanup does not wait for it
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)  # type: ignore[union-attr]
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     # --- behaviour -----------------------------------------------------------------
-    def _choose(self, body: dict[str, Any]) -> tuple[str, str | None]:
+    def _choose(self, body: dict[str, Any], forced: str | None = None) -> tuple[str, str | None]:
+        if forced:
+            name, _, arg = forced.partition(":")
+            return name, arg or None
         for message in reversed(body.get("messages", [])):
             if message.get("role") == "user" and isinstance(message.get("content"), str):
                 found = _MARKER.search(message["content"])
@@ -112,14 +130,17 @@ class FakeUpstream:
         except ValueError:
             return web.json_response({"error": {"message": "bad json"}}, status=400)
         self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
-        name, arg = self._choose(body)
+        name, arg = self._choose(body, request.match_info.get("scenario"))
         if name == "status":
             code = int(float(arg or 500))
             return web.json_response(
                 {"error": {"message": f"fake upstream says {code}", "code": code}}, status=code
             )
         if name == "hang":
-            await asyncio.sleep(3600)
+            generation = self._generation
+            while generation == self._generation:
+                await asyncio.sleep(0.05)
+            return web.json_response({"error": {"message": "hang ended"}}, status=500)
         if body.get("stream"):
             return await self._stream(request, body, name, arg)
         if name == "malformed":
@@ -191,4 +212,4 @@ class FakeUpstream:
         return response
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"data": []})
+        return web.json_response({"data": self.model_listing})

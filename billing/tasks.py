@@ -1,0 +1,12 @@
+"""Periodic jobs of the billing app. Thin: each calls a service and is safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from billing.services import reservations_expire
+
+
+@shared_task(time_limit=300, soft_time_limit=240)
+def reservations_expire_task() -> int:
+    return reservations_expire()

@@ -1,0 +1,125 @@
+"""Keeping the catalog in step with a provider's own model list (OpenRouter's `/models` format)."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.db import transaction
+
+from completions.catalog import OPENROUTER, catalog_cache
+from completions.models import CatalogModel, ModelRoute, Provider
+
+logger = logging.getLogger(__name__)
+_PER_MILLION = Decimal(1_000_000)
+
+
+def _usd_per_million(raw: Any) -> Decimal | None:
+    try:
+        value = Decimal(str(raw)) * _PER_MILLION
+    except (InvalidOperation, TypeError):
+        return None
+    return value.quantize(Decimal("0.0001")) if value >= 0 else None
+
+
+def tier_for_price(completion_usd_per_m: Decimal) -> tuple[str, Decimal]:
+    for ceiling, tier, multiplier in settings.CATALOG_SYNC_TIER_BANDS:
+        if completion_usd_per_m < Decimal(str(ceiling)):
+            return tier, Decimal(multiplier)
+    _, tier, multiplier = settings.CATALOG_SYNC_TIER_BANDS[-1]
+    return tier, Decimal(multiplier)
+
+
+def _endpoint(provider: Provider) -> tuple[str, str]:
+    """The provider's base URL and key; OpenRouter's come from settings unless stored."""
+    is_default = provider.slug == OPENROUTER
+    base_url = provider.base_url or (settings.OPENROUTER_BASE_URL if is_default else "")
+    api_key = provider.get_api_key() or (settings.OPENROUTER_API_KEY if is_default else "")
+    return base_url, api_key
+
+
+def provider_configured(provider: Provider) -> bool:
+    base_url, api_key = _endpoint(provider)
+    return bool(base_url and api_key)
+
+
+def fetch_provider_models(provider: Provider) -> list[dict[str, Any]]:
+    base_url, api_key = _endpoint(provider)
+    if not base_url:
+        raise ValueError(f"provider '{provider.slug}' has no base URL")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(f"{base_url.rstrip('/')}/models", headers=headers, timeout=30)
+    response.raise_for_status()
+    data = response.json().get("data")
+    if not isinstance(data, list):
+        raise ValueError(f"provider '{provider.slug}' returned no model list")
+    return [item for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+@transaction.atomic
+def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[str, int]:
+    """Apply a provider's listing: refresh prices, context windows and availability; add new models.
+
+    Staff overrides (tier, multiplier, active) are never touched: a model with
+    `staff_override` keeps those fields whatever the listing says.
+    """
+    counts = {"updated": 0, "added": 0, "unlisted": 0}
+    by_upstream = {item["id"]: item for item in listing}
+    routes = ModelRoute.objects.filter(provider=provider).select_related("model")
+    routed = set()
+    for route in routes:
+        routed.add(route.upstream_model)
+        item = by_upstream.get(route.upstream_model)
+        listed = item is not None
+        if route.is_listed != listed:
+            route.is_listed = listed
+            route.save(update_fields=["is_listed"])
+            if not listed:
+                counts["unlisted"] += 1
+        if item is None:
+            continue
+        model = route.model
+        _apply_listing(model, item)
+        model.save()
+        counts["updated"] += 1
+    known_ids = set(CatalogModel.objects.values_list("model_id", flat=True))
+    for upstream_id, item in by_upstream.items():
+        if upstream_id in routed or upstream_id in known_ids:
+            continue
+        prompt = _usd_per_million((item.get("pricing") or {}).get("prompt")) or Decimal(0)
+        completion = _usd_per_million((item.get("pricing") or {}).get("completion")) or Decimal(0)
+        tier, multiplier = tier_for_price(completion)
+        model = CatalogModel(
+            model_id=upstream_id,
+            name=str(item.get("name") or upstream_id)[:200],
+            owned_by=upstream_id.split("/")[0],
+            tier=tier,
+            multiplier=multiplier,
+            prompt_usd_per_m=prompt,
+            completion_usd_per_m=completion,
+        )
+        _apply_listing(model, item)
+        model.save()
+        ModelRoute.objects.create(model=model, provider=provider, upstream_model=upstream_id)
+        counts["added"] += 1
+    transaction.on_commit(catalog_cache.clear)
+    return counts
+
+
+def _apply_listing(model: CatalogModel, item: dict[str, Any]) -> None:
+    pricing = item.get("pricing") or {}
+    prompt = _usd_per_million(pricing.get("prompt"))
+    completion = _usd_per_million(pricing.get("completion"))
+    if prompt is not None:
+        model.prompt_usd_per_m = prompt
+    if completion is not None:
+        model.completion_usd_per_m = completion
+    context = item.get("context_length")
+    if isinstance(context, int) and context > 0:
+        model.context_length = context
+    modalities = (item.get("architecture") or {}).get("input_modalities")
+    if isinstance(modalities, list):
+        model.supports_vision = "image" in modalities

@@ -1,0 +1,31 @@
+"""Periodic jobs of the completions app. Thin: each calls a service and is safe to run twice."""
+
+from __future__ import annotations
+
+import httpx
+from celery import shared_task
+
+from completions import catalog_sync, rollups
+from completions.models import Provider
+
+
+@shared_task(time_limit=600, soft_time_limit=540)
+def usage_rollup_task() -> int:
+    return rollups.usage_rollup()
+
+
+@shared_task(time_limit=1800, soft_time_limit=1700)
+def usage_retention_task() -> int:
+    return rollups.usage_records_purge()
+
+
+@shared_task(
+    autoretry_for=(httpx.HTTPError,), retry_backoff=True, retry_backoff_max=600, max_retries=5,
+    time_limit=300, soft_time_limit=240,
+)
+def catalog_sync_task(provider_slug: str = "openrouter") -> dict[str, int]:
+    provider = Provider.objects.get(slug=provider_slug, kind=Provider.Kind.OPENAI)
+    if not catalog_sync.provider_configured(provider):
+        return {"skipped": 1}  # the embedded default: no upstream to ask
+    listing = catalog_sync.fetch_provider_models(provider)
+    return catalog_sync.catalog_sync(provider=provider, listing=listing)

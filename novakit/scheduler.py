@@ -1,0 +1,47 @@
+"""An in-process stand-in for Celery beat when no broker is configured (the embedded default).
+
+`make run` on SQLite has no Redis and no worker, yet usage should still be
+rolled up and stale reservations released. With IN_PROCESS_BEAT on, the ASGI
+process runs the beat schedule itself, calling each task eagerly in a thread.
+The jobs are idempotent, so several processes doing this is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+
+def _run_task(name: str) -> None:
+    from novakit.celery import app
+
+    app.loader.import_default_modules()
+    try:
+        app.tasks[name].apply(throw=True)
+    except Exception:
+        logger.exception("in-process beat: %s failed", name)
+    finally:
+        from django.db import close_old_connections
+
+        close_old_connections()
+
+
+async def run_forever(stop: asyncio.Event, *, tick: float = 5.0) -> None:
+    last_run: dict[str, float] = {}
+    while not stop.is_set():
+        now = time.monotonic()
+        for entry in settings.CELERY_BEAT_SCHEDULE.values():
+            task, every = entry["task"], float(entry["schedule"])
+            if now - last_run.get(task, float("-inf")) >= every:
+                last_run[task] = now
+                await sync_to_async(_run_task, thread_sensitive=False)(task)
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=tick)
+        except TimeoutError:
+            pass

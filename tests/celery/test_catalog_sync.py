@@ -1,0 +1,80 @@
+"""Given the upstream's model list, when the catalog syncs, prices and availability follow it,
+new models are served, and staff overrides survive."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import httpx
+import pytest
+
+from completions.models import CatalogModel, ModelRoute
+from completions.tasks import catalog_sync_task
+
+pytestmark = pytest.mark.django_db
+
+
+def _listing() -> list[dict]:
+    return [
+        {"id": "openai/gpt-4o-mini", "name": "GPT-4o mini", "context_length": 131072,
+         "architecture": {"input_modalities": ["text", "image"]},
+         "pricing": {"prompt": "0.0000002", "completion": "0.0000008"}},
+        {"id": "openai/gpt-4o", "name": "GPT-4o", "context_length": 128000,
+         "architecture": {"input_modalities": ["text"]},
+         "pricing": {"prompt": "0.000003", "completion": "0.000012"}},
+        {"id": "acme/new-big-model", "name": "Acme Big", "context_length": 64000,
+         "architecture": {"input_modalities": ["text"]},
+         "pricing": {"prompt": "0.00001", "completion": "0.00005"}},
+        {"id": "acme/new-small-model", "name": "Acme Small", "context_length": 32000,
+         "pricing": {"prompt": "0.0000001", "completion": "0.0000002"}},
+    ]
+
+
+def test_sync_updates_prices_adds_new_models_and_keeps_staff_overrides(catalog, fake_upstream):
+    fake_upstream.model_listing = _listing()
+    gpt4o = CatalogModel.objects.get(model_id="openai/gpt-4o")
+    gpt4o.tier, gpt4o.multiplier, gpt4o.staff_override = "powerful", Decimal("2.5"), True
+    gpt4o.save()
+
+    counts = catalog_sync_task.apply().get()
+
+    mini = CatalogModel.objects.get(model_id="openai/gpt-4o-mini")
+    assert (mini.prompt_usd_per_m, mini.completion_usd_per_m) == (Decimal("0.2"), Decimal("0.8"))
+    assert mini.context_length == 131072 and mini.supports_vision
+    gpt4o.refresh_from_db()
+    assert (gpt4o.tier, gpt4o.multiplier) == ("powerful", Decimal("2.5"))  # override kept
+    assert gpt4o.completion_usd_per_m == Decimal("12")  # prices still follow the upstream
+    big = CatalogModel.objects.get(model_id="acme/new-big-model")
+    assert (big.tier, big.multiplier, big.context_length) == ("powerful", Decimal("3.0"), 64000)
+    small = CatalogModel.objects.get(model_id="acme/new-small-model")
+    assert (small.tier, small.multiplier) == ("basic", Decimal("1.0"))
+    assert ModelRoute.objects.get(model=big).upstream_model == "acme/new-big-model"
+    # Seed models the upstream no longer lists stay in the catalog but show as unavailable.
+    claude = ModelRoute.objects.get(model__model_id="anthropic/claude-3-opus")
+    assert not claude.is_listed
+    unlisted = ModelRoute.objects.filter(is_listed=False).count()
+    assert unlisted == 14  # the 16 seed models less the two listed; echo is not OpenRouter's
+    assert counts == {"updated": 2, "added": 2, "unlisted": unlisted}
+
+
+def test_a_synced_model_is_served_and_listed(tenant, fake_upstream, live_gateway):
+    fake_upstream.model_listing = _listing()
+    catalog_sync_task.apply().get()
+    headers = {"Authorization": f"Bearer {tenant.secret}"}
+
+    listed = httpx.get(f"{live_gateway.api_base}/models", headers=headers, timeout=10).json()
+    answer = httpx.post(
+        f"{live_gateway.api_base}/chat/completions", headers=headers, timeout=10,
+        json={"model": "acme/new-small-model", "messages": [{"role": "user", "content": "hi"}]},
+    )
+
+    entries = {entry["id"]: entry for entry in listed["data"]}
+    assert entries["acme/new-small-model"]["available"] is True
+    assert entries["anthropic/claude-3-opus"]["available"] is False
+    assert answer.status_code == 200, answer.text
+    assert fake_upstream.requests[-1]["body"]["model"] == "acme/new-small-model"
+
+
+def test_sync_is_skipped_without_an_upstream_key(catalog, settings):
+    settings.OPENROUTER_API_KEY = ""
+    assert catalog_sync_task.apply().get() == {"skipped": 1}
