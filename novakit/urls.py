@@ -10,7 +10,9 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
     # Management API (DRF) first: its paths are distinct from the inference API's.
+    path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("billing.urls")),
+    path("api/v1/", include("completions.urls")),
     path("api/v1/management/schema", SpectacularAPIView.as_view(), name="management-schema"),
     path("api/v1/", api.urls),
 ]

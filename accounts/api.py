@@ -1,0 +1,261 @@
+"""Management API (DRF) for API keys and members of the caller's organization.
+
+Every lookup is filtered by the caller's organization, so another
+organization's object is a 404, never a 403 and never its data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.shortcuts import get_object_or_404
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts import services
+from accounts.drf import Caller, caller_for
+from accounts.models import APIKey, Membership, Organization
+from accounts.scopes import ALL_SCOPES, KEYS_WRITE
+from billing.models import Quota
+from billing.services import quota_set
+from novakit.errors import ApiError, forbidden, invalid_request
+
+MANAGERS = (Membership.Role.OWNER, Membership.Role.ADMIN)
+KEY_MANAGERS = (*MANAGERS, Membership.Role.DEVELOPER)
+
+
+class APIKeySerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    credit_cap = serializers.SerializerMethodField()
+
+    class Meta:
+        model = APIKey
+        fields = ["id", "name", "prefix", "scopes", "allowed_models", "requests_per_minute",
+                  "tokens_per_minute", "max_concurrent_requests", "credit_cap", "expires_at",
+                  "revoked_at", "created_by", "created_at", "last_used_at"]
+
+    def get_credit_cap(self, key: APIKey) -> int | None:
+        quota = next((q for q in key.quotas.all() if q.metric == Quota.Metric.CREDITS), None)
+        return quota.limit if quota else None
+
+
+class APIKeyWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ALL_SCOPES),
+                                   allow_empty=False, required=False)
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200),
+                                           required=False)
+    requests_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    tokens_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
+    max_concurrent_requests = serializers.IntegerField(min_value=1, allow_null=True,
+                                                       required=False)
+    credit_cap = serializers.IntegerField(min_value=0, allow_null=True, required=False,
+                                          help_text="credits this key may spend per month")
+    expires_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class RotateSerializer(serializers.Serializer):
+    grace_seconds = serializers.IntegerField(min_value=0, max_value=30 * 86400, default=3600)
+
+
+def _key_manager(request: Request) -> Caller:
+    caller = caller_for(request, scope=KEYS_WRITE)
+    if caller.role is not None and caller.role not in KEY_MANAGERS:
+        raise forbidden("Your role cannot manage API keys")
+    return caller
+
+
+def _check_scopes_grantable(caller: Caller, scopes: list[str] | None) -> None:
+    """A key may not mint a key with more power than it has itself."""
+    if caller.key is not None and scopes is not None:
+        extra = set(scopes) - set(caller.key.scopes)
+        if extra:
+            lacking = ", ".join(sorted(extra))
+            raise forbidden(f"This API key cannot grant scopes it lacks: {lacking}")
+
+
+def _actor(request: Request) -> Any:
+    return request.user if caller_is_person(request) else None
+
+
+def caller_is_person(request: Request) -> bool:
+    return bool(getattr(request.user, "pk", None))
+
+
+def _actor_label(caller: Caller) -> str:
+    return f"api key {caller.key.key_prefix}" if caller.key else ""
+
+
+def _keys(caller: Caller):  # type: ignore[no-untyped-def]
+    return APIKey.objects.filter(organization_id=caller.organization_id).select_related(
+        "created_by").prefetch_related("quotas")
+
+
+@api_view(["GET", "POST"])
+def keys(request: Request) -> Response:
+    caller = _key_manager(request)
+    if request.method == "GET":
+        return Response({"data": APIKeySerializer(_keys(caller), many=True).data})
+    payload = APIKeyWriteSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    data = dict(payload.validated_data)
+    _check_scopes_grantable(caller, data.get("scopes"))
+    credit_cap = data.pop("credit_cap", None)
+    organization = Organization.objects.get(pk=caller.organization_id)
+    with transaction.atomic():
+        key, secret = services.api_key_create(
+            organization=organization, created_by=_actor(request),
+            actor_label=_actor_label(caller), **data,
+        )
+        if credit_cap is not None:
+            quota_set(organization=organization, api_key_id=key.pk, limit=credit_cap,
+                      metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
+                      actor=_actor(request), actor_label=_actor_label(caller),
+                      reason="key credit cap")
+    body = APIKeySerializer(_keys(caller).get(pk=key.pk)).data
+    body["secret"] = secret  # shown this once; only its hash is stored
+    return Response(body, status=status.HTTP_201_CREATED)
+
+
+@api_view(["GET", "PATCH"])
+def key_detail(request: Request, key_id: int) -> Response:
+    caller = _key_manager(request)
+    key = get_object_or_404(_keys(caller), pk=key_id)
+    if request.method == "GET":
+        return Response(APIKeySerializer(key).data)
+    payload = APIKeyWriteSerializer(data=request.data, partial=True)
+    payload.is_valid(raise_exception=True)
+    changes = dict(payload.validated_data)
+    _check_scopes_grantable(caller, changes.get("scopes"))
+    has_cap = "credit_cap" in changes
+    credit_cap = changes.pop("credit_cap", None)
+    with transaction.atomic():
+        if changes:
+            services.api_key_update(key=key, changes=changes, actor=_actor(request),
+                                    actor_label=_actor_label(caller))
+        if has_cap:
+            quota_set(organization=key.organization, api_key_id=key.pk, limit=credit_cap,
+                      metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
+                      actor=_actor(request), actor_label=_actor_label(caller),
+                      reason="key credit cap")
+    return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
+
+
+@api_view(["POST"])
+def key_revoke(request: Request, key_id: int) -> Response:
+    caller = _key_manager(request)
+    key = get_object_or_404(_keys(caller).select_related("organization"), pk=key_id)
+    services.api_key_revoke(key=key, actor=_actor(request), actor_label=_actor_label(caller),
+                            reason=str(request.data.get("reason", ""))[:500])
+    return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
+
+
+@api_view(["POST"])
+def key_rotate(request: Request, key_id: int) -> Response:
+    caller = _key_manager(request)
+    key = get_object_or_404(_keys(caller).select_related("organization"), pk=key_id)
+    payload = RotateSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    try:
+        with transaction.atomic():
+            new_key, secret = services.api_key_rotate(
+                key=key, grace_seconds=payload.validated_data["grace_seconds"],
+                actor=_actor(request), actor_label=_actor_label(caller),
+            )
+            # The new key inherits the old one's own quotas (its credit cap).
+            for quota in key.quotas.all():
+                quota_set(organization=key.organization, api_key_id=new_key.pk,
+                          limit=quota.limit, metric=quota.metric, period=quota.period,
+                          actor=_actor(request), actor_label=_actor_label(caller),
+                          reason=f"rotated from {key.prefix}")
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from exc
+    body = APIKeySerializer(_keys(caller).get(pk=new_key.pk)).data
+    body["secret"] = secret
+    body["replaces"] = {"id": key.pk, "prefix": key.prefix,
+                        "stops_working_at": key.revoked_at.isoformat() if key.revoked_at else None}
+    return Response(body, status=status.HTTP_201_CREATED)
+
+
+# --- members -------------------------------------------------------------------------
+
+
+class MemberSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    email = serializers.CharField(source="user.email", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "username", "email", "role", "created_at"]
+
+
+class InviteSerializer(serializers.Serializer):
+    email = serializers.EmailField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices,
+                                   default=Membership.Role.DEVELOPER)
+
+
+class RoleSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+def _member_reader(request: Request) -> Caller:
+    caller = caller_for(request, scope=KEYS_WRITE)
+    if caller.role is None:
+        raise forbidden("Members are managed by signed-in owners and admins, not API keys")
+    return caller
+
+
+def _member_manager(request: Request) -> Caller:
+    caller = _member_reader(request)
+    if caller.role not in MANAGERS:
+        raise forbidden("Only owners and admins manage members")
+    return caller
+
+
+def _members(caller: Caller):  # type: ignore[no-untyped-def]
+    return Membership.objects.filter(organization_id=caller.organization_id).select_related("user")
+
+
+@api_view(["GET", "POST"])
+def members(request: Request) -> Response:
+    if request.method == "GET":
+        caller = _member_reader(request)
+        return Response({"data": MemberSerializer(_members(caller).order_by("created_at"),
+                                                  many=True).data})
+    caller = _member_manager(request)
+    payload = InviteSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    organization = Organization.objects.get(pk=caller.organization_id)
+    try:
+        membership, is_new = services.membership_invite(
+            organization=organization, email=payload.validated_data["email"],
+            role=payload.validated_data["role"], actor=request.user,
+        )
+    except ValueError as exc:
+        raise invalid_request(str(exc), param="email") from exc
+    from accounts.emails import send_invitation
+
+    transaction.on_commit(lambda: send_invitation(membership=membership, is_new_user=is_new,
+                                                  request=request))
+    return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+@api_view(["PATCH", "DELETE"])
+def member_detail(request: Request, member_id: int) -> Response:
+    caller = _member_manager(request)
+    membership = get_object_or_404(_members(caller), pk=member_id)
+    try:
+        if request.method == "DELETE":
+            services.membership_remove(membership=membership, actor=request.user)
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        payload = RoleSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        services.membership_set_role(membership=membership, role=payload.validated_data["role"],
+                                     actor=request.user)
+    except ValueError as exc:
+        raise ApiError(409, "invalid_request", str(exc)) from exc
+    return Response(MemberSerializer(membership).data)

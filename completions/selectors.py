@@ -1,0 +1,99 @@
+"""Usage reads for the API, the portal and the staff dashboard: always from the rollups."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db.models import QuerySet, Sum
+from django.utils import timezone
+
+from completions.models import UsageRecord, UsageRollup
+from completions.rollups import window_end, window_start
+
+MAX_WINDOWS = {UsageRollup.Granularity.HOUR: 24 * 31, UsageRollup.Granularity.DAY: 366}
+_SUMS = ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens", "credits")
+
+
+def usage_range(
+    *, granularity: str, start: dt.datetime | None, end: dt.datetime | None
+) -> tuple[dt.datetime, dt.datetime]:
+    """A bounded [start, end) of whole windows; by default the last 30 days or 48 hours."""
+    now = timezone.now()
+    end = window_end(granularity, window_start(granularity, end or now))
+    default_span = dt.timedelta(days=30) if granularity == UsageRollup.Granularity.DAY else (
+        dt.timedelta(hours=48))
+    start = window_start(granularity, start or end - default_span)
+    if start >= end:
+        raise ValueError("start must be before end")
+    span = MAX_WINDOWS[granularity]
+    step = dt.timedelta(days=1) if granularity == UsageRollup.Granularity.DAY else (
+        dt.timedelta(hours=1))
+    if (end - start) / step > span:
+        raise ValueError(f"at most {span} {granularity} windows per request")
+    return start, end
+
+
+def _rollups(
+    *, organization_id: int | None, granularity: str, start: dt.datetime, end: dt.datetime,
+    key_id: int | None = None, model: str | None = None,
+) -> QuerySet[UsageRollup]:
+    rows = UsageRollup.objects.filter(
+        granularity=granularity, window_start__gte=start, window_start__lt=end
+    )
+    if organization_id is not None:
+        rows = rows.filter(organization_id=organization_id)
+    if key_id is not None:
+        rows = rows.filter(key_id=key_id)
+    if model:
+        rows = rows.filter(model=model)
+    return rows
+
+
+def _totals(rows: QuerySet[UsageRollup]) -> dict[str, int]:
+    sums = rows.aggregate(**{name: Sum(name) for name in _SUMS})
+    return {name: sums[name] or 0 for name in _SUMS}
+
+
+def usage_report(
+    *,
+    organization_id: int | None,
+    granularity: str,
+    start: dt.datetime,
+    end: dt.datetime,
+    key_id: int | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """Totals, a time series, and breakdowns by model and by key (organization None: platform)."""
+    rows = _rollups(organization_id=organization_id, granularity=granularity, start=start,
+                    end=end, key_id=key_id, model=model)
+    series = [
+        {"window_start": item["window_start"].isoformat(),
+         **{name: item[name] or 0 for name in _SUMS}}
+        for item in rows.values("window_start").annotate(
+            **{name: Sum(name) for name in _SUMS}).order_by("window_start")
+    ]
+    by_model = [
+        {"model": item["model"], **{name: item[name] or 0 for name in _SUMS}}
+        for item in rows.values("model").annotate(
+            **{name: Sum(name) for name in _SUMS}).order_by("-credits", "model")
+    ]
+    by_key = [
+        {"key_id": item["key_id"] or None, **{name: item[name] or 0 for name in _SUMS}}
+        for item in rows.values("key_id").annotate(
+            **{name: Sum(name) for name in _SUMS}).order_by("-credits", "key_id")
+    ]
+    return {
+        "granularity": granularity,
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "totals": _totals(rows),
+        "series": series,
+        "by_model": by_model,
+        "by_key": by_key,
+    }
+
+
+def recent_usage_records(*, organization_id: int, limit: int = 50) -> QuerySet[UsageRecord]:
+    return UsageRecord.objects.filter(organization_id=organization_id).order_by(
+        "-created_at")[:limit]
