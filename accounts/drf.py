@@ -1,4 +1,4 @@
-"""The management API's view of the caller: an API key (automation) or a signed-in member (portal)."""
+"""The management API's caller: an API key (automation) or a signed-in member (the portal)."""
 
 from __future__ import annotations
 

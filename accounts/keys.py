@@ -9,7 +9,7 @@ import secrets
 
 from django.conf import settings
 
-SECRET_PREFIX = "sk_"
+SECRET_PREFIX = "sk_"  # noqa: S105 (the public prefix of every key, not a secret)
 # 32 random bytes, URL-safe base64: 43 characters, 256 bits of entropy.
 _SECRET_BYTES = 32
 # What we keep in clear to name and find a key: "sk_" + 9 characters (54 bits),
