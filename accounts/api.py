@@ -10,6 +10,7 @@ from typing import Any
 
 from django.db import transaction
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -94,6 +95,11 @@ def _keys(caller: Caller):  # type: ignore[no-untyped-def]
         "created_by").prefetch_related("quotas")
 
 
+@extend_schema(
+    request=APIKeyWriteSerializer,
+    responses={200: APIKeySerializer(many=True), 201: APIKeySerializer},
+    summary="List or create API keys",
+)
 @api_view(["GET", "POST"])
 def keys(request: Request) -> Response:
     caller = _key_manager(request)
@@ -120,6 +126,11 @@ def keys(request: Request) -> Response:
     return Response(body, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(
+    request=APIKeyWriteSerializer,
+    responses={200: APIKeySerializer},
+    summary="Read or change an API key",
+)
 @api_view(["GET", "PATCH"])
 def key_detail(request: Request, key_id: int) -> Response:
     caller = _key_manager(request)
@@ -144,6 +155,7 @@ def key_detail(request: Request, key_id: int) -> Response:
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 
+@extend_schema(request=None, responses={200: APIKeySerializer}, summary="Revoke an API key")
 @api_view(["POST"])
 def key_revoke(request: Request, key_id: int) -> Response:
     caller = _key_manager(request)
@@ -153,6 +165,11 @@ def key_revoke(request: Request, key_id: int) -> Response:
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 
+@extend_schema(
+    request=RotateSerializer,
+    responses={201: APIKeySerializer},
+    summary="Rotate an API key",
+)
 @api_view(["POST"])
 def key_rotate(request: Request, key_id: int) -> Response:
     caller = _key_manager(request)
@@ -220,6 +237,11 @@ def _members(caller: Caller):  # type: ignore[no-untyped-def]
     return Membership.objects.filter(organization_id=caller.organization_id).select_related("user")
 
 
+@extend_schema(
+    request=InviteSerializer,
+    responses={200: MemberSerializer(many=True), 201: MemberSerializer},
+    summary="List or invite members",
+)
 @api_view(["GET", "POST"])
 def members(request: Request) -> Response:
     if request.method == "GET":
@@ -244,6 +266,11 @@ def members(request: Request) -> Response:
     return Response(MemberSerializer(membership).data, status=status.HTTP_201_CREATED)
 
 
+@extend_schema(
+    request=RoleSerializer,
+    responses={200: MemberSerializer, 204: OpenApiResponse(description="removed")},
+    summary="Change a role or remove a member",
+)
 @api_view(["PATCH", "DELETE"])
 def member_detail(request: Request, member_id: int) -> Response:
     caller = _member_manager(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -75,3 +76,13 @@ class IsCaller(BasePermission):
 
     def has_permission(self, request: Request, view: object) -> bool:
         return request.user is not None and bool(getattr(request.user, "is_authenticated", False))
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """Describes API key authentication in the management API's OpenAPI schema."""
+
+    target_class = "accounts.drf.ApiKeyAuthentication"
+    name = "ApiKeyAuth"
+
+    def get_security_definition(self, auto_schema: object) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "sk_..."}

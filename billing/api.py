@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.pagination import PageNumberPagination
@@ -23,12 +24,34 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
                   "reason", "created_at"]
 
 
+class QuotaUsageSerializer(serializers.Serializer):
+    metric = serializers.CharField()
+    scope = serializers.CharField()
+    key_prefix = serializers.CharField(allow_null=True)
+    period = serializers.CharField()
+    limit = serializers.IntegerField()
+    used = serializers.IntegerField()
+    reserved = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+    resets_at = serializers.CharField(allow_null=True)
+
+
+class CreditSummarySerializer(serializers.Serializer):
+    balance = serializers.IntegerField()
+    reserved = serializers.IntegerField()
+    available = serializers.IntegerField()
+    currency = serializers.CharField()
+    quotas = QuotaUsageSerializer(many=True)
+
+
+@extend_schema(responses={200: CreditSummarySerializer}, summary="Credits and quotas")
 @api_view(["GET"])
 def credits(request: Request) -> Response:
     caller = caller_for(request, scope=BILLING_READ)
     return Response(selectors.credit_summary(organization_id=caller.organization_id))
 
 
+@extend_schema(responses={200: LedgerEntrySerializer(many=True)}, summary="Ledger, newest first")
 @api_view(["GET"])
 def ledger(request: Request) -> Response:
     caller = caller_for(request, scope=BILLING_READ)

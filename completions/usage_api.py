@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.request import Request
@@ -23,6 +24,11 @@ class UsageQuery(serializers.Serializer):
     model = serializers.CharField(required=False, max_length=200)
 
 
+@extend_schema(
+    parameters=[UsageQuery],
+    responses={200: OpenApiResponse(description="totals, series, by_model, by_key")},
+    summary="Usage from the rollups",
+)
 @api_view(["GET"])
 def usage(request: Request) -> Response:
     caller = caller_for(request, scope=USAGE_READ)
