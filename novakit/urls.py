@@ -4,10 +4,12 @@ from drf_spectacular.views import SpectacularAPIView
 
 from novakit import health
 from novakit.api import api
+from novakit.metrics import metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     # Management API (DRF) first: its paths are distinct from the inference API's.
     path("api/v1/", include("accounts.urls")),
