@@ -54,8 +54,8 @@ def test_beat_runs_exactly_one_replica_and_web_has_probes():
     web = _containers(by_name["Deployment", "novakit-web"])[0]
     assert web["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert web["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert by_name["Job", "novakit-migrate"]["spec"]["template"]["spec"]["containers"][0]["command"][-2:] \
-        == ["migrate", "--no-input"]
+    migrate = _containers(by_name["Job", "novakit-migrate"])[0]
+    assert migrate["command"][-2:] == ["migrate", "--no-input"]
 
 
 def test_config_and_secret_name_only_settings_the_app_reads():
