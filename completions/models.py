@@ -66,7 +66,7 @@ class CatalogModel(models.Model):
         if not multiplier_in_range(self.tier, self.multiplier):
             low, high = MULTIPLIER_RANGES[self.tier]
             raise ValidationError(
-                {"multiplier": f"A {self.tier} model's multiplier must be within {low}–{high}."}
+                {"multiplier": f"A {self.tier} model's multiplier must be within {low} to {high}."}
             )
 
 
@@ -137,7 +137,7 @@ class UsageRecord(models.Model):
 
 
 class UsageRollup(models.Model):
-    """Usage totals of one organization's key and model in one hour or day.
+    """Usage totals of one organization's key, model and provider in one hour or day.
 
     Keyed by the request's start time, so a stream that settles after its
     window closed still counts in the window it started in. Rows are
@@ -155,6 +155,7 @@ class UsageRollup(models.Model):
     # Plain ids, not foreign keys: 0 means "no key" and keeps the unique key NULL-free.
     key_id = models.BigIntegerField(default=0)
     model = models.CharField(max_length=200)
+    provider = models.CharField(max_length=64, blank=True)
     requests = models.PositiveIntegerField(default=0)
     errors = models.PositiveIntegerField(default=0)
     cancelled = models.PositiveIntegerField(default=0)
@@ -169,8 +170,9 @@ class UsageRollup(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["granularity", "window_start", "organization", "key_id", "model"],
-                name="rollup_one_row_per_window_key_model",
+                fields=["granularity", "window_start", "organization", "key_id", "model",
+                        "provider"],
+                name="rollup_one_row_per_window_key_model_provider",
             )
         ]
         indexes = [

@@ -21,7 +21,7 @@ from completions.models import UsageRecord, UsageRollup
 
 HOUR = UsageRollup.Granularity.HOUR
 DAY = UsageRollup.Granularity.DAY
-_GROUP = ("organization_id", "api_key_id", "model")
+_GROUP = ("organization_id", "api_key_id", "model", "provider")
 
 
 def window_start(granularity: str, moment: dt.datetime) -> dt.datetime:
@@ -56,20 +56,22 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
         completion=Sum("completion_tokens"),
         spent=Sum("credits"),
     )
-    latencies: dict[tuple[int, int, str], list[int]] = defaultdict(list)
-    for org_id, key_id, model, latency in records.order_by("latency_ms").values_list(
+    latencies: dict[tuple[int, int, str, str], list[int]] = defaultdict(list)
+    for org_id, key_id, model, provider, latency in records.order_by("latency_ms").values_list(
         *_GROUP, "latency_ms"
     ):
-        latencies[(org_id, key_id or 0, model)].append(latency)
+        latencies[(org_id, key_id or 0, model, provider)].append(latency)
     rows = []
     for total in totals:
-        group = (total["organization_id"], total["api_key_id"] or 0, total["model"])
+        group = (total["organization_id"], total["api_key_id"] or 0, total["model"],
+                 total["provider"])
         rows.append(UsageRollup(
             granularity=granularity,
             window_start=start,
             organization_id=group[0],
             key_id=group[1],
             model=group[2],
+            provider=group[3],
             requests=total["n"],
             errors=total["n_errors"],
             cancelled=total["n_cancelled"],
@@ -84,7 +86,8 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
         UsageRollup.objects.bulk_create(
             rows,
             update_conflicts=True,
-            unique_fields=["granularity", "window_start", "organization", "key_id", "model"],
+            unique_fields=["granularity", "window_start", "organization", "key_id", "model",
+                           "provider"],
             update_fields=["requests", "errors", "cancelled", "streamed", "prompt_tokens",
                            "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms",
                            "updated_at"],

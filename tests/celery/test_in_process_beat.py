@@ -17,7 +17,9 @@ from novakit import scheduler
 
 
 @pytest.mark.django_db(transaction=True)
-async def test_the_in_process_beat_rolls_up_usage_and_expires_reservations(tenant_factory, settings):
+async def test_the_in_process_beat_rolls_up_usage_and_expires_reservations(
+    tenant_factory, settings
+):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     tenant = await sync_to_async(tenant_factory)("beat")
     now = timezone.now()

@@ -28,12 +28,12 @@ def _send_traffic(live_gateway, tenant, other_tenant) -> None:
     assert response.status_code == 200, response.text
 
 
-def _expected() -> dict[tuple[str, object, int, int, str], dict[str, int]]:
-    groups: dict[tuple[str, object, int, int, str], list[UsageRecord]] = defaultdict(list)
+def _expected() -> dict[tuple[str, object, int, int, str, str], dict[str, int]]:
+    groups: dict[tuple[str, object, int, int, str, str], list[UsageRecord]] = defaultdict(list)
     for record in UsageRecord.objects.all():
         for granularity in ("hour", "day"):
             key = (granularity, window_start(granularity, record.started_at),
-                   record.organization_id, record.api_key_id or 0, record.model)
+                   record.organization_id, record.api_key_id or 0, record.model, record.provider)
             groups[key].append(record)
     expected = {}
     for key, records in groups.items():
@@ -52,9 +52,10 @@ def _expected() -> dict[tuple[str, object, int, int, str], dict[str, int]]:
     return expected
 
 
-def _actual() -> dict[tuple[str, object, int, int, str], dict[str, int]]:
+def _actual() -> dict[tuple[str, object, int, int, str, str], dict[str, int]]:
     return {
-        (row.granularity, row.window_start, row.organization_id, row.key_id, row.model): {
+        (row.granularity, row.window_start, row.organization_id, row.key_id, row.model,
+         row.provider): {
             name: getattr(row, name) for name in (
                 "requests", "errors", "cancelled", "streamed", "prompt_tokens",
                 "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms")
@@ -85,7 +86,7 @@ def test_rollups_match_raw_records_once_twice_and_with_two_workers(
     expected = _expected()
     assert _actual() == expected
     by_org = defaultdict(int)
-    for (granularity, _, org_id, _, _), totals in expected.items():
+    for (granularity, _, org_id, _, _, _), totals in expected.items():
         if granularity == "day":
             by_org[org_id] += totals["requests"]
     assert by_org == {tenant.org.pk: 8, other_tenant.org.pk: 4}
