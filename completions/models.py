@@ -165,6 +165,8 @@ class UsageRollup(models.Model):
     credits = models.BigIntegerField(default=0)
     latency_p50_ms = models.PositiveIntegerField(default=0)
     latency_p95_ms = models.PositiveIntegerField(default=0)
+    # Percentiles cannot be added across windows; a sum can, for exact means.
+    latency_sum_ms = models.BigIntegerField(default=0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

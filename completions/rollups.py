@@ -55,6 +55,7 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
         spent=Sum("credits"),
+        latency_sum=Sum("latency_ms"),
     )
     latencies: dict[tuple[int, int, str, str], list[int]] = defaultdict(list)
     for org_id, key_id, model, provider, latency in records.order_by("latency_ms").values_list(
@@ -81,6 +82,7 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
             credits=total["spent"] or 0,
             latency_p50_ms=percentile(latencies[group], 0.50),
             latency_p95_ms=percentile(latencies[group], 0.95),
+            latency_sum_ms=total["latency_sum"] or 0,
         ))
     with transaction.atomic():
         UsageRollup.objects.bulk_create(
@@ -90,7 +92,7 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
                            "provider"],
             update_fields=["requests", "errors", "cancelled", "streamed", "prompt_tokens",
                            "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms",
-                           "updated_at"],
+                           "latency_sum_ms", "updated_at"],
         )
     return len(rows)
 

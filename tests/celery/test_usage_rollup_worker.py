@@ -48,6 +48,7 @@ def _expected() -> dict[tuple[str, object, int, int, str, str], dict[str, int]]:
             "credits": sum(record.credits for record in records),
             "latency_p50_ms": percentile(latencies, 0.5),
             "latency_p95_ms": percentile(latencies, 0.95),
+            "latency_sum_ms": sum(latencies),
         }
     return expected
 
@@ -58,7 +59,8 @@ def _actual() -> dict[tuple[str, object, int, int, str, str], dict[str, int]]:
          row.provider): {
             name: getattr(row, name) for name in (
                 "requests", "errors", "cancelled", "streamed", "prompt_tokens",
-                "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms")
+                "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms",
+                "latency_sum_ms")
         }
         for row in UsageRollup.objects.all()
     }
