@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
@@ -59,3 +59,53 @@ def open_reservations(*, organization_id: int) -> QuerySet[Reservation]:
     return Reservation.objects.filter(
         account__organization_id=organization_id, status=Reservation.Status.OPEN
     ).order_by("created_at")
+
+
+def organizations_near_limits(*, fraction: float = 0.8, limit: int = 50) -> list[dict[str, Any]]:
+    """Organizations whose balance is under its threshold, or whose quota use is past `fraction`.
+
+    Bounded: accounts are found by an indexed comparison and quota counters of
+    the current periods only; at most `limit` rows of each kind.
+    """
+    from django.conf import settings
+
+    now = timezone.now()
+    rows: list[dict[str, Any]] = []
+    default = settings.LOW_BALANCE_DEFAULT_THRESHOLD
+    accounts = CreditAccount.objects.select_related("organization")
+    low = accounts.filter(low_balance_threshold__isnull=False,
+                          balance__lt=F("low_balance_threshold") + F("reserved"))
+    if default:
+        low = low | accounts.filter(low_balance_threshold__isnull=True,
+                                    balance__lt=F("reserved") + default)
+    for account in low.order_by("balance")[:limit]:
+        rows.append({"organization": account.organization.slug, "reason": "low balance",
+                     "value": account.balance - account.reserved,
+                     "limit": account.low_balance_threshold or default})
+    current = Q()
+    for period in Quota.Period.values:
+        current |= Q(quota__period=period, period_start=period_start(period, now))
+    crowded = (
+        QuotaCounter.objects.filter(current, quota__limit__gt=0)
+        .annotate(in_use=F("used") + F("reserved"))
+        .filter(in_use__gte=F("quota__limit") * fraction)
+        .select_related("quota__organization", "quota__api_key")
+        .order_by("-in_use")[:limit]
+    )
+    for counter in crowded:
+        quota = counter.quota
+        subject = quota.api_key.prefix if quota.api_key_id else "organization"
+        rows.append({"organization": quota.organization.slug,
+                     "reason": f"{quota.metric} quota ({subject})",
+                     "value": counter.in_use, "limit": quota.limit})
+    return rows
+
+
+def stale_reservations(*, older_than: dt.timedelta, limit: int = 50) -> QuerySet[Reservation]:
+    """Open reservations older than a request should ever take: a process may have died."""
+    return (
+        Reservation.objects.filter(status=Reservation.Status.OPEN,
+                                   created_at__lt=timezone.now() - older_than)
+        .select_related("account__organization")
+        .order_by("created_at")[:limit]
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from django.db.models import QuerySet, Sum
+from django.db.models import Max, QuerySet, Sum
 from django.utils import timezone
 
 from completions.models import UsageRecord, UsageRollup
@@ -97,3 +97,38 @@ def usage_report(
 def recent_usage_records(*, organization_id: int, limit: int = 50) -> QuerySet[UsageRecord]:
     return UsageRecord.objects.filter(organization_id=organization_id).order_by(
         "-created_at")[:limit]
+
+
+def top_organizations(
+    *, granularity: str, start: dt.datetime, end: dt.datetime, limit: int = 10
+) -> list[dict[str, Any]]:
+    """The organizations that spent the most credits in the range (staff dashboard)."""
+    rows = _rollups(organization_id=None, granularity=granularity, start=start, end=end)
+    return [
+        {"organization": item["organization__slug"], **{name: item[name] or 0 for name in _SUMS}}
+        for item in rows.values("organization__slug").annotate(
+            **{name: Sum(name) for name in _SUMS}
+        ).order_by("-credits", "organization__slug")[:limit]
+    ]
+
+
+def provider_health(
+    *, granularity: str, start: dt.datetime, end: dt.datetime
+) -> list[dict[str, Any]]:
+    """Requests, error rate, mean latency and the worst window's p95 per provider."""
+    rows = _rollups(organization_id=None, granularity=granularity, start=start, end=end)
+    health = []
+    for item in rows.values("provider").annotate(
+        n=Sum("requests"), failed=Sum("errors"), latency=Sum("latency_sum_ms"),
+        worst_p95=Max("latency_p95_ms"),
+    ).order_by("provider"):
+        requests = item["n"] or 0
+        health.append({
+            "provider": item["provider"] or "(none)",
+            "requests": requests,
+            "errors": item["failed"] or 0,
+            "error_rate": (item["failed"] or 0) / requests if requests else 0.0,
+            "mean_latency_ms": round((item["latency"] or 0) / requests) if requests else 0,
+            "worst_p95_ms": item["worst_p95"] or 0,
+        })
+    return health
