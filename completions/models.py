@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from accounts.models import APIKey, Organization
 from billing.tiers import MULTIPLIER_RANGES, Tier, multiplier_in_range
-from completions import crypto
+from novakit import crypto
 
 
 class Provider(models.Model):

@@ -306,3 +306,22 @@ LOGGING = {
 # without it, only these networks may scrape (the pod network in Kubernetes).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+
+# --- Developer portal (/portal/, novakit/portal_urls.py) ------------------------------
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# With the development settings (`make run`, tests) static files are served
+# straight from the apps' folders and static/, no collectstatic needed;
+# production (DEBUG=0) serves the collected, hashed files only.
+WHITENOISE_USE_FINDERS = DEBUG
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "portal:home"
+LOGOUT_REDIRECT_URL = "login"
+# Credits granted to the organization a portal sign-up creates.
+PORTAL_SIGNUP_CREDITS = env_int("PORTAL_SIGNUP_CREDITS", 10_000, minimum=0)
+
+# Webhooks may only target public addresses; development and tests may allow
+# some private networks (e.g. 127.0.0.1/32 for a local receiver). Empty in production.
+WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = env_list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS", [])
+CELERY_BEAT_SCHEDULE["keys-expiring"] = {
+    "task": "accounts.tasks.keys_expiring_notify_task", "schedule": 3600.0,
+}

@@ -1,4 +1,7 @@
-"""Provider API keys are encrypted at rest (Fernet, key derived from a server secret)."""
+"""Secrets NovaKit must read back (provider API keys, webhook signing secrets), encrypted at rest.
+
+Fernet, with a key derived from PROVIDER_KEY_ENCRYPTION_SECRET.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,94 @@
+"""Management API (DRF) for an organization's webhook endpoints and their delivery attempts."""
+
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts import webhooks
+from accounts.drf import Caller, caller_for
+from accounts.models import Membership, Organization, WebhookDelivery, WebhookEndpoint
+from accounts.scopes import KEYS_WRITE
+from novakit.errors import forbidden, invalid_request
+
+
+class EndpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ["id", "url", "events", "is_active", "created_at"]
+
+
+class EndpointWriteSerializer(serializers.Serializer):
+    url = serializers.URLField(max_length=500)
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WebhookEndpoint.Event.choices), allow_empty=False
+    )
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = WebhookDelivery
+        fields = ["id", "event", "status", "attempts", "last_status_code", "last_error",
+                  "payload", "created_at", "delivered_at"]
+
+
+def _manager(request: Request) -> Caller:
+    caller = caller_for(request, scope=KEYS_WRITE)
+    if caller.role is not None and caller.role not in (Membership.Role.OWNER,
+                                                       Membership.Role.ADMIN):
+        raise forbidden("Only owners and admins manage webhooks")
+    return caller
+
+
+def _endpoints(caller: Caller):  # type: ignore[no-untyped-def]
+    return WebhookEndpoint.objects.filter(organization_id=caller.organization_id)
+
+
+@extend_schema(
+    request=EndpointWriteSerializer,
+    responses={200: EndpointSerializer(many=True), 201: EndpointSerializer},
+    summary="List or register webhook endpoints",
+)
+@api_view(["GET", "POST"])
+def endpoints(request: Request) -> Response:
+    caller = _manager(request)
+    if request.method == "GET":
+        return Response({"data": EndpointSerializer(_endpoints(caller), many=True).data})
+    payload = EndpointWriteSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    try:
+        endpoint, secret = webhooks.webhook_endpoint_create(
+            organization=Organization.objects.get(pk=caller.organization_id),
+            url=payload.validated_data["url"], events=payload.validated_data["events"],
+            actor=request.user if getattr(request.user, "pk", None) else None,
+        )
+    except ValueError as exc:
+        raise invalid_request(str(exc), param="url") from exc
+    body = EndpointSerializer(endpoint).data
+    body["secret"] = secret  # shown once; the receiver verifies signatures with it
+    return Response(body, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=None, responses={204: OpenApiResponse(description="deleted")},
+               summary="Delete a webhook endpoint")
+@api_view(["DELETE"])
+def endpoint_detail(request: Request, endpoint_id: int) -> Response:
+    caller = _manager(request)
+    endpoint = get_object_or_404(_endpoints(caller), pk=endpoint_id)
+    webhooks.webhook_endpoint_delete(
+        endpoint=endpoint, actor=request.user if getattr(request.user, "pk", None) else None)
+    return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+@extend_schema(responses={200: DeliverySerializer(many=True)},
+               summary="Recent delivery attempts of an endpoint")
+@api_view(["GET"])
+def endpoint_deliveries(request: Request, endpoint_id: int) -> Response:
+    caller = _manager(request)
+    endpoint = get_object_or_404(_endpoints(caller), pk=endpoint_id)
+    deliveries = endpoint.deliveries.order_by("-created_at")[:100]
+    return Response({"data": DeliverySerializer(deliveries, many=True).data})

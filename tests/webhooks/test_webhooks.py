@@ -1,0 +1,184 @@
+"""Budget and key webhooks: signed, retried, delivered once, and never to private addresses."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from accounts import webhooks
+from accounts.models import WebhookDelivery
+from accounts.services import api_key_create, api_key_revoke, api_keys_expiring_notify
+from accounts.webhooks import UnsafeTarget, signature_verify, target_check, webhook_endpoint_create
+
+# Deliveries are queued when the transaction that emitted them commits.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers with the statuses it is given, in order."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.statuses: list[int] = []
+        self.redirect_to: str | None = None
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append({"path": self.path, "headers": dict(self.headers),
+                                          "body": body})
+                if receiver.redirect_to:
+                    self.send_response(307)
+                    self.send_header("Location", receiver.redirect_to)
+                else:
+                    self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver(settings) -> Iterator[Receiver]:  # type: ignore[no-untyped-def]
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    server = Receiver()
+    yield server
+    server.stop()
+
+
+def test_a_revoked_key_is_announced_with_a_verifiable_signature(tenant, receiver):
+    endpoint, secret = webhook_endpoint_create(organization=tenant.org, url=receiver.url,
+                                               events=["key.revoked"])
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+
+    api_key_revoke(key=key, reason="leaked")
+
+    assert len(receiver.received) == 1
+    request = receiver.received[0]
+    assert signature_verify(secret, request["headers"]["NovaKit-Signature"], request["body"])
+    assert not signature_verify("whsec_wrong", request["headers"]["NovaKit-Signature"],
+                                request["body"])
+    assert not signature_verify(secret, request["headers"]["NovaKit-Signature"],
+                                request["body"] + b" ")
+    payload = json.loads(request["body"])
+    assert payload["type"] == "key.revoked"
+    assert payload["data"]["key_prefix"] == key.prefix
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
+    assert (delivery.status, delivery.attempts) == ("delivered", 1)
+
+
+def test_an_old_signature_is_refused_as_a_replay(tenant):
+    body = b'{"type": "key.revoked"}'
+    stale = webhooks.signature_header("whsec_x", body, timestamp=int(time.time()) - 3600)
+    assert not signature_verify("whsec_x", stale, body)
+    assert signature_verify("whsec_x", webhooks.signature_header("whsec_x", body), body)
+
+
+def test_a_500_from_the_receiver_is_retried_until_it_is_taken(tenant, receiver):
+    receiver.statuses = [500, 503]
+    endpoint, _ = webhook_endpoint_create(organization=tenant.org, url=receiver.url,
+                                          events=["key.revoked"])
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+
+    api_key_revoke(key=key)
+
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
+    assert len(receiver.received) == 3
+    assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("delivered", 3, 200)
+
+
+def test_the_same_event_is_delivered_once(tenant, receiver):
+    webhook_endpoint_create(organization=tenant.org, url=receiver.url, events=["key.expiring"])
+    key, _ = api_key_create(organization=tenant.org, name="short-lived",
+                            expires_at=timezone.now() + dt.timedelta(days=3))
+
+    assert api_keys_expiring_notify() == 1
+    assert api_keys_expiring_notify() == 0
+    assert len(receiver.received) == 1
+    assert json.loads(receiver.received[0]["body"])["data"]["key_id"] == key.pk
+
+
+def test_endpoints_not_subscribed_to_an_event_hear_nothing(tenant, receiver):
+    webhook_endpoint_create(organization=tenant.org, url=receiver.url, events=["balance.low"])
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+    api_key_revoke(key=key)
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize("url", [
+    "https://127.0.0.1/hook", "https://localhost/hook", "https://10.1.2.3/hook",
+    "https://192.168.0.10/hook", "https://169.254.169.254/latest/meta-data",
+    "https://[::1]/hook", "https://[::ffff:127.0.0.1]/hook", "http://8.8.8.8/hook",
+    "https://0.0.0.0/hook",
+])
+def test_private_loopback_link_local_and_plain_http_targets_are_refused(url, settings):
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = []
+    with pytest.raises(UnsafeTarget):
+        target_check(url)
+
+
+def test_a_public_https_target_passes_the_check(settings):
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = []
+    target_check("https://8.8.8.8/hook")  # a literal public address: no DNS needed
+
+
+def test_a_redirect_to_a_private_address_is_not_followed(tenant, receiver):
+    receiver.redirect_to = "http://127.0.0.2:9/steal"  # outside the allowed 127.0.0.1/32
+    endpoint, _ = webhook_endpoint_create(organization=tenant.org, url=receiver.url,
+                                          events=["key.revoked"])
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+
+    api_key_revoke(key=key)
+
+    delivery = WebhookDelivery.objects.get(endpoint=endpoint)
+    assert delivery.status == "failed"
+    assert "non-public" in delivery.last_error or "https" in delivery.last_error
+    assert len(receiver.received) == 1  # only the first hop was contacted
+
+
+def test_registering_a_private_target_through_the_api_is_refused(tenant, settings):
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = []
+    client = Client()
+    response = client.post("/api/v1/webhooks", {"url": "https://127.0.0.1/x",
+                                                "events": ["balance.low"]},
+                           content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Bearer {tenant.secret}")
+    assert response.status_code == 400
+    assert response.json()["code"] == "invalid_request"
+
+
+def test_the_api_shows_endpoints_and_attempts_to_their_organization_only(
+    tenant, other_tenant, receiver
+):
+    client = Client()
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {tenant.secret}"}
+    created = client.post("/api/v1/webhooks", {"url": receiver.url, "events": ["key.revoked"]},
+                          content_type="application/json", **auth).json()
+    assert created["secret"].startswith("whsec_")
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+    api_key_revoke(key=key)
+
+    attempts = client.get(f"/api/v1/webhooks/{created['id']}/deliveries", **auth).json()["data"]
+    foreign = client.get(f"/api/v1/webhooks/{created['id']}/deliveries",
+                         HTTP_AUTHORIZATION=f"Bearer {other_tenant.secret}")
+
+    assert [a["status"] for a in attempts] == ["delivered"]
+    assert foreign.status_code == 404
+    assert "whsec_" not in foreign.content.decode()
