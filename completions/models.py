@@ -112,6 +112,10 @@ class UsageRecord(models.Model):
     credits = models.BigIntegerField(default=0)
     credits_breakdown = models.JSONField(default=dict)
     credits_reserved = models.BigIntegerField(default=0)
+    # The rates in force when the request was priced (settings can change later):
+    # credits per 1,000 tokens at 1x, before the multiplier.
+    prompt_rate = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
+    completion_rate = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
     status = models.CharField(max_length=16, choices=Status.choices)
     http_status = models.PositiveSmallIntegerField(default=200)
     error_code = models.CharField(max_length=64, blank=True)

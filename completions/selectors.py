@@ -132,3 +132,66 @@ def provider_health(
             "worst_p95_ms": item["worst_p95"] or 0,
         })
     return health
+
+
+def generation_receipt(*, organization_id: int, request_id: str) -> dict[str, Any] | None:
+    """What one request cost and why, from its usage record and its ledger entry.
+
+    A request still running (its reservation open, not yet settled) gets a
+    `pending` receipt rather than a 404, so a client polling right after an
+    abandoned stream always finds it.
+    """
+    from billing.models import LedgerEntry, Reservation
+
+    record = UsageRecord.objects.filter(
+        organization_id=organization_id, request_id=request_id
+    ).select_related("api_key").first()
+    if record is None:
+        reservation = Reservation.objects.filter(
+            account__organization_id=organization_id, request_id=request_id
+        ).first()
+        if reservation is None:
+            return None
+        return {"id": request_id, "object": "generation", "status": "pending",
+                "credits_reserved": reservation.amount,
+                "created": int(reservation.created_at.timestamp())}
+    entry = LedgerEntry.objects.filter(request_id=request_id, kind=LedgerEntry.Kind.USAGE).first()
+    receipt: dict[str, Any] = {
+        "id": record.request_id,
+        "object": "generation",
+        "status": record.status,
+        "model": record.model,
+        "provider": record.provider,
+        "api_key_prefix": record.api_key.prefix if record.api_key else None,
+        "user": record.end_user or None,
+        "streamed": record.streamed,
+        "http_status": record.http_status,
+        "error_code": record.error_code or None,
+        "usage": {
+            "prompt_tokens": record.prompt_tokens,
+            "completion_tokens": record.completion_tokens,
+            "total_tokens": record.prompt_tokens + record.completion_tokens,
+            "source": record.usage_source,
+        },
+        "credits_used": record.credits,
+        "credits_breakdown": record.credits_breakdown,
+        "credits_reserved": record.credits_reserved,
+        "pricing": {
+            "multiplier": str(record.multiplier),
+            "prompt_credits_per_1k_at_1x": str(record.prompt_rate.normalize()),
+            "completion_credits_per_1k_at_1x": str(record.completion_rate.normalize()),
+        },
+        "ledger_entry": {"id": entry.pk, "amount": entry.amount,
+                         "balance_after": entry.balance_after} if entry else None,
+        "latency_ms": record.latency_ms,
+        "time_to_first_token_ms": record.ttft_ms,
+        "created": int(record.started_at.timestamp()),
+        "settled": int(record.created_at.timestamp()),
+    }
+    if record.status == UsageRecord.Status.CANCELLED:
+        receipt["cancelled"] = {
+            "delivered_completion_tokens": record.completion_tokens,
+            "charged": record.credits,
+            "released": record.credits_reserved - record.credits,
+        }
+    return receipt

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import IntegrityError, transaction
+from django.conf import settings
+from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from billing.pricing import Price, tokens_affordable
 from billing.services import Settlement, credits_release, credits_settle
 from completions.models import UsageRecord
+
+logger = logging.getLogger(__name__)
+# Waits before the second and third attempt at a settlement that hit a database error.
+SETTLE_RETRY_DELAYS = (0.05, 0.25)
 
 
 @dataclass
@@ -78,6 +85,8 @@ def request_settle(*, outcome: RequestOutcome) -> Settlement:
                 error_code=outcome.error_code,
                 streamed=outcome.streamed,
                 usage_source=outcome.usage_source,
+                prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
+                completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,
                 latency_ms=outcome.latency_ms,
                 ttft_ms=outcome.ttft_ms,
                 started_at=timezone.now() - dt.timedelta(milliseconds=outcome.latency_ms),
@@ -85,6 +94,23 @@ def request_settle(*, outcome: RequestOutcome) -> Settlement:
     except IntegrityError:
         pass  # already written by an earlier settlement of this request
     return settlement
+
+
+def request_settle_retrying(*, outcome: RequestOutcome) -> Settlement:
+    """`request_settle`, tried again after a database error (a dropped connection, a deadlock).
+
+    Safe because settlement is one transaction and idempotent: an attempt that
+    did commit before its error makes the next one a no-op, never a second charge.
+    A settlement that still fails leaves the reservation to the expiry job.
+    """
+    for delay in SETTLE_RETRY_DELAYS:
+        try:
+            return request_settle(outcome=outcome)
+        except (OperationalError, InterfaceError):
+            logger.warning("settling %s failed; retrying", outcome.request_id, exc_info=True)
+            connection.close()  # never retry on a connection that may be broken
+            time.sleep(delay)
+    return request_settle(outcome=outcome)
 
 
 def charged_breakdown(price: Price, charged: int) -> dict[str, int]:

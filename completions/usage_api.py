@@ -13,7 +13,7 @@ from accounts.models import APIKey
 from accounts.scopes import USAGE_READ
 from completions import selectors
 from completions.models import UsageRollup
-from novakit.errors import invalid_request
+from novakit.errors import ApiError, invalid_request
 
 
 class UsageQuery(serializers.Serializer):
@@ -49,3 +49,15 @@ def usage(request: Request) -> Response:
     for row in report["by_key"]:
         row["key_prefix"] = prefixes.get(row["key_id"])
     return Response(report)
+
+
+@extend_schema(responses={200: OpenApiResponse(description="the generation's receipt")},
+               summary="Receipt of one generation")
+@api_view(["GET"])
+def generation(request: Request, generation_id: str) -> Response:
+    caller = caller_for(request, scope=USAGE_READ)
+    receipt = selectors.generation_receipt(organization_id=caller.organization_id,
+                                           request_id=generation_id)
+    if receipt is None:
+        raise ApiError(404, "not_found", f"No generation '{generation_id}' in this organization")
+    return Response(receipt)
