@@ -88,6 +88,27 @@ class APIKey(models.Model):
         return self.revoked_at is not None and self.revoked_at <= timezone.now()
 
 
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    """Refuses bulk edits and deletes, which bypass `AuditEvent.save()` and `.delete()`.
+
+    The one update allowed is Django's SET_NULL when the actor's user is
+    deleted: the event stays, naming no one.
+    """
+
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        if not kwargs or set(kwargs) - {"actor", "actor_id"} or any(kwargs.values()):
+            raise ValueError("audit events are append-only")
+        return super().update(**kwargs)
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise ValueError("audit events are append-only")
+
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def bulk_update(self, objs, fields, batch_size=None):  # type: ignore[no-untyped-def]
+        raise ValueError("audit events are append-only")
+
+
 class AuditEvent(models.Model):
     """Who changed what, when and why. Written in the same transaction as the change."""
 
@@ -105,6 +126,8 @@ class AuditEvent(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
     reason = models.TextField(blank=True)
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

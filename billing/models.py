@@ -31,8 +31,12 @@ class CreditAccount(models.Model):
         constraints = [
             # Last line of defence: the services never let these fail, but if a
             # bug tried, the database refuses rather than overdrawing.
-            models.CheckConstraint(condition=Q(balance__gte=0), name="credit_balance_not_negative"),
-            models.CheckConstraint(condition=Q(reserved__gte=0), name="credit_reserved_not_negative"),
+            models.CheckConstraint(
+                condition=Q(balance__gte=0), name="credit_balance_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=Q(reserved__gte=0), name="credit_reserved_not_negative"
+            ),
             models.CheckConstraint(
                 condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"
             ),
@@ -44,6 +48,31 @@ class CreditAccount(models.Model):
     @property
     def available(self) -> int:
         return self.balance - self.reserved
+
+
+class LedgerEntryQuerySet(models.QuerySet["LedgerEntry"]):
+    """Refuses bulk edits and deletes, which bypass `LedgerEntry.save()` and `.delete()`.
+
+    The one update allowed is clearing a link to a deleted API key or user:
+    Django's SET_NULL runs it through `QuerySet.update`, and it leaves the
+    entry's money facts (kind, amount, balance, request, reason) untouched.
+    """
+
+    _DETACHABLE = frozenset({"api_key", "api_key_id", "actor", "actor_id"})
+
+    def update(self, **kwargs):  # type: ignore[no-untyped-def]
+        detaching = set(kwargs) <= self._DETACHABLE and all(v is None for v in kwargs.values())
+        if not kwargs or not detaching:
+            raise ValueError("ledger entries are append-only: record a new entry instead")
+        return super().update(**kwargs)
+
+    def delete(self):  # type: ignore[no-untyped-def]
+        raise ValueError("ledger entries are append-only: record a new entry instead")
+
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+    def bulk_update(self, objs, fields, batch_size=None):  # type: ignore[no-untyped-def]
+        raise ValueError("ledger entries are append-only: record a new entry instead")
 
 
 class LedgerEntry(models.Model):
@@ -59,7 +88,8 @@ class LedgerEntry(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     amount = models.BigIntegerField(help_text="Signed: positive adds credits, negative spends")
     balance_after = models.BigIntegerField()
-    request_id = models.CharField(max_length=64, null=True, blank=True)
+    # NULL, not "": the unique constraints below must ignore entries without one.
+    request_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     api_key = models.ForeignKey(
         APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -69,8 +99,10 @@ class LedgerEntry(models.Model):
     actor_label = models.CharField(max_length=100, blank=True)
     reason = models.TextField(blank=True)
     # Makes a grant or purchase safe to submit twice (a retried payment webhook).
-    idempotency_key = models.CharField(max_length=100, null=True, blank=True)
+    idempotency_key = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = LedgerEntryQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "ledger entries"
@@ -111,7 +143,9 @@ class Reservation(models.Model):
         EXPIRED = "expired", "Expired"
 
     request_id = models.CharField(max_length=64, unique=True)
-    account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="reservations")
+    account = models.ForeignKey(
+        CreditAccount, on_delete=models.PROTECT, related_name="reservations"
+    )
     api_key = models.ForeignKey(
         APIKey, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -127,7 +161,9 @@ class Reservation(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["status", "expires_at"], name="reservation_open_expiry")]
-        constraints = [models.CheckConstraint(condition=Q(amount__gte=0), name="reservation_amount_gte_0")]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gte=0), name="reservation_amount_gte_0")
+        ]
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.status} {self.amount}"
@@ -182,3 +218,6 @@ class QuotaCounter(models.Model):
             models.CheckConstraint(condition=Q(used__gte=0), name="quota_used_gte_0"),
             models.CheckConstraint(condition=Q(reserved__gte=0), name="quota_reserved_gte_0"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.quota_id} from {self.period_start:%Y-%m-%d}: {self.used}+{self.reserved}"

@@ -45,6 +45,21 @@ class QuotaExceeded(ApiError):
         )
 
 
+class IdempotencyConflict(ApiError, ValueError):
+    """The idempotency key was already used for a different movement of credits.
+
+    Also a ValueError, so callers that report a service's refusals (the
+    commands, the admin form) show it like any other.
+    """
+
+    def __init__(self, idempotency_key: str) -> None:
+        super().__init__(
+            409,
+            "idempotency_conflict",
+            f"The idempotency key '{idempotency_key}' was already used for a different change",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     request_id: str
@@ -124,7 +139,7 @@ def _credit_movement(
             account=account, idempotency_key=idempotency_key
         ).first()
         if existing is not None:
-            return existing
+            return _same_movement(existing, kind=kind, amount=amount)
     try:
         with transaction.atomic():
             entry = _append_entry(
@@ -150,7 +165,16 @@ def _credit_movement(
         if not idempotency_key:
             raise
         # A concurrent call with the same key won the race: return its entry.
-        return LedgerEntry.objects.get(account=account, idempotency_key=idempotency_key)
+        existing = LedgerEntry.objects.get(account=account, idempotency_key=idempotency_key)
+        return _same_movement(existing, kind=kind, amount=amount)
+    return entry
+
+
+def _same_movement(entry: LedgerEntry, *, kind: str, amount: int) -> LedgerEntry:
+    # A retry must ask for what the first call did; anything else is a bug in
+    # the caller that returning the old entry would hide.
+    if entry.kind != kind or entry.amount != amount:
+        raise IdempotencyConflict(entry.idempotency_key or "")
     return entry
 
 
@@ -267,7 +291,8 @@ def _hold_quotas(
 
     Each hold is a conditional UPDATE that only matches while the period's use
     plus holds leaves room, so concurrent requests cannot overshoot a quota.
-    Counters are taken in primary-key order so two requests never deadlock.
+    Counters are taken in the quotas' primary-key order (and settlement gives
+    them back in the same order), so two requests never deadlock.
     """
     holds: list[list[int]] = []
     for quota in quotas:
@@ -292,8 +317,14 @@ def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int 
         counter = (
             QuotaCounter.objects.select_related("quota")
             .only("quota__metric", "quota__limit")
-            .get(pk=counter_id)
+            .filter(pk=counter_id)
+            .first()
         )
+        if counter is None:
+            # The quota was removed while the request ran (its counters went
+            # with it): there is nothing to give back or count, and failing
+            # here would leave the request unsettled and unbilled.
+            continue
         used = tokens if counter.quota.metric == Quota.Metric.CHAT_TOKENS else credits
         QuotaCounter.objects.filter(pk=counter_id).update(
             reserved=F("reserved") - held, used=F("used") + used
@@ -369,11 +400,53 @@ def credits_reserve(
     """
     if amount < 0 or tokens < 0:
         raise ValueError("a reservation cannot be negative")
-    existing = Reservation.objects.filter(request_id=request_id).first()
+    existing = _existing_reservation(request_id=request_id, organization_id=organization_id)
     if existing is not None:
         return existing
     now = now or timezone.now()
+    try:
+        # A savepoint, so that losing the race below rolls back only our holds.
+        with transaction.atomic():
+            return _reserve(
+                organization_id=organization_id,
+                api_key_id=api_key_id,
+                request_id=request_id,
+                amount=amount,
+                tokens=tokens,
+                now=now,
+            )
+    except IntegrityError:
+        # A concurrent call with the same request id inserted its reservation
+        # first (the unique request id made ours wait for its commit, then
+        # fail): ours is rolled back, and theirs is the answer.
+        existing = _existing_reservation(request_id=request_id, organization_id=organization_id)
+        if existing is None:
+            raise
+        return existing
+
+
+def _existing_reservation(*, request_id: str, organization_id: int) -> Reservation | None:
+    existing = Reservation.objects.filter(request_id=request_id).select_related("account").first()
+    if existing is not None and existing.account.organization_id != organization_id:
+        # Request ids are the gateway's own, so this is a bug, never a retry.
+        raise ValueError(f"request {request_id} is reserved by another organization")
+    return existing
+
+
+def _reserve(
+    *,
+    organization_id: int,
+    api_key_id: int | None,
+    request_id: str,
+    amount: int,
+    tokens: int,
+    now: dt.datetime,
+) -> Reservation:
     quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    # Locks are taken in one order on every path (quota counters by quota id,
+    # then the credit account; settlement claims its reservation first, which
+    # no other request touches), so concurrent requests on PostgreSQL wait for
+    # each other but never deadlock.
     holds = _hold_quotas(quotas=quotas, tokens=tokens, credits=amount, now=now)
     # The conditional update is the whole check: it matches only while the
     # unreserved balance covers the amount, and takes the row lock as it does.
@@ -444,7 +517,9 @@ def _close(
 
 
 def _already_closed(request_id: str) -> Settlement:
-    reservation = Reservation.objects.select_related("account").filter(request_id=request_id).first()
+    reservation = (
+        Reservation.objects.select_related("account").filter(request_id=request_id).first()
+    )
     if reservation is None:
         raise LookupError(f"no reservation for request {request_id}")
     account = reservation.account

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils.text import slugify
 
 from accounts.models import Organization
 from accounts.services import organization_create
@@ -22,7 +23,9 @@ class Command(BaseCommand):
             raise CommandError("--credits cannot be negative")
         if options["token_quota"] is not None and options["token_quota"] < 0:
             raise CommandError("--token-quota cannot be negative")
-        if Organization.objects.filter(slug=options["slug"]).exists():
+        # The slug as organization_create will store it, so "Acme Inc" is
+        # refused here when "acme-inc" exists rather than failing on the insert.
+        if Organization.objects.filter(slug=slugify(options["slug"])).exists():
             raise CommandError(f"organization '{options['slug']}' already exists")
         with transaction.atomic():
             try:
