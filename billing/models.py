@@ -25,6 +25,9 @@ class CreditAccount(models.Model):
     # Credits held by open reservations; always <= balance.
     reserved = models.BigIntegerField(default=0)
     low_balance_threshold = models.BigIntegerField(null=True, blank=True)
+    # Set when the balance went under the threshold and its owners were told;
+    # cleared when it is back above, so each crossing alerts once.
+    low_balance_alerted_at = models.DateTimeField(null=True, blank=True, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

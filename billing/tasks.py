@@ -10,3 +10,10 @@ from billing.services import reservations_expire
 @shared_task(time_limit=300, soft_time_limit=240)
 def reservations_expire_task() -> int:
     return reservations_expire()
+
+
+@shared_task(time_limit=300, soft_time_limit=240)
+def low_balance_alerts_task() -> int:
+    from billing.alerts import low_balance_scan
+
+    return low_balance_scan()
