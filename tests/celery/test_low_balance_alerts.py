@@ -38,7 +38,7 @@ def test_owners_are_emailed_once_per_crossing(tenant_factory):
 
 def test_an_account_without_a_threshold_is_never_alerted(tenant_factory, settings):
     settings.LOW_BALANCE_DEFAULT_THRESHOLD = 0
-    tenant = tenant_factory("nothreshold", credits=10)
+    tenant_factory("nothreshold", credits=10)
     assert low_balance_scan() == 0
     assert mail.outbox == []
 
