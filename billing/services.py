@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -316,7 +317,8 @@ def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int 
     for counter_id, held in holds:
         counter = (
             QuotaCounter.objects.select_related("quota")
-            .only("quota__metric", "quota__limit")
+            .only("period_start", "quota__metric", "quota__limit", "quota__period",
+                  "quota__organization_id", "quota__api_key_id")
             .filter(pk=counter_id)
             .first()
         )
@@ -329,13 +331,34 @@ def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int 
         QuotaCounter.objects.filter(pk=counter_id).update(
             reserved=F("reserved") - held, used=F("used") + used
         )
+        used_now, reserved_now = QuotaCounter.objects.filter(pk=counter_id).values_list(
+            "used", "reserved"
+        )[0]
+        _announce_quota_crossings(counter, used_before=used_now - used, used_now=used_now)
         if counter.quota.metric == Quota.Metric.CHAT_TOKENS:
-            used_now, reserved_now = QuotaCounter.objects.filter(pk=counter_id).values_list(
-                "used", "reserved"
-            )[0]
             room = max(0, counter.quota.limit - used_now - reserved_now)
             least_room = room if least_room is None else min(least_room, room)
     return least_room
+
+
+_QUOTA_ALERTS = ((Decimal("0.8"), "quota.80"), (Decimal("1"), "quota.100"))
+
+
+def _announce_quota_crossings(counter: QuotaCounter, *, used_before: int, used_now: int) -> None:
+    """Tell webhooks when this settlement took a quota's use past 80 % or 100 %, once a period."""
+    quota = counter.quota
+    for fraction, event in _QUOTA_ALERTS:
+        mark = fraction * quota.limit
+        if used_before < mark <= used_now:
+            from accounts.webhooks import webhook_emit
+
+            webhook_emit(
+                organization_id=quota.organization_id, event=event,
+                event_key=f"{event}:{quota.pk}:{counter.period_start.isoformat()}",
+                data={"metric": quota.metric, "limit": quota.limit, "used": used_now,
+                      "period": quota.period, "period_start": counter.period_start.isoformat(),
+                      "api_key_id": quota.api_key_id},
+            )
 
 
 @transaction.atomic

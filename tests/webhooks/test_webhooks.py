@@ -182,3 +182,20 @@ def test_the_api_shows_endpoints_and_attempts_to_their_organization_only(
     assert [a["status"] for a in attempts] == ["delivered"]
     assert foreign.status_code == 404
     assert "whsec_" not in foreign.content.decode()
+
+
+def test_quota_webhooks_fire_at_80_and_100_percent_once_a_period(tenant, receiver):
+    from billing.services import credits_reserve, credits_settle, quota_set
+
+    webhook_endpoint_create(organization=tenant.org, url=receiver.url,
+                            events=["quota.80", "quota.100"])
+    quota_set(organization=tenant.org, limit=1_000)
+
+    for number, tokens in enumerate([500, 200, 150, 100, 50]):
+        credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                        request_id=f"q{number}", amount=1, tokens=tokens)
+        credits_settle(request_id=f"q{number}", credits=1, tokens=tokens)
+
+    events = [json.loads(item["body"])["type"] for item in receiver.received]
+    assert events == ["quota.80", "quota.100"]  # 850 crossed 80 %, 1,000 reached 100 %
+    assert json.loads(receiver.received[1]["body"])["data"]["used"] == 1_000
