@@ -1,7 +1,14 @@
-from django.contrib import admin
+import csv
 
-from accounts.models import APIKey, AuditEvent, Membership, Organization
-from accounts.services import api_key_revoke
+from django import forms
+from django.contrib import admin, messages
+from django.db import transaction
+from django.http import HttpResponse
+from django.shortcuts import render
+
+from accounts.models import APIKey, AuditEvent, Membership, Organization, WebhookEndpoint
+from accounts.services import api_key_revoke, organization_set_active
+from novakit.admin_audit import AuditedAdmin
 
 
 class MembershipInline(admin.TabularInline):
@@ -10,24 +17,103 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class BulkReasonForm(forms.Form):
+    reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}))
+
+
+class BulkGrantForm(BulkReasonForm):
+    amount = forms.IntegerField(min_value=1)
+
+
 @admin.register(Organization)
-class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "is_active", "requests_per_minute", "tokens_per_minute",
-                    "created_at"]
+class OrganizationAdmin(AuditedAdmin):
+    list_display = ["slug", "name", "is_active", "suspended_reason", "requests_per_minute",
+                    "tokens_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
+    actions = ["grant_credits", "suspend", "export_csv"]
+
+    def audit_organization_id(self, obj: Organization) -> int | None:
+        return obj.pk
+
+    def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        # Suspending or reinstating goes through the service, which also makes
+        # every process drop its cached keys of this organization.
+        if change and "is_active" in form.changed_data:
+            is_active, reason = obj.is_active, obj.suspended_reason
+            obj.is_active = not is_active
+            super().save_audited(request, obj, form, change)
+            organization_set_active(organization=obj, active=is_active,
+                                    reason=reason or form.cleaned_data["change_reason"],
+                                    actor=request.user)
+        else:
+            super().save_audited(request, obj, form, change)
+
+    def _bulk_form(self, request, queryset, form_class, title):  # type: ignore[no-untyped-def]
+        form = form_class(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            return form
+        context = {**self.admin_site.each_context(request), "title": title, "form": form,
+                   "organizations": queryset, "action": request.POST.get("action"),
+                   "opts": self.model._meta}
+        return render(request, "admin/accounts/organization/bulk_action.html", context)
+
+    @admin.action(description="Grant credits to selected organizations")
+    def grant_credits(self, request, queryset):  # type: ignore[no-untyped-def]
+        from billing.services import account_for_organization, credits_grant
+
+        form = self._bulk_form(request, queryset, BulkGrantForm, "Grant credits")
+        if not isinstance(form, BulkGrantForm):
+            return form
+        with transaction.atomic():
+            for organization in queryset:
+                credits_grant(account=account_for_organization(organization=organization),
+                              amount=form.cleaned_data["amount"],
+                              reason=form.cleaned_data["reason"], actor=request.user)
+        self.message_user(request, f"Granted {form.cleaned_data['amount']} credits to "
+                                   f"{queryset.count()} organization(s).", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Suspend selected organizations")
+    def suspend(self, request, queryset):  # type: ignore[no-untyped-def]
+        form = self._bulk_form(request, queryset, BulkReasonForm, "Suspend organizations")
+        if not isinstance(form, BulkReasonForm):
+            return form
+        with transaction.atomic():
+            for organization in queryset.filter(is_active=True):
+                organization_set_active(organization=organization, active=False,
+                                        reason=form.cleaned_data["reason"], actor=request.user)
+        self.message_user(request, f"Suspended {queryset.count()} organization(s).",
+                          messages.SUCCESS)
+        return None
+
+    @admin.action(description="Export selected organizations as CSV")
+    def export_csv(self, request, queryset):  # type: ignore[no-untyped-def]
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="organizations.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["slug", "name", "active", "suspended_reason", "balance", "reserved",
+                         "created_at"])
+        for organization in queryset.select_related("credit_account"):
+            account = getattr(organization, "credit_account", None)
+            writer.writerow([organization.slug, organization.name, organization.is_active,
+                             organization.suspended_reason,
+                             account.balance if account else 0,
+                             account.reserved if account else 0,
+                             organization.created_at.isoformat()])
+        return response
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(AuditedAdmin):
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["role"]
     search_fields = ["user__username", "organization__slug"]
 
 
 @admin.register(APIKey)
-class APIKeyAdmin(admin.ModelAdmin):
+class APIKeyAdmin(AuditedAdmin):
     # Never the hash (nor, of course, the secret, which is not stored).
     list_display = ["prefix", "name", "organization", "scopes", "created_at", "last_used_at",
                     "expires_at", "revoked_at"]
@@ -41,6 +127,14 @@ class APIKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
         return False  # keys are created where their secret can be shown once: the portal or CLI
 
+    def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        from accounts.services import api_key_update
+
+        changes = {name: form.cleaned_data[name] for name in form.changed_data
+                   if name != "change_reason"}
+        original = APIKey.objects.get(pk=obj.pk)
+        api_key_update(key=original, changes=changes, actor=request.user)
+
     @admin.action(description="Revoke selected keys")
     def revoke_selected(self, request, queryset):  # type: ignore[no-untyped-def]
         revoked = sum(
@@ -48,6 +142,17 @@ class APIKeyAdmin(admin.ModelAdmin):
             for key in queryset.select_related("organization")
         )
         self.message_user(request, f"Revoked {revoked} key(s).")
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    list_display = ["url", "organization", "events", "is_active", "created_at"]
+    list_filter = ["is_active"]
+    exclude = ["secret_encrypted"]
+    readonly_fields = ["organization", "url", "events", "created_by", "created_at"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(AuditEvent)

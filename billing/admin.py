@@ -5,6 +5,7 @@ from django.urls import path, reverse
 
 from billing.models import CreditAccount, LedgerEntry, Quota, Reservation
 from billing.services import credits_adjust, credits_grant
+from novakit.admin_audit import AuditedAdmin
 
 
 class ReadOnlyMixin:
@@ -66,7 +67,8 @@ class CreditAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
         account = get_object_or_404(CreditAccount, pk=pk)
         form = CreditChangeForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
-            kind, amount, reason = (form.cleaned_data[name] for name in ("kind", "amount", "reason"))
+            data = form.cleaned_data
+            kind, amount, reason = data["kind"], data["amount"], data["reason"]
             try:
                 if kind in (LedgerEntry.Kind.GRANT, LedgerEntry.Kind.PURCHASE):
                     entry = credits_grant(account=account, amount=amount, reason=reason,
@@ -105,7 +107,7 @@ class ReservationAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 
 @admin.register(Quota)
-class QuotaAdmin(admin.ModelAdmin):
+class QuotaAdmin(AuditedAdmin):
     list_display = ["organization", "api_key", "metric", "period", "limit"]
     list_filter = ["metric", "period"]
     search_fields = ["organization__slug"]

@@ -2,9 +2,10 @@ from django import forms
 from django.contrib import admin
 
 from completions.models import CatalogModel, ModelRoute, Provider, UsageRecord
+from novakit.admin_audit import AuditedAdmin, AuditedForm
 
 
-class ProviderForm(forms.ModelForm):
+class ProviderForm(AuditedForm):
     # Write-only: the stored key is never shown; leave blank to keep it.
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                               help_text="Leave blank to keep the current key.")
@@ -23,8 +24,10 @@ class ProviderForm(forms.ModelForm):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(AuditedAdmin):
     form = ProviderForm
+    # The key itself never reaches the audit log; that it changed does.
+    audit_exclude = ("api_key",)
     list_display = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
 
 
@@ -34,17 +37,17 @@ class RouteInline(admin.TabularInline):
 
 
 @admin.register(CatalogModel)
-class CatalogModelAdmin(admin.ModelAdmin):
+class CatalogModelAdmin(AuditedAdmin):
     list_display = ["model_id", "tier", "multiplier", "context_length", "supports_vision",
                     "is_active", "staff_override"]
     list_filter = ["tier", "is_active", "supports_vision"]
     search_fields = ["model_id", "name"]
     inlines = [RouteInline]
 
-    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+    def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         if change and {"tier", "multiplier", "is_active"} & set(form.changed_data):
-            obj.staff_override = True
-        super().save_model(request, obj, form, change)
+            obj.staff_override = True  # a catalog sync must not undo a staff decision
+        super().save_audited(request, obj, form, change)
 
 
 @admin.register(UsageRecord)

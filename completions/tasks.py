@@ -29,3 +29,10 @@ def catalog_sync_task(provider_slug: str = "openrouter") -> dict[str, int]:
         return {"skipped": 1}  # the embedded default: no upstream to ask
     listing = catalog_sync.fetch_provider_models(provider)
     return catalog_sync.catalog_sync(provider=provider, listing=listing)
+
+
+@shared_task(time_limit=300, soft_time_limit=240)
+def idempotency_purge_task() -> int:
+    from completions.idempotency import idempotency_purge
+
+    return idempotency_purge()

@@ -26,6 +26,7 @@ _OPENAI_TYPES = {
     "not_found": "invalid_request_error",
     "model_not_found": "invalid_request_error",
     "idempotency_conflict": "invalid_request_error",
+    "idempotency_key_reused": "invalid_request_error",
     "rate_limited": "rate_limit_error",
     "server_error": "server_error",
     "upstream_error": "upstream_error",

@@ -325,3 +325,10 @@ WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = env_list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"
 CELERY_BEAT_SCHEDULE["keys-expiring"] = {
     "task": "accounts.tasks.keys_expiring_notify_task", "schedule": 3600.0,
 }
+# How long a chat completion sent with an Idempotency-Key keeps its stored answer.
+IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=60)
+CELERY_BEAT_SCHEDULE["idempotency-purge"] = {
+    "task": "completions.tasks.idempotency_purge_task", "schedule": 3600.0,
+}
+# The staff dashboard lists open reservations older than this: no request takes so long.
+STAFF_STALE_RESERVATION_SECONDS = env_int("STAFF_STALE_RESERVATION_SECONDS", 600, minimum=1)

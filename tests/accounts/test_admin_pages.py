@@ -54,11 +54,16 @@ def test_given_the_key_change_form_when_saved_then_the_hash_is_unchanged(admin_c
         "name": "renamed", "scopes": '["chat", "models"]', "allowed_models": "[]",
         "requests_per_minute": "", "tokens_per_minute": "", "max_concurrent_requests": "",
         "expires_at_0": "", "expires_at_1": "", "key_hash": "0" * 64,
+        "change_reason": "clearer name",
     })
 
     assert response.status_code == 302, response.content.decode()[:2000]
     key = APIKey.objects.get(pk=tenant.key.pk)
     assert key.name == "renamed" and key.key_hash == before
+    audit = AuditEvent.objects.get(action="admin.apikey.change")
+    assert audit.reason == "clearer name" and audit.actor.username == "admin"
+    assert audit.before["name"] == "test" and audit.after["name"] == "renamed"
+    assert "allowed_models" not in audit.after  # unchanged, however the form spelled it
 
 
 def test_given_the_revoke_action_then_selected_keys_are_revoked_with_an_audit_row(
