@@ -41,3 +41,36 @@ worker: install
 
 beat: install
 	$(BIN)/celery -A novakit beat --loglevel=INFO
+
+# --- Benchmark (bench/): `make bench` writes bench/results/REPORT.md and a plot;
+# `make bench-quick` is a smaller run (under two minutes) into bench/results/quick/.
+# Needs the local PostgreSQL and Redis; uses database BENCH_DB_NAME and BENCH_REDIS_URL.
+LITELLM_VENV := bench/.venv-litellm
+# Pinned: the newest litellm on PyPI (1.110.x) requires a `litellm-proxy` package
+# that is not published there, so `litellm[proxy]` unpinned does not install.
+LITELLM_SPEC ?= litellm[proxy]==1.106.12
+
+.PHONY: bench bench-quick install-bench
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[bench]'
+	touch $(VENV)/.installed $@
+
+# A failed LiteLLM install does not stop the benchmark: the report says why
+# (from bench/results/raw/litellm-install.log) and measures the other targets.
+$(LITELLM_VENV)/.installed:
+	@mkdir -p bench/results/raw
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	@if $(LITELLM_VENV)/bin/pip install --quiet '$(LITELLM_SPEC)' \
+		> bench/results/raw/litellm-install.log 2>&1; then touch $@; \
+	else echo "LiteLLM did not install (see bench/results/raw/litellm-install.log);" \
+		"the benchmark goes on without it"; fi
+
+install-bench: $(VENV)/.installed-bench
+	@$(MAKE) --no-print-directory $(LITELLM_VENV)/.installed
+
+bench: install-bench
+	$(BIN)/python bench/run.py
+
+bench-quick: install-bench
+	$(BIN)/python bench/run.py --quick
