@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Least
 from django.utils import timezone
@@ -285,30 +285,20 @@ def _counter_for(quota: Quota, now: dt.datetime) -> int:
     )[0]
 
 
-def _hold_quotas(
-    *, quotas: list[Quota], tokens: int, credits: int, now: dt.datetime
-) -> list[list[int]]:
-    """Hold `tokens`/`credits` against each quota, or raise QuotaExceeded.
+def _hold_counter(quota: Quota, counter_id: int, amount: int) -> None:
+    """Hold `amount` against one quota's current counter, or raise QuotaExceeded.
 
-    Each hold is a conditional UPDATE that only matches while the period's use
-    plus holds leaves room, so concurrent requests cannot overshoot a quota.
-    Counters are taken in the quotas' primary-key order (and settlement gives
-    them back in the same order), so two requests never deadlock.
+    A conditional UPDATE that only matches while the period's use plus holds
+    leaves room, so concurrent requests cannot overshoot a quota.
     """
-    holds: list[list[int]] = []
-    for quota in quotas:
-        amount = tokens if quota.metric == Quota.Metric.CHAT_TOKENS else credits
-        counter_id = _counter_for(quota, now)
-        updated = QuotaCounter.objects.filter(
-            pk=counter_id, used__lte=quota.limit - amount - F("reserved")
-        ).update(reserved=F("reserved") + amount)
-        if updated != 1:
-            used, reserved = QuotaCounter.objects.filter(pk=counter_id).values_list(
-                "used", "reserved"
-            )[0]
-            raise QuotaExceeded(quota.metric, quota.limit - used - reserved)
-        holds.append([counter_id, amount])
-    return holds
+    updated = QuotaCounter.objects.filter(
+        pk=counter_id, used__lte=quota.limit - amount - F("reserved")
+    ).update(reserved=F("reserved") + amount)
+    if updated != 1:
+        used, reserved = QuotaCounter.objects.filter(pk=counter_id).values_list(
+            "used", "reserved"
+        )[0]
+        raise QuotaExceeded(quota.metric, quota.limit - used - reserved)
 
 
 def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int | None:
@@ -465,26 +455,24 @@ def _reserve(
     tokens: int,
     now: dt.datetime,
 ) -> Reservation:
-    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
-    # Locks are taken in one order on every path (quota counters by quota id,
-    # then the credit account; settlement claims its reservation first, which
-    # no other request touches), so concurrent requests on PostgreSQL wait for
-    # each other but never deadlock.
-    holds = _hold_quotas(quotas=quotas, tokens=tokens, credits=amount, now=now)
-    # The conditional update is the whole check: it matches only while the
-    # unreserved balance covers the amount, and takes the row lock as it does.
-    updated = CreditAccount.objects.filter(
-        organization_id=organization_id, balance__gte=F("reserved") + amount
-    ).update(reserved=F("reserved") + amount)
-    if updated != 1:
-        row = CreditAccount.objects.filter(organization_id=organization_id).values_list(
-            "balance", "reserved"
-        ).first()
-        raise InsufficientCredits(row[0] - row[1] if row else 0)
     account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
         "pk", flat=True
-    )[0]
-    return Reservation.objects.create(
+    ).first()
+    if account_id is None:
+        raise InsufficientCredits(0)
+    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    counters = [_counter_for(quota, now) for quota in quotas]
+    holds = [
+        [counter_id, tokens if quota.metric == Quota.Metric.CHAT_TOKENS else amount]
+        for quota, counter_id in zip(quotas, counters, strict=True)
+    ]
+    # Everything that takes no shared lock comes first; the row locks (quota
+    # counters, then the credit account) are the last statements before
+    # commit, so concurrent requests of one organization queue for as short
+    # a time as possible. The order is the same on every path (settlement
+    # claims its own reservation, then counters, then the account), so they
+    # wait for each other but never deadlock.
+    reservation = Reservation.objects.create(
         request_id=request_id,
         account_id=account_id,
         api_key_id=api_key_id,
@@ -494,6 +482,17 @@ def _reserve(
         created_at=now,
         expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
     )
+    for quota, (counter_id, held) in zip(quotas, holds, strict=True):
+        _hold_counter(quota, counter_id, held)
+    # The conditional update is the whole check: it matches only while the
+    # unreserved balance covers the amount, and takes the row lock as it does.
+    updated = CreditAccount.objects.filter(
+        pk=account_id, balance__gte=F("reserved") + amount
+    ).update(reserved=F("reserved") + amount)
+    if updated != 1:
+        row = CreditAccount.objects.filter(pk=account_id).values_list("balance", "reserved")[0]
+        raise InsufficientCredits(row[0] - row[1])
+    return reservation
 
 
 def _close(
@@ -513,22 +512,22 @@ def _close(
     ).get(request_id=request_id)
     charge = reservation.charged or 0
     least_room = _release_holds(reservation.quota_holds, tokens=tokens, credits=charge)
-    CreditAccount.objects.filter(pk=reservation.account_id).update(
-        reserved=F("reserved") - reservation.amount
+    # One statement charges and releases: charge <= amount <= reserved <= balance,
+    # so it can neither overdraw nor break `reserved <= balance`.
+    balance, reserved = _account_apply(
+        account_id=reservation.account_id, balance_delta=-charge, reserved_delta=-reservation.amount
     )
     if charge > 0:
-        _append_entry(
+        LedgerEntry.objects.create(
             account_id=reservation.account_id,
             kind=Kind.USAGE,
             amount=-charge,
+            balance_after=balance,
             reason="chat completion",
             request_id=request_id,
             api_key_id=reservation.api_key_id,
             actor_label="api",
         )
-    balance, reserved = CreditAccount.objects.filter(pk=reservation.account_id).values_list(
-        "balance", "reserved"
-    )[0]
     return Settlement(
         request_id=request_id,
         status=status,
@@ -537,6 +536,24 @@ def _close(
         available=balance - reserved,
         quota_tokens_remaining=least_room,
     )
+
+
+def _account_apply(*, account_id: int, balance_delta: int, reserved_delta: int) -> tuple[int, int]:
+    """Change an account's balance and reserved credits in one UPDATE ... RETURNING.
+
+    One round trip instead of an update and a read: the row lock it takes is
+    held until commit, and the less happens after it, the less others wait.
+    (PostgreSQL and SQLite >= 3.35 both support RETURNING.)
+    """
+    table = connection.ops.quote_name(CreditAccount._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET balance = balance + %s, reserved = reserved + %s "  # noqa: S608
+            "WHERE id = %s RETURNING balance, reserved",
+            [balance_delta, reserved_delta, account_id],
+        )
+        balance, reserved = cursor.fetchone()
+    return balance, reserved
 
 
 def _already_closed(request_id: str) -> Settlement:
