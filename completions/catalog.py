@@ -21,7 +21,7 @@ def catalog_data() -> dict[str, Any]:
 
 
 def catalog_load(*, provider_model: Any, catalog_model: Any, route_model: Any, update: bool) -> int:
-    """Create the shipped providers and models; with `update`, refresh models staff have not overridden.
+    """Create the shipped providers and models; with `update`, refresh those staff did not override.
 
     Takes the model classes as arguments so the data migration can pass its
     historical models (`apps.get_model`) and the command the live ones.
@@ -169,7 +169,8 @@ class _SnapshotCache:
         self.snapshot = None
 
     async def get(self) -> dict[str, ModelInfo]:
-        if self.snapshot is None or time.monotonic() - self.read_at > settings.CATALOG_CACHE_SECONDS:
+        stale = time.monotonic() - self.read_at > settings.CATALOG_CACHE_SECONDS
+        if self.snapshot is None or stale:
             self.snapshot = await sync_to_async(load_snapshot)()
             self.read_at = time.monotonic()
         return self.snapshot

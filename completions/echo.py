@@ -38,7 +38,8 @@ def _reply_text(payload: dict[str, Any]) -> str:
 def _usage(payload: dict[str, Any], reply: str) -> dict[str, int]:
     prompt = estimate_prompt_tokens(payload.get("messages", []))
     completion = count_text(reply)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
 
 
 def complete(payload: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +70,7 @@ async def stream(payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     for position, word in enumerate(words):
         await asyncio.sleep(_WORD_DELAY_SECONDS)
         piece = word if position == 0 else " " + word
-        yield {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+        yield {**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                     "finish_reason": None}]}
     yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     yield {**base, "choices": [], "usage": _usage(payload, reply)}

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -26,6 +28,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.auth import KeyContext
+from accounts.ratelimit import rate_limit_acquire, rate_limit_release
 from billing.pricing import Price, price_request
 from billing.services import Settlement, credits_reserve
 from completions.catalog import ModelInfo, Route, catalog_cache
@@ -34,7 +37,7 @@ from completions.schemas import ChatCompletionRequest
 from completions.services import (
     RequestOutcome,
     charged_breakdown,
-    request_settle,
+    request_settle_retrying,
     tokens_remaining_estimate,
 )
 from completions.tokens import count_text, estimate_prompt_tokens
@@ -44,9 +47,13 @@ from novakit.errors import ApiError, error_body, forbidden, invalid_request, jso
 logger = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+_OPENAI_USAGE_FIELDS = {
+    "prompt_tokens", "completion_tokens", "total_tokens",
+    "prompt_tokens_details", "completion_tokens_details",
+}
 # Settlements still running; held so the event loop does not drop them, and
 # so a graceful shutdown can wait for them.
-pending_settlements: set[asyncio.Task[Settlement | None]] = set()
+pending_settlements: set[asyncio.Task[Any]] = set()
 
 
 @dataclass
@@ -64,6 +71,8 @@ class Admitted:
     reserved: Price
     end_user: str
     started: float
+    # x-ratelimit-* as they stood when the request was admitted.
+    rate_limit_headers: dict[str, str] = field(default_factory=dict)
 
     def outcome(self, *, streamed: bool) -> RequestOutcome:
         return RequestOutcome(
@@ -89,7 +98,8 @@ def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     """Messages as the upstream expects them: the contract's `images` become content parts."""
     messages = []
     for message in body.messages:
-        item = message.model_dump(exclude_none=True, exclude={"images"})
+        # What the caller sent, as sent: an explicit `"content": null` beside tool calls stays.
+        item = message.model_dump(exclude_unset=True, exclude={"images"})
         if message.images:
             parts = (
                 [{"type": "text", "text": message.content}]
@@ -177,26 +187,64 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
         web_search=body.web_search,
         images=images,
     )
-    await sync_to_async(credits_reserve)(
-        organization_id=key.organization_id,
-        api_key_id=key.key_id,
-        request_id=request_id,
-        amount=worst_case.total,
-        tokens=prompt_estimate + budget,
-    )
-    return Admitted(
-        request_id=request_id,
-        key=key,
-        model=model,
-        routes=routes,
-        payload=_payload(body, messages),
-        web_search=body.web_search,
-        images=images,
-        prompt_estimate=prompt_estimate,
-        reserved=worst_case,
-        end_user=body.user or "",
-        started=started,
-    )
+    # After authentication and validation, before the reservation: a 429 reserves nothing.
+    rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=prompt_estimate + budget)
+    try:
+        admitted = Admitted(
+            request_id=request_id,
+            key=key,
+            model=model,
+            routes=routes,
+            payload=_payload(body, messages),
+            web_search=body.web_search,
+            images=images,
+            prompt_estimate=prompt_estimate,
+            reserved=worst_case,
+            end_user=body.user or "",
+            started=started,
+            rate_limit_headers=rate.headers(),
+        )
+        await _reserve(admitted, tokens=prompt_estimate + budget, streamed=body.stream)
+    except BaseException as exc:
+        await rate_limit_release(request_id=request_id, tokens_used=0)
+        if isinstance(exc, ApiError):
+            exc.headers.update(rate.headers())
+        raise
+    return admitted
+
+
+async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
+    """Reserve the worst case; if the client leaves meanwhile, give the reservation back.
+
+    The reservation is written in a thread that cancelling the await does not
+    stop: it may commit after the request is gone. Once it has, it is settled
+    as a cancelled request (released, nothing charged) instead of holding the
+    credits until the expiry job finds it.
+    """
+    task = asyncio.ensure_future(sync_to_async(credits_reserve)(
+        organization_id=admitted.key.organization_id,
+        api_key_id=admitted.key.key_id,
+        request_id=admitted.request_id,
+        amount=admitted.reserved.total,
+        tokens=tokens,
+    ))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        outcome = admitted.outcome(streamed=streamed)
+        outcome.release = True
+        outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
+        task.add_done_callback(functools.partial(_release_if_reserved, outcome),
+                               context=contextvars.Context())
+        raise
+
+
+def _release_if_reserved(outcome: RequestOutcome, reservation: asyncio.Future[Any]) -> None:
+    if reservation.cancelled() or reservation.exception() is not None:
+        return  # refused (402) or failed: a refused reservation holds nothing
+    task = asyncio.ensure_future(settle(outcome))
+    pending_settlements.add(task)
+    task.add_done_callback(pending_settlements.discard)
 
 
 # --- settlement ---------------------------------------------------------------------
@@ -204,7 +252,7 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
 
 async def settle(outcome: RequestOutcome) -> Settlement | None:
     """Settle in a task of its own, shielded: a client that leaves cannot interrupt it."""
-    task = asyncio.ensure_future(sync_to_async(request_settle)(outcome=outcome))
+    task = asyncio.ensure_future(_settle(outcome))
     pending_settlements.add(task)
     task.add_done_callback(pending_settlements.discard)
     try:
@@ -215,6 +263,15 @@ async def settle(outcome: RequestOutcome) -> Settlement | None:
         # The reservation stays open and the expiry job releases it; log loudly.
         logger.exception("settlement failed for %s", outcome.request_id)
         return None
+
+
+async def _settle(outcome: RequestOutcome) -> Settlement:
+    try:
+        return await sync_to_async(request_settle_retrying)(outcome=outcome)
+    finally:
+        # The request is over: free its concurrency slot, correct its tokens to the usage.
+        await rate_limit_release(request_id=outcome.request_id,
+                                 tokens_used=outcome.prompt_tokens + outcome.completion_tokens)
 
 
 def _price(admitted: Admitted, prompt_tokens: int, completion_tokens: int) -> Price:
@@ -245,7 +302,7 @@ def _usage_extras(admitted: Admitted, outcome: RequestOutcome, settlement: Settl
 
 
 def response_headers(admitted: Admitted, settlement: Settlement | None) -> dict[str, str]:
-    headers = {"x-request-id": admitted.request_id}
+    headers = {"x-request-id": admitted.request_id, **admitted.rate_limit_headers}
     if settlement is not None:
         headers["x-credits-remaining"] = str(settlement.available)
     return headers
@@ -280,11 +337,12 @@ def _normalise_completion(data: dict[str, Any], admitted: Admitted) -> dict[str,
             "finish_reason": finish if finish in _FINISH_REASONS else "stop",
             "logprobs": choice.get("logprobs"),
         })
+    created = data.get("created")
     return {
         **data,
         "id": admitted.request_id,
         "object": "chat.completion",
-        "created": data.get("created") if isinstance(data.get("created"), int) else int(time.time()),
+        "created": created if isinstance(created, int) else int(time.time()),
         "model": admitted.model.model_id,
         "model_tier": admitted.model.tier,
         "choices": choices,
@@ -327,6 +385,9 @@ async def answer(admitted: Admitted) -> HttpResponse:
         outcome.latency_ms = admitted.elapsed_ms()
         await settle(outcome)
         raise
+    except Exception:
+        await _settle_server_error(admitted, outcome)
+        raise
     outcome.latency_ms = admitted.elapsed_ms()
     if data is None:
         assert failure is not None
@@ -335,7 +396,7 @@ async def answer(admitted: Admitted) -> HttpResponse:
         outcome.http_status, outcome.error_code = failure.status, failure.code
         await settle(outcome)
         raise ApiError(failure.status, failure.code, failure.message,
-                       headers={"x-request-id": admitted.request_id})
+                       headers=response_headers(admitted, None))
     reported = _upstream_usage(data)
     if reported is None:
         outcome.usage_source = "tokenizer"
@@ -345,8 +406,26 @@ async def answer(admitted: Admitted) -> HttpResponse:
     outcome.ttft_ms = outcome.latency_ms
     settlement = await settle(outcome)
     body = _normalise_completion(data, admitted)
-    body["usage"] = {**(data.get("usage") or {}), **_usage_extras(admitted, outcome, settlement)}
+    body["usage"] = {**_openai_usage(data), **_usage_extras(admitted, outcome, settlement)}
     return json_response(body, headers=response_headers(admitted, settlement))
+
+
+def _openai_usage(data: dict[str, Any]) -> dict[str, Any]:
+    """The upstream's usage fields OpenAI defines; not, say, OpenRouter's `cost` in dollars."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return {}
+    return {name: value for name, value in usage.items() if name in _OPENAI_USAGE_FIELDS}
+
+
+async def _settle_server_error(admitted: Admitted, outcome: RequestOutcome) -> None:
+    """A fault of ours before anything was delivered: release, and keep the record of it."""
+    logger.exception("request %s failed before its answer", admitted.request_id)
+    outcome.release = True
+    outcome.status = UsageRecord.Status.ERROR
+    outcome.http_status, outcome.error_code = 500, "server_error"
+    outcome.latency_ms = admitted.elapsed_ms()
+    await settle(outcome)
 
 
 # --- streaming -------------------------------------------------------------------------------
@@ -358,11 +437,11 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
     outcome = admitted.outcome(streamed=True)
     try:
         for route in admitted.routes:
+            outcome.provider = route.provider
             try:
                 return await open_stream(route, _for_route(admitted, route, stream=True)), route
             except UpstreamFailure as exc:
                 failure = exc
-                outcome.provider = route.provider
                 logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
                                admitted.request_id)
                 if not exc.retryable:
@@ -373,6 +452,9 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
         outcome.latency_ms = admitted.elapsed_ms()
         await settle(outcome)
         raise
+    except Exception:
+        await _settle_server_error(admitted, outcome)
+        raise
     assert failure is not None
     outcome.release = True
     outcome.status = UsageRecord.Status.ERROR
@@ -380,37 +462,67 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
     outcome.latency_ms = admitted.elapsed_ms()
     await settle(outcome)
     raise ApiError(failure.status, failure.code, failure.message,
-                   headers={"x-request-id": admitted.request_id})
+                   headers=response_headers(admitted, None))
 
 
 def _sse(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-class _Relay:
-    """State of one relayed stream: what was delivered, and the upstream's usage if it sent any."""
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    """A chunk's generated text, tool-call deltas included, as the tokenizer should count it."""
+    parts = []
+    for choice in chunk["choices"]:
+        delta = choice["delta"]
+        if isinstance(delta.get("content"), str):
+            parts.append(delta["content"])
+        if delta.get("tool_calls"):
+            parts.append(orjson.dumps(delta["tool_calls"]).decode())
+    return "".join(parts)
 
-    def __init__(self, admitted: Admitted) -> None:
+
+class _Relay:
+    """One relayed stream, settled exactly once however it ends.
+
+    `run()` is what Django iterates: it passes the upstream's chunks on as they
+    come, settles, and sends the usage chunk and `[DONE]` at the end. The chunk
+    that carries `finish_reason` is held back until the stream ends so the usage
+    can ride on it: clients that read `choices[0]` of every chunk (the contract's
+    own streaming example) keep working.
+
+    Ways a stream can end, and who settles it:
+    - completed, or the upstream failed mid-stream: `run()`, in order;
+    - the client left while `run()` awaited the upstream: Django cancels the
+      task, `run()` sees CancelledError;
+    - the client left while a chunk was being written: Django closes only its
+      own wrapper, then the response; `_StreamBody.close()` closes `run()`,
+      which sees GeneratorExit;
+    - the client left before `run()` ever started (Django was still in the
+      middleware): `_StreamBody.close()` or, when the response is simply
+      dropped, its finaliser settles through `abandon()`.
+    Only what was actually yielded counts as delivered.
+    """
+
+    def __init__(self, admitted: Admitted, stream: EventStream, route: Route) -> None:
         self.admitted = admitted
+        self.stream = stream
+        self.route = route
         self.created = int(time.time())
+        self.outcome = admitted.outcome(streamed=True)
+        self.outcome.provider = route.provider
         self.delivered: list[str] = []
         self.usage: tuple[int, int] | None = None
         self.held_finish: dict[str, Any] | None = None
-        self.sent_any = False
+        self.settled = False
 
     def normalise(self, event: dict[str, Any]) -> dict[str, Any]:
         choices = []
         for index, choice in enumerate(event.get("choices") or []):
-            delta = choice.get("delta") or {}
-            if isinstance(delta.get("content"), str):
-                self.delivered.append(delta["content"])
-            if delta.get("tool_calls"):
-                self.delivered.append(orjson.dumps(delta["tool_calls"]).decode())
             finish = choice.get("finish_reason")
             choices.append({
                 **choice,
                 "index": choice.get("index", index),
-                "delta": delta,
+                "delta": choice.get("delta") or {},
                 "finish_reason": finish if finish in _FINISH_REASONS else None,
             })
         chunk = {
@@ -424,93 +536,138 @@ class _Relay:
         chunk.pop("usage", None)
         return chunk
 
-    def delivered_tokens(self) -> int:
-        return count_text("".join(self.delivered))
+    def send(self, chunk: dict[str, Any]) -> bytes:
+        self.delivered.append(_chunk_text(chunk))
+        return _sse(chunk)
 
-
-async def relay(admitted: Admitted, stream: EventStream, route: Route) -> AsyncIterator[bytes]:
-    """Pass the upstream's chunks on as they come; settle and send the usage chunk at the end.
-
-    The chunk that carries `finish_reason` is held back until the stream ends
-    so the usage can ride on it: clients that read `choices[0]` of every chunk
-    (the contract's own streaming example) keep working.
-    """
-    state = _Relay(admitted)
-    outcome = admitted.outcome(streamed=True)
-    outcome.provider = route.provider
-    settled = False
-
-    async def finish(status: str, http_status: int = 200, error_code: str = ""
+    async def finish(self, status: str, http_status: int = 200, error_code: str = ""
                      ) -> Settlement | None:
-        nonlocal settled
-        settled = True
+        """Settle, once: the flag is set before the first await, so no second caller gets here."""
+        if self.settled:
+            return None
+        self.settled = True
+        admitted, outcome = self.admitted, self.outcome
         outcome.status, outcome.http_status, outcome.error_code = status, http_status, error_code
         outcome.latency_ms = admitted.elapsed_ms()
-        if state.usage is not None and status == UsageRecord.Status.OK:
-            outcome.prompt_tokens, outcome.completion_tokens = state.usage
+        if self.usage is not None and status == UsageRecord.Status.OK:
+            outcome.prompt_tokens, outcome.completion_tokens = self.usage
         else:
             # No usage from the upstream for what was delivered: count it ourselves.
             outcome.usage_source = "tokenizer"
             outcome.prompt_tokens = admitted.prompt_estimate
-            outcome.completion_tokens = state.delivered_tokens()
+            outcome.completion_tokens = count_text("".join(self.delivered))
         outcome.price = _price(admitted, outcome.prompt_tokens, outcome.completion_tokens)
         return await settle(outcome)
 
-    async def events() -> AsyncIterator[dict[str, Any]]:
-        yield stream.first
-        async for event in stream.rest:
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        yield self.stream.first
+        async for event in self.stream.rest:
             yield event
 
-    try:
-        async for event in events():
-            if "error" in event and not event.get("choices"):
-                error = event["error"] if isinstance(event["error"], dict) else {}
-                raise UpstreamFailure(502, "upstream_error",
-                                      str(error.get("message") or "The provider failed mid-stream"),
-                                      retryable=False, kind="stream_error")
-            reported = _upstream_usage(event)
-            if reported is not None:
-                state.usage = reported
-            if not event.get("choices"):
-                continue  # a usage-only chunk: its numbers go on our final chunk
-            chunk = state.normalise(event)
-            if outcome.ttft_ms is None:
-                outcome.ttft_ms = admitted.elapsed_ms()
-            if any(choice["finish_reason"] for choice in chunk["choices"]):
-                if state.held_finish is not None:
-                    yield _sse(state.held_finish)
-                state.held_finish = chunk
-                continue
-            state.sent_any = True
-            yield _sse(chunk)
-        settlement = await finish(UsageRecord.Status.OK)
-        final = state.held_finish or {
-            "id": admitted.request_id, "object": "chat.completion.chunk",
-            "created": state.created, "model": admitted.model.model_id, "choices": [],
-        }
-        final["model_tier"] = admitted.model.tier
-        final["usage"] = _usage_extras(admitted, outcome, settlement)
-        yield _sse(final)
-        yield b"data: [DONE]\n\n"
-    except UpstreamFailure as exc:
-        logger.warning("stream from %s failed (%s) for %s", route.provider, exc.kind,
-                       admitted.request_id)
-        await finish(UsageRecord.Status.ERROR, exc.status, exc.code)
-        # One error event, then the stream closes without [DONE]: never a clean end.
-        yield _sse(error_body(exc.code, exc.message))
-    except (asyncio.CancelledError, GeneratorExit):
-        if not settled:
-            await finish(UsageRecord.Status.CANCELLED, 499, "client_closed")
-        raise
-    finally:
-        if not settled:  # an unexpected error in our own code: still settle what was delivered
-            await finish(UsageRecord.Status.ERROR, 500, "server_error")
-        await stream.aclose()
+    async def run(self) -> AsyncGenerator[bytes, None]:
+        admitted, outcome = self.admitted, self.outcome
+        try:
+            async for event in self.events():
+                if "error" in event and not event.get("choices"):
+                    error = event["error"] if isinstance(event["error"], dict) else {}
+                    message = str(error.get("message") or "The provider failed mid-stream")
+                    raise UpstreamFailure(502, "upstream_error", message, retryable=False,
+                                          kind="stream_error")
+                reported = _upstream_usage(event)
+                if reported is not None:
+                    self.usage = reported
+                if not event.get("choices"):
+                    continue  # a usage-only chunk: its numbers go on our final chunk
+                chunk = self.normalise(event)
+                if outcome.ttft_ms is None:
+                    outcome.ttft_ms = admitted.elapsed_ms()
+                if any(choice["finish_reason"] for choice in chunk["choices"]):
+                    if self.held_finish is not None:  # n > 1: one finish chunk per choice
+                        yield self.send(self.held_finish)
+                    self.held_finish = chunk
+                    continue
+                yield self.send(chunk)
+            final = self.held_finish or {
+                "id": admitted.request_id, "object": "chat.completion.chunk",
+                "created": self.created, "model": admitted.model.model_id, "choices": [],
+            }
+            self.delivered.append(_chunk_text(final))
+            settlement = await self.finish(UsageRecord.Status.OK)
+            final["model_tier"] = admitted.model.tier
+            final["usage"] = _usage_extras(admitted, outcome, settlement)
+            yield _sse(final)
+            yield b"data: [DONE]\n\n"
+        except UpstreamFailure as exc:
+            logger.warning("stream from %s failed (%s) for %s", self.route.provider, exc.kind,
+                           admitted.request_id)
+            await self.finish(UsageRecord.Status.ERROR, exc.status, exc.code)
+            # One error event, then the stream closes without [DONE]: never a clean end.
+            yield _sse(error_body(exc.code, exc.message))
+        except (asyncio.CancelledError, GeneratorExit):
+            await self.finish(UsageRecord.Status.CANCELLED, 499, "client_closed")
+            raise
+        except Exception:
+            logger.exception("relaying the stream of %s failed", admitted.request_id)
+            await self.finish(UsageRecord.Status.ERROR, 500, "server_error")
+            yield _sse(error_body("server_error", "Internal error while streaming"))
+        finally:
+            await self.stream.aclose()
+
+    async def abandon(self, iterator: AsyncGenerator[bytes, None]) -> None:
+        """Settle a stream Django let go of without running it to its end."""
+        try:
+            await iterator.aclose()  # suspended at a yield: `run()` settles on GeneratorExit
+        except RuntimeError:  # still being iterated after all: that iteration settles
+            logger.warning("stream %s closed while running", self.admitted.request_id)
+            return
+        # Never started, so nothing ran: settle here.
+        await self.finish(UsageRecord.Status.CANCELLED, 499, "client_closed")
+        await self.stream.aclose()
+
+
+class _StreamBody:
+    """The body of a streaming response: iterated by Django, and closed by it in every case.
+
+    Django calls `close()` (from a worker thread) once it is done with the
+    response; the finaliser covers a response dropped before Django got it.
+    Either way a stream not yet settled is settled on the event loop.
+    """
+
+    def __init__(self, relay: _Relay) -> None:
+        self.relay = relay
+        self.iterator = relay.run()
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.iterator
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.iterator.ag_frame is None:  # ran to its end, and settled on the way
+            return
+        try:
+            # A fresh context: not the closing thread's, which asgiref marks as busy, nor
+            # the request's, whose thread may be gone by now.
+            self.loop.call_soon_threadsafe(self._abandon, context=contextvars.Context())
+        except RuntimeError:  # the loop is closed: the process is exiting
+            logger.error("stream %s closed after its event loop", self.relay.admitted.request_id)
+
+    def _abandon(self) -> None:
+        task = asyncio.ensure_future(self.relay.abandon(self.iterator))
+        pending_settlements.add(task)
+        task.add_done_callback(pending_settlements.discard)
+
+    def __del__(self) -> None:
+        if hasattr(self, "closed"):  # not when __init__ itself failed
+            self.close()
 
 
 def stream_response(admitted: Admitted, stream: EventStream, route: Route) -> StreamingHttpResponse:
     response = StreamingHttpResponse(
-        relay(admitted, stream, route), content_type="text/event-stream"
+        _StreamBody(_Relay(admitted, stream, route)), content_type="text/event-stream"
     )
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"

@@ -57,6 +57,9 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: float = Field(default=0, ge=-2, le=2)
     stop: str | list[str] | None = None
     user: str | None = Field(default=None, max_length=256)
+    # Passed through, but typed: the gateway adds to them (usage for streams, the web plugin).
+    stream_options: dict[str, Any] | None = None
+    plugins: list[dict[str, Any]] | None = None
 
     @field_validator("stop")
     @classmethod

@@ -48,7 +48,9 @@ def _content_tokens(content: Any) -> int:
     return total
 
 
-def estimate_prompt_tokens(messages: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> int:
+def estimate_prompt_tokens(
+    messages: list[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> int:
     """Prompt tokens of upstream-shaped messages (content parts already built), plus tools."""
     total = _TOKENS_PER_REPLY
     for message in messages:

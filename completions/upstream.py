@@ -86,18 +86,22 @@ def _make_client() -> httpx.AsyncClient:
         max_keepalive_connections=settings.UPSTREAM_MAX_CONNECTIONS,
         keepalive_expiry=30,
     )
-    timeout = httpx.Timeout(
-        connect=settings.UPSTREAM_CONNECT_TIMEOUT,
-        read=settings.UPSTREAM_CHUNK_TIMEOUT,
-        write=settings.UPSTREAM_CONNECT_TIMEOUT,
-        pool=settings.UPSTREAM_CONNECT_TIMEOUT,
-    )
     transport: httpx.AsyncBaseTransport | None = None
     if settings.UPSTREAM_TRANSPORT == "aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
         transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(limits=limits, timeout=timeout, transport=transport)
+    return httpx.AsyncClient(limits=limits, timeout=_timeout(), transport=transport)
+
+
+def _timeout() -> httpx.Timeout:
+    """Read per request, not fixed when the pooled client was made: settings can change."""
+    return httpx.Timeout(
+        connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+        read=settings.UPSTREAM_CHUNK_TIMEOUT,
+        write=settings.UPSTREAM_CONNECT_TIMEOUT,
+        pool=settings.UPSTREAM_CONNECT_TIMEOUT,
+    )
 
 
 upstream_client = _ClientHolder()
@@ -156,12 +160,14 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
             response = await client.post(
                 f"{route.base_url}/chat/completions", content=orjson.dumps(payload),
-                headers=_headers(route),
+                headers=_headers(route), timeout=_timeout(),
             )
     except (TimeoutError, httpx.TimeoutException):
         raise _timeout_failure(route.provider, "no response") from None
     except httpx.TransportError:
         raise _connect_failure(route.provider) from None
+    except httpx.HTTPError:  # a body that cannot be decoded (bad gzip, bad charset)
+        raise _malformed(route.provider, "response") from None
     if response.status_code != 200:
         raise _failure_from_status(route, response.status_code, response.content)
     try:
@@ -172,7 +178,21 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
         if isinstance(data, dict) and data.get("error"):
             raise _failure_from_status(route, 502, response.content)
         raise _malformed(route.provider, "response")
+    if not _well_formed(data, "message"):
+        raise _malformed(route.provider, "response")
     return data
+
+
+def _well_formed(data: dict[str, Any], part: str) -> bool:
+    """Choices the gateway can read: objects whose `message` (or `delta`) is an object."""
+    choices = data.get("choices")
+    if choices is None:
+        return True  # a usage-only (or error) chunk
+    if not isinstance(choices, list):
+        return False
+    return all(
+        isinstance(choice, dict) and isinstance(choice.get(part) or {}, dict) for choice in choices
+    )
 
 
 @dataclass
@@ -209,12 +229,12 @@ async def _sse_events(response: httpx.Response, provider: str) -> AsyncIterator[
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
                 raise _malformed(provider, "stream event") from None
-            if not isinstance(event, dict):
+            if not isinstance(event, dict) or not _well_formed(event, "delta"):
                 raise _malformed(provider, "stream event")
             yield event
     except httpx.TimeoutException:
         raise _timeout_failure(provider, "gap between chunks") from None
-    except httpx.TransportError:
+    except httpx.HTTPError:  # the connection dropped, or a body that cannot be decoded
         raise UpstreamFailure(
             502, "upstream_error", f"Provider '{provider}' closed the stream early",
             retryable=True, kind="stream_cut",
@@ -235,7 +255,7 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
     client = upstream_client.get()
     request = client.build_request(
         "POST", f"{route.base_url}/chat/completions", content=orjson.dumps(payload),
-        headers={**_headers(route), "Accept": "text/event-stream"},
+        headers={**_headers(route), "Accept": "text/event-stream"}, timeout=_timeout(),
     )
     response: httpx.Response | None = None
     try:
@@ -263,4 +283,9 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
         if response is not None:
             await response.aclose()
         raise _connect_failure(route.provider) from None
+    except BaseException:
+        # Cancelled (the client left) or anything unforeseen: never leak the connection.
+        if response is not None:
+            await response.aclose()
+        raise
     return EventStream(first=first, rest=events, response=response)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -24,16 +26,28 @@ api = NinjaAPI(
 api.add_router("/", completions_router)
 
 
+# How pydantic names a union's branches inside an error location (`content.str`,
+# `content.list[dict[str,any]]`, `function-after[...]`): not part of the field path.
+_UNION_BRANCHES = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+NOT_A_JSON_OBJECT = "The request body must be a JSON object"
+
+
+def _is_union_branch(part: str) -> bool:
+    return part in _UNION_BRANCHES or "[" in part or part.startswith("function-")
+
+
 def _param_and_reason(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
     first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
-    # Pydantic names a union's branches in the location; keep the field path only.
-    location = [part for part in location if not part.startswith(("str", "list[", "function-"))]
+    location = [part for part in location if not _is_union_branch(part)]
     param = ".".join(location) or None
     reason = str(first.get("msg", "is invalid"))
     if first.get("type") == "json_invalid":
         return None, "The request body is not valid JSON"
-    return param, (f"Invalid '{param}': {reason}" if param else reason)
+    if param is None:
+        # The body as a whole: empty, an array, a string, `null`.
+        return None, NOT_A_JSON_OBJECT
+    return param, f"Invalid '{param}': {reason}"
 
 
 @api.exception_handler(ApiError)
@@ -55,7 +69,20 @@ def _authentication_error(request: HttpRequest, exc: AuthenticationError) -> Htt
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     code = "invalid_request" if exc.status_code < 500 else "server_error"
-    return error_response(ApiError(exc.status_code, code, str(exc.message)))
+    message = str(exc.message)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
+        # ninja's "Cannot parse request body", from the JSON decoder's error.
+        message = "The request body is not valid JSON"
+    return error_response(ApiError(exc.status_code, code, message))
+
+
+@api.exception_handler(RequestDataTooBig)
+def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    # Not a server error: retrying the same body cannot succeed.
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_response(ApiError(
+        413, "invalid_request", f"The request body is larger than the limit of {limit} bytes"
+    ))
 
 
 @api.exception_handler(Exception)

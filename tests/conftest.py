@@ -10,7 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 
-from accounts import auth
+from accounts import auth, ratelimit
 from accounts.models import APIKey, Membership, Organization
 from accounts.scopes import ALL_SCOPES
 from accounts.services import api_key_create, membership_add, organization_create
@@ -18,6 +18,7 @@ from billing.models import CreditAccount
 from billing.services import account_for_organization, credits_grant
 from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
+from novakit import redis as shared_redis
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.live_server import LiveGateway
 
@@ -38,9 +39,23 @@ class Tenant:
 
 
 @pytest.fixture(autouse=True)
+def _celery_eager() -> Iterator[None]:
+    """Tasks run in the test's process unless a test starts real workers (tests/celery)."""
+    from novakit.celery import app
+
+    saved = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = saved
+
+
+@pytest.fixture(autouse=True)
 def _fresh_process_caches() -> Iterator[None]:
     auth.cache_clear()
     catalog_cache.clear()
+    # SQLite reuses ids after a rollback: a new test's key must not inherit an old one's counts.
+    ratelimit.local_reset()
+    shared_redis.reset()
     yield
     auth.cache_clear()
     catalog_cache.clear()

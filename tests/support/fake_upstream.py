@@ -14,6 +14,8 @@ Scenarios:
   hang           never answers
   malformed      a 200 whose body is not JSON (or a stream with a broken event)
   error_event:N  streams N chunks, then an SSE `{"error": ...}` event
+  finish_cut     streams, puts the last word on the finish chunk, then drops the connection
+  garbled        valid JSON of the wrong shape (`choices` that are not objects)
 A provider with a fixed behaviour, whatever the scenario, is the base URL
 `url_for(SCENARIO)` (e.g. a failing first route next to a healthy second).
 `hang` lasts until the next `reset()`, so no handler outlives its test.
@@ -120,8 +122,10 @@ class FakeUpstream:
     @staticmethod
     def _usage(body: dict[str, Any], words: list[str]) -> dict[str, int]:
         prompt = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages", []))
+        # Like OpenRouter's: its price in dollars rides along, which NovaKit must not pass on.
         return {"prompt_tokens": prompt, "completion_tokens": len(words),
-                "total_tokens": prompt + len(words)}
+                "total_tokens": prompt + len(words), "cost": 0.000042,
+                "prompt_tokens_details": {"cached_tokens": 0}}
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -145,6 +149,8 @@ class FakeUpstream:
             return await self._stream(request, body, name, arg)
         if name == "malformed":
             return web.Response(text="this is not json {", content_type="application/json")
+        if name == "garbled":
+            return web.json_response({"id": "gen-fake", "choices": ["not an object"]})
         words = self._words(body)
         message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
         finish = "stop"
@@ -177,18 +183,25 @@ class FakeUpstream:
 
         await response.write(b": keep-alive comment\n\n")
         if name == "tools":
-            await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+            opening = {"role": "assistant", "tool_calls": [
                 {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": ""}}]}, "finish_reason": None}]})
+                 "function": {"name": "get_weather", "arguments": ""}}]}
+            await send({**base, "choices": [{"index": 0, "delta": opening,
+                                             "finish_reason": None}]})
             for piece in ['{"city"', ': "Paris"}']:
                 await send({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
                     {"index": 0, "function": {"arguments": piece}}]}, "finish_reason": None}]})
-            await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            await send({**base, "choices": [{"index": 0, "delta": {},
+                                             "finish_reason": "tool_calls"}]})
             await send({**base, "choices": [], "usage": self._usage(body, ["x", "y"])})
             await send("[DONE]")
             return response
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                          "finish_reason": None}]})
+        if name == "garbled":
+            await send({**base, "choices": "not a list"})
+            await send("[DONE]")
+            return response
         for position, word in enumerate(words):
             if name == "cut" and position >= int(float(arg or 2)):
                 request.transport.close()  # type: ignore[union-attr]
@@ -203,6 +216,11 @@ class FakeUpstream:
             if interval:
                 await asyncio.sleep(interval)
             piece = word if position == 0 else " " + word
+            if name == "finish_cut" and position == len(words) - 1:
+                await send({**base, "choices": [{"index": 0, "delta": {"content": piece},
+                                                 "finish_reason": "stop"}]})
+                request.transport.close()  # type: ignore[union-attr]
+                return response
             await send({**base, "choices": [{"index": 0, "delta": {"content": piece},
                                              "finish_reason": None}]})
         await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})

@@ -1,0 +1,302 @@
+"""The contract's parameters: their defaults reach the upstream, their ranges are enforced, and a
+bad request is refused with a 400 `invalid_request` that names the parameter (typed in the SDK)."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from asgiref.sync import sync_to_async
+
+from accounts.services import api_key_create
+from billing.models import LedgerEntry, Reservation
+from completions.models import UsageRecord
+from tests.completions.helpers import assert_books_balance, post_chat
+from tests.support.openai_schema import validate
+
+HELLO = [{"role": "user", "content": "Hello!"}]
+
+
+def _assert_refused(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    validate(body, "ErrorResponse")
+    assert body["error"]["code"] == body["code"] == code
+    return body
+
+
+def _assert_nothing_happened(tenant, fake_upstream) -> None:
+    assert fake_upstream.requests == []
+    assert not Reservation.objects.exists()
+    assert not UsageRecord.objects.exists()
+    assert_books_balance(tenant)
+
+
+def test_given_only_messages_when_posted_then_the_contract_defaults_reach_the_upstream(
+    tenant, fake_upstream, http
+):
+    response = post_chat(http, tenant, {"messages": HELLO})
+
+    assert response.status_code == 200
+    assert response.json()["model"] == "openai/gpt-4o-mini"
+    sent = fake_upstream.requests[-1]["body"]
+    assert sent["model"] == "openai/gpt-4o-mini"
+    assert sent["temperature"] == 0.7
+    assert sent["max_tokens"] == 2048
+    assert sent["top_p"] == 1
+    assert sent["frequency_penalty"] == 0
+    assert sent["presence_penalty"] == 0
+    assert sent["stream"] is False
+    # NovaKit's own switch is not an OpenAI parameter: it never goes upstream as it is.
+    assert "web_search" not in sent
+    assert "stop" not in sent and "user" not in sent
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("temperature", 0), ("temperature", 2), ("top_p", 0), ("top_p", 1),
+        ("frequency_penalty", -2), ("frequency_penalty", 2),
+        ("presence_penalty", -2), ("presence_penalty", 2),
+        ("max_tokens", 1), ("stop", "END"), ("stop", ["a", "b", "c", "d"]), ("user", "end-user-42"),
+    ],
+)
+def test_given_a_value_at_the_edge_of_its_range_when_posted_then_it_reaches_the_upstream(
+    tenant, fake_upstream, http, name, value
+):
+    response = post_chat(http, tenant, {"messages": HELLO, name: value})
+
+    assert response.status_code == 200, response.text
+    assert fake_upstream.requests[-1]["body"][name] == value
+
+
+def test_given_a_user_id_when_completed_then_the_usage_record_keeps_it(tenant, fake_upstream, http):
+    response = post_chat(http, tenant, {"messages": HELLO, "user": "end-user-42"})
+
+    record = UsageRecord.objects.get(request_id=response.json()["id"])
+    assert record.end_user == "end-user-42"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("temperature", -0.01), ("temperature", 2.01), ("top_p", -0.1), ("top_p", 1.01),
+        ("frequency_penalty", -2.1), ("frequency_penalty", 2.1),
+        ("presence_penalty", -2.5), ("presence_penalty", 3),
+        ("max_tokens", 0), ("max_tokens", -5), ("max_tokens", 12.5),
+        ("temperature", "hot"), ("max_tokens", "lots"), ("top_p", [1]),
+        ("stream", {"yes": 1}), ("web_search", "sometimes"),
+        ("stop", ["a", "b", "c", "d", "e"]), ("stop", 7), ("model", 5), ("user", {"id": 1}),
+        ("stream_options", "yes"), ("plugins", "web"), ("plugins", ["web"]),
+    ],
+)
+def test_given_an_out_of_range_or_mistyped_parameter_then_400_names_it(
+    tenant, fake_upstream, http, name, value
+):
+    response = post_chat(http, tenant, {"messages": HELLO, name: value})
+
+    body = _assert_refused(response, 400, "invalid_request")
+    assert body["error"]["param"] in (name, f"{name}.0")  # a list's item is named precisely
+    assert name in body["error"]["message"]
+    assert body["error"]["type"] == "invalid_request_error"
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({}, "messages"),
+        ({"messages": "Hello"}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"content": "hi"}]}, "messages.0.role"),
+        ({"messages": [{"role": "user"}]}, "messages.0"),
+        ({"messages": [{"role": "user", "content": 42}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": "hi", "name": 7}]}, "messages.0.name"),
+        ({"messages": [HELLO[0], "not a message"]}, "messages.1"),
+    ],
+)
+def test_given_bad_messages_then_400_names_the_message(tenant, fake_upstream, http, body, param):
+    response = post_chat(http, tenant, body)
+
+    refused = _assert_refused(response, 400, "invalid_request")
+    assert refused["error"]["param"] == param
+    assert param in refused["error"]["message"]
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{not json", "The request body is not valid JSON"),
+        (b'{"messages": [}', "The request body is not valid JSON"),
+        (b"", "The request body must be a JSON object"),
+        (b"[1, 2]", "The request body must be a JSON object"),
+        (b'"a string"', "The request body must be a JSON object"),
+        (b"null", "The request body must be a JSON object"),
+    ],
+)
+def test_given_a_body_that_is_not_a_json_object_then_400_says_so(
+    tenant, fake_upstream, http, raw, message
+):
+    response = post_chat(http, tenant, raw)
+
+    body = _assert_refused(response, 400, "invalid_request")
+    assert body["error"]["message"] == message
+    assert body["error"]["param"] is None
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+def test_given_a_budget_beyond_the_context_window_then_400_names_max_tokens(
+    tenant, fake_upstream, http
+):
+    response = post_chat(http, tenant, {"model": "deepseek/deepseek-chat", "messages": HELLO,
+                                        "max_tokens": 70_000})
+
+    body = _assert_refused(response, 400, "invalid_request")
+    assert body["error"]["param"] == "max_tokens"
+    assert "65536" in body["error"]["message"]
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+def test_given_an_unknown_model_then_the_sdk_raises_not_found(tenant, fake_upstream, client_for):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client_for(tenant).chat.completions.create(model="acme/gpt-17", messages=HELLO)
+
+    assert caught.value.status_code == 404
+    assert caught.value.code == "model_not_found"
+    assert caught.value.body["param"] == "model"
+    assert "acme/gpt-17" in caught.value.message
+    validate(caught.value.response.json(), "ErrorResponse")
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+def test_given_a_bad_parameter_then_the_sdk_raises_bad_request(tenant, fake_upstream, client_for):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client_for(tenant).chat.completions.create(
+            model="openai/gpt-4o-mini", messages=HELLO, temperature=3
+        )
+
+    assert caught.value.code == "invalid_request"
+    assert caught.value.param == "temperature"
+
+
+def test_given_a_wrong_key_then_the_sdk_raises_authentication_error(
+    tenant, fake_upstream, client_for, live_gateway
+):
+    client = openai.OpenAI(api_key="sk_" + "x" * 43, base_url=live_gateway.api_base, max_retries=0)
+
+    with pytest.raises(openai.AuthenticationError) as caught:
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
+
+    assert caught.value.status_code == 401
+    assert caught.value.code == "unauthorized"
+    assert caught.value.body["type"] == "authentication_error"
+    validate(caught.value.response.json(), "ErrorResponse")
+
+
+def test_given_no_key_at_all_then_401(tenant, fake_upstream, http):
+    response = http.post("/chat/completions", json={"messages": HELLO})
+
+    _assert_refused(response, 401, "unauthorized")
+    assert fake_upstream.requests == []
+
+
+def test_given_a_key_without_the_chat_scope_then_permission_denied(
+    tenant_factory, fake_upstream, client_for
+):
+    reader = tenant_factory("reader", scopes=("models", "usage:read"))
+
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client_for(reader).chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
+
+    assert caught.value.code == "forbidden"
+    assert "chat" in caught.value.message
+    validate(caught.value.response.json(), "ErrorResponse")
+    _assert_nothing_happened(reader, fake_upstream)
+
+
+def test_given_a_key_limited_to_other_models_then_permission_denied_for_this_one(
+    tenant, fake_upstream, client_for
+):
+    _, secret = api_key_create(organization=tenant.org, name="only-4o", scopes=("chat",),
+                               allowed_models=["openai/gpt-4o"])
+    tenant.secret = secret
+    client = client_for(tenant)
+
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model="openai/gpt-4o-mini", messages=HELLO)
+    allowed = client.chat.completions.create(model="openai/gpt-4o", messages=HELLO, max_tokens=2)
+
+    assert "openai/gpt-4o-mini" in caught.value.message
+    assert allowed.model == "openai/gpt-4o"
+    assert len(fake_upstream.requests) == 1
+
+
+def test_given_too_few_credits_then_402_quota_exceeded_with_remaining(
+    tenant_factory, fake_upstream, client_for
+):
+    poor = tenant_factory("poor", credits=10)
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        client_for(poor).chat.completions.create(model="openai/gpt-4o", messages=HELLO)
+
+    error = caught.value
+    assert error.status_code == 402
+    assert error.code == "quota_exceeded"
+    assert error.body["type"] == "insufficient_quota"
+    body = error.response.json()
+    validate(body, "ErrorResponse")
+    assert body["code"] == "quota_exceeded"
+    assert body["remaining"] == 10
+    _assert_nothing_happened(poor, fake_upstream)
+    assert not LedgerEntry.objects.filter(kind="usage").exists()
+
+
+def test_given_enough_credits_for_a_small_budget_then_a_small_request_passes(
+    tenant_factory, fake_upstream, client_for
+):
+    poor = tenant_factory("poor", credits=10)
+
+    completion = client_for(poor).chat.completions.create(
+        model="openai/gpt-4o-mini", messages=HELLO, max_tokens=5
+    )
+
+    assert completion.usage.model_extra["credits_used"] <= 10
+    assert_books_balance(poor)
+
+
+def test_given_a_body_over_the_size_limit_then_413_not_a_retryable_server_error(
+    tenant, fake_upstream, client_for, settings
+):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024
+    huge = "word " * 20_000  # about 100 kB
+
+    with pytest.raises(openai.APIStatusError) as caught:
+        client_for(tenant).chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": huge}]
+        )
+
+    assert caught.value.status_code == 413
+    assert caught.value.code == "invalid_request"
+    assert str(64 * 1024) in caught.value.message
+    validate(caught.value.response.json(), "ErrorResponse")
+    _assert_nothing_happened(tenant, fake_upstream)
+
+
+async def test_given_the_async_sdk_then_errors_are_typed_the_same_way(
+    tenant_factory, fake_upstream, async_client_for
+):
+    poor = await sync_to_async(tenant_factory)("poor", credits=10)
+    client = async_client_for(poor)
+
+    with pytest.raises(openai.NotFoundError):
+        await client.chat.completions.create(model="acme/gpt-17", messages=HELLO)
+    with pytest.raises(openai.BadRequestError) as bad:
+        await client.chat.completions.create(model="openai/gpt-4o", messages=[])
+    with pytest.raises(openai.APIStatusError) as short:
+        await client.chat.completions.create(model="openai/gpt-4o", messages=HELLO, stream=True)
+
+    assert bad.value.param == "messages"
+    assert short.value.status_code == 402
+    assert short.value.response.json()["remaining"] == 10
+    await client.close()
