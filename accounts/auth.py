@@ -1,10 +1,24 @@
 """API key authentication for the async inference API and the management API.
 
-The lookup result is cached in the process for `API_KEY_CACHE_SECONDS`, so a
-hot key costs no database query per request. Revoking a key or suspending its
-organization therefore takes effect in every process within that many
-seconds (5 by default). Expiry is checked on every request against the cached
-expiry time, so an expired key is refused at once.
+A key's lookup is cached in the process for `API_KEY_CACHE_SECONDS` (5 by
+default), so a hot key costs no database query per request.
+
+How fast a revocation or a suspension reaches every process:
+
+- With Redis: at once. `api_key_revoke`, `api_key_update` and
+  `organization_set_active` (accounts/services.py) call
+  `key_cache_invalidate` when their transaction commits, which bumps one
+  counter in Redis (the key cache's epoch). Every authentication reads that
+  counter (one GET) and trusts a cached lookup only if it was made under the
+  current epoch, so the next request in any process reads the key again. The
+  epoch is read *before* the database, so a lookup that raced a revocation is
+  filed under the old epoch and thrown away.
+- Without Redis, or while Redis is unreachable (the bump or the read fails),
+  and for changes made around those services (a raw ORM update, the admin's
+  plain edit form): within `API_KEY_CACHE_SECONDS`, which always applies.
+
+Expiry is checked on every request against the cached expiry time, so an
+expired key is refused at once.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from django.utils import timezone
 
 from accounts import keys
 from accounts.models import APIKey
+from novakit import redis as shared_redis
 from novakit.errors import ApiError, forbidden, unauthorized
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -48,8 +63,8 @@ class KeyContext:
         return not self.allowed_models or model_id in self.allowed_models
 
 
-# key hash -> (context, monotonic time it was read)
-_cache: dict[str, tuple[KeyContext, float]] = {}
+# key hash -> (context, monotonic time it was read, key cache epoch it was read under)
+_cache: dict[str, tuple[KeyContext, float, int | None]] = {}
 # key id -> when this process last wrote last_used_at
 _last_used_written: dict[int, datetime] = {}
 
@@ -122,21 +137,64 @@ def _check(context: KeyContext | None, scope: str | None) -> KeyContext:
     return context
 
 
-def _cached(key_hash: str) -> KeyContext | None:
+def _epoch_key() -> str:
+    return shared_redis.key("auth", "epoch")
+
+
+async def _aepoch() -> int | None:
+    """The key cache's epoch in Redis; None without Redis or when it does not answer."""
+    client = shared_redis.async_client()
+    if client is None:
+        return None
+    try:
+        value = await client.get(_epoch_key())
+    except shared_redis.ERRORS as exc:
+        shared_redis.failed("key_cache", exc)
+        return None
+    return int(value or 0)
+
+
+def _epoch() -> int | None:
+    client = shared_redis.sync_client()
+    if client is None:
+        return None
+    try:
+        value = client.get(_epoch_key())
+    except shared_redis.ERRORS as exc:
+        shared_redis.failed("key_cache", exc)
+        return None
+    return int(value or 0)  # type: ignore[arg-type]
+
+
+def key_cache_invalidate() -> None:
+    """Make every process read keys again: run when a revocation or suspension commits."""
+    _cache.clear()
+    client = shared_redis.sync_client()
+    if client is None:
+        return
+    try:
+        client.incr(_epoch_key())
+    except shared_redis.ERRORS as exc:
+        # Other processes still see the change within API_KEY_CACHE_SECONDS.
+        shared_redis.failed("key_cache", exc)
+
+
+def _cached(key_hash: str, epoch: int | None) -> KeyContext | None:
     entry = _cache.get(key_hash)
     if entry is None:
         return None
-    context, read_at = entry
-    if time.monotonic() - read_at > settings.API_KEY_CACHE_SECONDS:
+    context, read_at, read_epoch = entry
+    stale = epoch is not None and read_epoch != epoch
+    if stale or time.monotonic() - read_at > settings.API_KEY_CACHE_SECONDS:
         _cache.pop(key_hash, None)
         return None
     return context
 
 
-def _remember(key_hash: str, context: KeyContext) -> None:
+def _remember(key_hash: str, context: KeyContext, epoch: int | None) -> None:
     if len(_cache) >= _CACHE_MAX_ENTRIES:
         _cache.clear()
-    _cache[key_hash] = (context, time.monotonic())
+    _cache[key_hash] = (context, time.monotonic(), epoch)
 
 
 def _touch_due(context: KeyContext) -> bool:
@@ -159,11 +217,12 @@ def _touch(key_id: int) -> None:
 def authenticate_secret(secret: str, *, scope: str | None) -> KeyContext:
     """Synchronous authentication (management API, commands)."""
     key_hash = keys.hash_secret(secret)
-    context = _cached(key_hash)
+    epoch = _epoch()  # before the database: see the module docstring
+    context = _cached(key_hash, epoch)
     if context is None:
         context = _load_context(key_hash, keys.visible_prefix(secret))
         if context is not None:
-            _remember(key_hash, context)
+            _remember(key_hash, context, epoch)
     context = _check(context, scope)
     if _touch_due(context):
         _touch(context.key_id)
@@ -174,15 +233,19 @@ async def aauthenticate(authorization: str | None, *, scope: str | None) -> KeyC
     """Authenticate a request's Authorization header from async code."""
     secret = parse_bearer(authorization)
     key_hash = keys.hash_secret(secret)
-    context = _cached(key_hash)
+    epoch = await _aepoch()  # before the database: see the module docstring
+    context = _cached(key_hash, epoch)
     if context is None:
         context = await sync_to_async(_load_context)(key_hash, keys.visible_prefix(secret))
         if context is not None:
-            _remember(key_hash, context)
+            _remember(key_hash, context, epoch)
     context = _check(context, scope)
     if _touch_due(context):
         await sync_to_async(_touch)(context.key_id)
     return context
 
 
-__all__ = ["ApiError", "KeyContext", "aauthenticate", "authenticate_secret", "parse_bearer"]
+__all__ = [
+    "ApiError", "KeyContext", "aauthenticate", "authenticate_secret", "key_cache_invalidate",
+    "parse_bearer",
+]

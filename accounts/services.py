@@ -178,6 +178,14 @@ def api_key_revoke(
         after={"revoked_at": when.isoformat()},
         reason=reason,
     )
+    from accounts.webhooks import webhook_emit
+
+    webhook_emit(
+        organization_id=key.organization_id, event="key.revoked",
+        event_key=f"key.revoked:{key.pk}",
+        data={"key_id": key.pk, "key_prefix": key.prefix, "name": key.name,
+              "revoked_at": when.isoformat(), "reason": reason},
+    )
     return True
 
 
@@ -328,3 +336,24 @@ def membership_invite(
         after={"role": role},
     )
     return membership, created
+
+
+def api_keys_expiring_notify(*, now: datetime | None = None) -> int:
+    """Emit `key.expiring` once for each live key that expires within seven days."""
+    from accounts.webhooks import webhook_emit
+
+    now = now or timezone.now()
+    soon = APIKey.objects.filter(
+        revoked_at__isnull=True, expires_at__gt=now, expires_at__lte=now + timedelta(days=7)
+    )
+    emitted = 0
+    for key in soon.order_by("expires_at")[:1000]:
+        assert key.expires_at is not None
+        with transaction.atomic():
+            emitted += len(webhook_emit(
+                organization_id=key.organization_id, event="key.expiring",
+                event_key=f"key.expiring:{key.pk}:{key.expires_at.isoformat()}",
+                data={"key_id": key.pk, "key_prefix": key.prefix, "name": key.name,
+                      "expires_at": key.expires_at.isoformat()},
+            ))
+    return emitted
