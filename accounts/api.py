@@ -64,7 +64,10 @@ class RotateSerializer(serializers.Serializer):
 
 def _key_manager(request: Request) -> Caller:
     caller = caller_for(request, scope=KEYS_WRITE)
-    if caller.role is not None and caller.role not in KEY_MANAGERS:
+    # Every member may read the key list (viewers too, as in the portal); only
+    # key managers may change it.
+    reading = request.method in ("GET", "HEAD", "OPTIONS")
+    if caller.role is not None and caller.role not in KEY_MANAGERS and not reading:
         raise forbidden("Your role cannot manage API keys")
     return caller
 

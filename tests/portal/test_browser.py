@@ -1,0 +1,217 @@
+"""In a real browser (headless Chromium), against the real server: the portal end to end.
+
+Screenshots of every page land in tests/artifacts/screenshots/, named by page.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+from playwright.sync_api import Page, expect
+
+from accounts.keys import visible_prefix
+from completions.models import UsageRecord
+from completions.rollups import usage_rollup
+from completions.views import PLAYGROUND_KEY_NAME
+from tests.portal.conftest import off_loop
+
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
+PASSWORD = "correct-horse-battery-staple-42"
+MOBILE = {"width": 375, "height": 800}
+
+
+def open_page(browser: Any, live_gateway: Any, viewport: dict[str, int] | None = None
+              ) -> tuple[Page, list[str]]:
+    """A fresh browser context on the live server, and the list of every URL it requests."""
+    context = browser.new_context(base_url=live_gateway.url,
+                                  viewport=viewport or {"width": 1280, "height": 900},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    context.set_default_timeout(15_000)
+    requested: list[str] = []
+    context.on("request", lambda request: requested.append(request.url))
+    return context.new_page(), requested
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def assert_fits(page: Page, name: str, width: int = MOBILE["width"]) -> None:
+    scroll_width = page.evaluate("document.documentElement.scrollWidth")
+    if scroll_width > width:
+        screenshot(page, f"overflow-{name}")
+        culprits = page.evaluate("""(width) => Array.from(document.querySelectorAll("body *"))
+            .filter((el) => el.getBoundingClientRect().right > width + 1 &&
+                    el.parentElement.getBoundingClientRect().right <= width + 1)
+            .slice(0, 5).map((el) => el.tagName + "." + el.className + " " +
+                             Math.round(el.getBoundingClientRect().right))""", width)
+        pytest.fail(f"{name} overflows a {width}px screen: {scroll_width}px wide; {culprits}")
+
+
+def assert_only_local(requested: list[str], live_gateway: Any) -> None:
+    own = urlsplit(live_gateway.url).netloc
+    foreign = [url for url in requested
+               if urlsplit(url).scheme in ("http", "https") and urlsplit(url).netloc != own]
+    assert not foreign, f"pages fetched from other hosts: {foreign}"
+
+
+def sign_up(page: Page, *, email: str, organization: str) -> None:
+    page.goto("/portal/signup/")
+    page.locator("#id_email").fill(email)
+    page.locator("#id_password").fill(PASSWORD)
+    page.locator("#id_organization").fill(organization)
+    page.get_by_role("button", name="Create the account").click()
+    expect(page).to_have_url(re.compile(r"/portal/keys/$"))
+
+
+def create_key(page: Page, name: str) -> str:
+    page.goto("/portal/keys/")
+    create = page.locator("details.create")
+    if create.get_attribute("open") is None:
+        create.locator("summary").click()
+    page.locator("#id_name").fill(name)
+    page.get_by_role("button", name="Create the key").click()
+    secret = page.get_by_test_id("new-secret").inner_text().strip()
+    assert secret.startswith("sk_")
+    return secret
+
+
+def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_and_revokes(
+    browser: Any, live_gateway: Any, fake_upstream: Any, settings: Any
+) -> None:
+    settings.PORTAL_SIGNUP_CREDITS = 50_000
+    page, requested = open_page(browser, live_gateway)
+
+    # Given a new developer who signs up
+    sign_up(page, email="dev@example.test", organization="Example Labs")
+    expect(page.locator(".messages")).to_contain_text("50,000 credits")
+
+    # When they create a key, the secret is on the page once, with a warning
+    secret = create_key(page, "ci key")
+    expect(page.locator(".notice.danger")).to_contain_text("shown this once")
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    screenshot(page, "desktop-key-created")
+
+    # Then the secret works with the OpenAI SDK
+    client = openai.OpenAI(api_key=secret, base_url=live_gateway.api_base, max_retries=0)
+    completion = client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+        max_tokens=20)
+    assert completion.choices[0].message.content.startswith("The quick")
+    credits_used = completion.usage.model_extra["credits_used"]
+    assert credits_used > 0
+
+    # And once the rollup job has run, the usage page shows the request
+    off_loop(usage_rollup)
+    page.goto("/portal/usage/")
+    expect(page.locator('[data-total="requests"]')).to_have_text("1")
+    expect(page.locator('[data-total="credits"]')).to_have_text(str(credits_used))
+    expect(page.locator("#by-key")).to_contain_text("ci key")
+    expect(page.locator("#by-model")).to_contain_text("openai/gpt-4o-mini")
+    assert page.locator('figure[data-chart="requests"] rect').count() == 1
+
+    # When they send a message in the playground, the answer streams in piece by piece
+    page.goto("/portal/playground/")
+    page.locator("#pg-messages textarea").last.fill("Tell me a story [[fault:slow:0.15]]")
+    page.evaluate("""() => {
+        const output = document.getElementById("pg-output");
+        window.__seen = [];
+        new MutationObserver(() => window.__seen.push(output.textContent))
+            .observe(output, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.get_by_role("button", name="Send").click()
+    credits = page.get_by_test_id("playground-credits")
+    expect(credits).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+    final = page.get_by_test_id("playground-output").inner_text()
+    assert final == "The quick brown fox jumps over the lazy"
+    seen = [text for text in page.evaluate("window.__seen") if text]
+    partial = [text for text in seen if text != final]
+    assert len(set(partial)) >= 3, f"the answer did not arrive in pieces: {seen}"
+    assert all(final.startswith(text) for text in partial)
+    screenshot(page, "desktop-playground-answered")
+    playground_record = off_loop(lambda: UsageRecord.objects.select_related("api_key").get(
+        api_key__name=PLAYGROUND_KEY_NAME))
+    assert playground_record.streamed and playground_record.status == "ok"
+    assert playground_record.credits == int(credits.inner_text())
+
+    # When they revoke the key, the next SDK call is refused
+    page.goto("/portal/keys/")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator(f'tr[data-key-prefix="{visible_prefix(secret)}"]').get_by_role(
+        "button", name="Revoke").click()
+    expect(page.locator(".messages")).to_contain_text("Revoked")
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Again"}])
+    assert_only_local(requested, live_gateway)
+
+
+PAGES = {
+    "overview": "/portal/",
+    "keys": "/portal/keys/",
+    "usage": "/portal/usage/",
+    "usage-hourly": "/portal/usage/?granularity=hour",
+    "billing": "/portal/billing/",
+    "playground": "/portal/playground/",
+    "members": "/portal/members/",
+    "reference": "/portal/reference/",
+    "reference-management": "/portal/reference/management/",
+}
+SIGNED_OUT_PAGES = {
+    "sign-in": "/portal/signin/",
+    "sign-up": "/portal/signup/",
+    "password-reset": "/portal/password-reset/",
+}
+
+
+def test_every_page_fits_a_375_pixel_screen_and_loads_nothing_from_other_hosts(
+    browser: Any, live_gateway: Any, fake_upstream: Any
+) -> None:
+    page, requested = open_page(browser, live_gateway, MOBILE)
+    sign_up(page, email="phone@example.test", organization="Pocket Co")
+    assert_fits(page, "keys (empty)")
+    secret = create_key(page, "a key with a rather long descriptive name")
+    assert_fits(page, "key-created")
+    screenshot(page, "key-created")
+    client = openai.OpenAI(api_key=secret, base_url=live_gateway.api_base, max_retries=0)
+    for model in ("openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"):
+        client.chat.completions.create(model=model, max_tokens=20,
+                                       messages=[{"role": "user", "content": "Hi"}])
+    off_loop(usage_rollup)
+
+    for name, path in PAGES.items():
+        page.goto(path)
+        assert_fits(page, name)
+        screenshot(page, name)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    for name, path in PAGES.items():
+        page.goto(path)
+        screenshot(page, f"desktop-{name}")
+
+    page.set_viewport_size(MOBILE)
+    page.get_by_role("button", name="Sign out").click()
+    for name, path in SIGNED_OUT_PAGES.items():
+        page.goto(path)
+        assert_fits(page, name)
+        screenshot(page, name)
+    assert_only_local(requested, live_gateway)
+
+
+def test_the_inference_api_docs_load_from_this_server_alone(browser: Any, live_gateway: Any
+                                                            ) -> None:
+    page, requested = open_page(browser, live_gateway)
+
+    page.goto("/api/v1/docs")
+
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("NovaKit inference API")
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+    screenshot(page, "inference-api-docs")
+    assert_only_local(requested, live_gateway)
