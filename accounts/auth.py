@@ -27,13 +27,13 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
 from accounts import keys
 from accounts.models import APIKey
 from novakit import redis as shared_redis
+from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -236,12 +236,12 @@ async def aauthenticate(authorization: str | None, *, scope: str | None) -> KeyC
     epoch = await _aepoch()  # before the database: see the module docstring
     context = _cached(key_hash, epoch)
     if context is None:
-        context = await sync_to_async(_load_context)(key_hash, keys.visible_prefix(secret))
+        context = await db_async(_load_context)(key_hash, keys.visible_prefix(secret))
         if context is not None:
             _remember(key_hash, context, epoch)
     context = _check(context, scope)
     if _touch_due(context):
-        await sync_to_async(_touch)(context.key_id)
+        await db_async(_touch)(context.key_id)
     return context
 
 

@@ -9,8 +9,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
+
+from novakit.db import db_async
 
 CATALOG_FILE = Path(settings.BASE_DIR) / "platform" / "catalog" / "models.json"
 OPENROUTER = "openrouter"
@@ -171,7 +172,7 @@ class _SnapshotCache:
     async def get(self) -> dict[str, ModelInfo]:
         stale = time.monotonic() - self.read_at > settings.CATALOG_CACHE_SECONDS
         if self.snapshot is None or stale:
-            self.snapshot = await sync_to_async(load_snapshot)()
+            self.snapshot = await db_async(load_snapshot)()
             self.read_at = time.monotonic()
         return self.snapshot
 

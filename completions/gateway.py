@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.auth import KeyContext
@@ -42,6 +41,7 @@ from completions.services import (
 )
 from completions.tokens import count_text, estimate_prompt_tokens
 from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
+from novakit.db import db_async
 from novakit.errors import ApiError, error_body, forbidden, invalid_request, json_response
 
 logger = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
     as a cancelled request (released, nothing charged) instead of holding the
     credits until the expiry job finds it.
     """
-    task = asyncio.ensure_future(sync_to_async(credits_reserve)(
+    task = asyncio.ensure_future(db_async(credits_reserve)(
         organization_id=admitted.key.organization_id,
         api_key_id=admitted.key.key_id,
         request_id=admitted.request_id,
@@ -267,7 +267,7 @@ async def settle(outcome: RequestOutcome) -> Settlement | None:
 
 async def _settle(outcome: RequestOutcome) -> Settlement:
     try:
-        return await sync_to_async(request_settle_retrying)(outcome=outcome)
+        return await db_async(request_settle_retrying)(outcome=outcome)
     finally:
         # The request is over: free its concurrency slot, correct its tokens to the usage.
         await rate_limit_release(request_id=outcome.request_id,

@@ -9,6 +9,7 @@ The jobs are idempotent, so several processes doing this is harmless.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -18,10 +19,18 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 
-def _run_task(name: str) -> None:
+@functools.cache
+def _tasks_loaded() -> None:
+    """Import the apps' tasks once: Celery's Django fixup re-runs django.setup() each time."""
     from novakit.celery import app
 
     app.loader.import_default_modules()
+
+
+def _run_task(name: str) -> None:
+    from novakit.celery import app
+
+    _tasks_loaded()
     try:
         app.tasks[name].apply(throw=True)
     except Exception:

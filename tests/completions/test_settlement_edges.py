@@ -18,6 +18,7 @@ import threading
 import orjson
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 
 from accounts.auth import aauthenticate
 from billing.models import Reservation
@@ -27,6 +28,7 @@ from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.schemas import ChatCompletionRequest
 from completions.tokens import count_text
+from novakit.db import db_async
 from tests.completions.helpers import assert_books_balance, usage_charged
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -157,10 +159,10 @@ async def test_given_a_client_that_leaves_while_its_credits_are_reserved_then_th
     count_text("warm the tokenizer up")
     request = ChatCompletionRequest.model_validate({"messages": STORY})
     request_id = gateway.new_request_id()
-    # Occupy the worker thread that database calls from async code queue on, so the
-    # reservation is still waiting for its thread when the client leaves.
+    # Occupy every database thread (novakit/db.py), so the reservation is still
+    # waiting for one when the client leaves.
     gate = threading.Event()
-    blocker = asyncio.ensure_future(sync_to_async(gate.wait)())
+    blockers = [asyncio.ensure_future(db_async(gate.wait)()) for _ in range(settings.DB_THREADS)]
     admission = asyncio.ensure_future(gateway.admit(request, key, request_id))
     await asyncio.sleep(0.3)
 
@@ -168,7 +170,7 @@ async def test_given_a_client_that_leaves_while_its_credits_are_reserved_then_th
     with pytest.raises(asyncio.CancelledError):
         await admission
     gate.set()
-    await blocker
+    await asyncio.gather(*blockers)
     record = await _usage_record(request_id)
 
     assert (record.status, record.error_code, record.credits) == ("cancelled", "client_closed", 0)
