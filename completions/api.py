@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+import orjson
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import Router
 from ninja.security.base import AuthBase
 
 from accounts.auth import KeyContext, aauthenticate
 from accounts.scopes import CHAT, MODELS
 from billing.pricing import credits_per_1k_tokens
-from completions import gateway
+from completions import gateway, idempotency
 from completions.catalog import catalog_cache
 from completions.schemas import ChatCompletionRequest
+from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, json_response
 
 
@@ -47,11 +51,102 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     """OpenAI-compatible chat completions; `stream` in the body or `?stream=true` for SSE."""
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     stream = body.stream or request.GET.get("stream", "").lower() in ("1", "true")
+    idempotency_key = idempotency.parse_key(request.headers.get("Idempotency-Key"))
+    if idempotency_key is not None:
+        return await _idempotent_completion(request, body, key, stream, idempotency_key)
+    return await _completion(body, key, stream)
+
+
+async def _completion(body: ChatCompletionRequest, key: KeyContext, stream: bool) -> HttpResponse:
     admitted = await gateway.admit(body, key, gateway.new_request_id())
     if not stream:
         return await gateway.answer(admitted)
     upstream, route = await gateway.open_with_fallback(admitted)
     return gateway.stream_response(admitted, upstream, route)
+
+
+_REPLAYED_HEADERS = ("Content-Type", "x-request-id", "x-credits-remaining", "Cache-Control")
+
+
+async def _idempotent_completion(
+    request: HttpRequest, body: ChatCompletionRequest, key: KeyContext, stream: bool,
+    idempotency_key: str,
+) -> HttpResponse:
+    """Run once per (organization, Idempotency-Key); answer repeats from the stored answer.
+
+    The first request's work is shielded from its client going away, so a
+    retry after a client-side timeout finds the answer (409 while it runs)
+    instead of running, and charging, a second time.
+    """
+    org = key.organization_id
+    stored = await db_async(idempotency.idempotency_claim)(
+        organization_id=org, key=idempotency_key,
+        fingerprint=idempotency.fingerprint(request.body, stream=stream), streamed=stream,
+    )
+    if stored is not None:
+        return idempotency_replay(stored)
+
+    async def run() -> HttpResponse:
+        try:
+            response = await _completion(body, key, stream)
+        except ApiError as exc:
+            await db_async(idempotency.idempotency_complete)(
+                organization_id=org, key=idempotency_key, status=exc.status,
+                headers={"Content-Type": "application/json", **exc.headers},
+                body=orjson.dumps(exc.body()))
+            raise
+        except BaseException:
+            await db_async(idempotency.idempotency_abandon)(organization_id=org,
+                                                           key=idempotency_key)
+            raise
+        headers = {name: response[name] for name in _REPLAYED_HEADERS if name in response}
+        if isinstance(response, StreamingHttpResponse):
+            response.streaming_content = _recorded(response.streaming_content, org,
+                                                   idempotency_key, headers)
+            return response
+        await db_async(idempotency.idempotency_complete)(
+            organization_id=org, key=idempotency_key, status=response.status_code,
+            headers=headers, body=response.content, request_id=response.get("x-request-id", ""))
+        return response
+
+    task = asyncio.ensure_future(run())
+    return await asyncio.shield(task)
+
+
+async def _recorded(content: Any, org: int, idempotency_key: str,
+                    headers: dict[str, str]) -> AsyncIterator[bytes]:
+    """Pass a stream through, keeping its bytes; store them if it ends with [DONE]."""
+    parts: list[bytes] = []
+    size = 0
+    finished = False
+    try:
+        async for chunk in content:
+            size += len(chunk)
+            if size <= idempotency.MAX_STORED_BYTES:
+                parts.append(chunk)
+            yield chunk
+        whole = b"".join(parts)
+        finished = size <= idempotency.MAX_STORED_BYTES and whole.endswith(b"data: [DONE]\n\n")
+    finally:
+        if finished:
+            await db_async(idempotency.idempotency_complete)(
+                organization_id=org, key=idempotency_key, status=200, headers=headers,
+                body=b"".join(parts), request_id=headers.get("x-request-id", ""))
+        else:  # cut short: a retry should run again
+            await db_async(idempotency.idempotency_abandon)(organization_id=org,
+                                                           key=idempotency_key)
+
+
+def idempotency_replay(stored: idempotency.Stored) -> HttpResponse:
+    response: HttpResponse
+    if stored.streamed and stored.status == 200:
+        response = StreamingHttpResponse(iter([stored.body]), content_type="text/event-stream")
+    else:
+        response = HttpResponse(stored.body, status=stored.status)
+    for name, value in stored.headers.items():
+        response[name] = value
+    response["Idempotent-Replayed"] = "true"
+    return response
 
 
 def _model_entry(model: Any) -> dict[str, Any]:

@@ -29,8 +29,11 @@ from completions.models import IdempotentRequest
 from novakit.errors import ApiError, invalid_request
 
 _KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
-# 4xx answers that depend only on the request, so a retry would get the same.
-_STORABLE_CLIENT_ERRORS = {400, 402, 403, 404, 422}
+# 4xx answers that depend only on the request, so a retry would get the same
+# (not 402 or 403: credits, quotas and permissions can change before a retry).
+_STORABLE_CLIENT_ERRORS = {400, 404, 422}
+# A stream bigger than this is passed on but not stored (its retry runs again).
+MAX_STORED_BYTES = 2 * 1024 * 1024
 # A record still "running" after this long belongs to a process that died.
 _STALE_RUNNING = dt.timedelta(minutes=15)
 
