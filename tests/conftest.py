@@ -1,4 +1,4 @@
-"""Shared fixtures: tenants (two organizations and an outsider), the fake upstream, the live gateway."""
+"""Shared fixtures: two organizations and an outsider, the fake upstream, the live gateway."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Validate our responses against OpenAI's own schemas (shared/reference/openai-chat-schemas.json)."""
+"""Validate our responses against OpenAI's own schemas (shared/reference/)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from completions.models import CatalogModel, ModelRoute, Provider
 
 
 class Command(BaseCommand):
-    help = "Load the shipped model catalog (platform/catalog/models.json); staff overrides are kept."
+    help = "Load the shipped model catalog (platform/catalog/models.json), keeping staff overrides."
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         changed = catalog_load(
