@@ -26,8 +26,13 @@ from django.db import connection
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_executor = ThreadPoolExecutor(max_workers=settings.DB_THREADS,
-                               thread_name_prefix="novakit-db")
+_executors: dict[int, ThreadPoolExecutor] = {}
+
+
+def _executor(size: int) -> ThreadPoolExecutor:
+    if size not in _executors:
+        _executors[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="novakit-db")
+    return _executors[size]
 
 
 def _tidy() -> None:
@@ -47,7 +52,20 @@ def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
 
 
 def db_async(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
-    """`func`, made awaitable on the database threads."""
-    runner = sync_to_async(functools.partial(_run, func), thread_sensitive=False,
-                           executor=_executor)
-    return functools.wraps(func)(runner)  # type: ignore[return-value]
+    """`func`, made awaitable on the database threads.
+
+    DB_THREADS=0 falls back to Django's own thread-sensitive `sync_to_async`,
+    which is what tests that wrap each test in one transaction need: there,
+    only the test's own thread can see its data.
+    """
+
+    @functools.wraps(func)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        size = settings.DB_THREADS
+        if not size:
+            return await sync_to_async(func)(*args, **kwargs)
+        runner = sync_to_async(functools.partial(_run, func), thread_sensitive=False,
+                               executor=_executor(size))
+        return await runner(*args, **kwargs)
+
+    return call

@@ -332,5 +332,6 @@ CELERY_BEAT_SCHEDULE["idempotency-purge"] = {
 }
 # The staff dashboard lists open reservations older than this: no request takes so long.
 STAFF_STALE_RESERVATION_SECONDS = env_int("STAFF_STALE_RESERVATION_SECONDS", 600, minimum=1)
-# Threads (and so database connections) per process for the async request path.
-DB_THREADS = env_int("DB_THREADS", 8, minimum=1)
+# Threads (and so database connections) per process for the async request path;
+# 0 uses Django's thread-sensitive default (a thread and connection per request).
+DB_THREADS = env_int("DB_THREADS", 8, minimum=0)

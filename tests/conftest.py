@@ -134,6 +134,16 @@ def live_gateway_server(django_db_setup: None) -> Iterator[LiveGateway]:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _database_threads(request: pytest.FixtureRequest, settings) -> None:  # type: ignore[no-untyped-def]
+    """Tests in one wrapping transaction can only see their data from their own thread:
+    they use Django's thread-sensitive default; tests with committed data (transactional)
+    use the production thread pool (novakit/db.py)."""
+    transactional = "transactional_db" in request.fixturenames or any(
+        marker.kwargs.get("transaction") for marker in request.node.iter_markers("django_db"))
+    settings.DB_THREADS = 8 if transactional else 0
+
+
 @pytest.fixture
 def live_gateway(live_gateway_server: LiveGateway, transactional_db: None) -> LiveGateway:
     """The real ASGI server. Tests using it see committed data only (transactional_db)."""
