@@ -55,6 +55,7 @@ from django.conf import settings
 
 from novakit import redis as shared_redis
 from novakit.errors import ApiError, invalid_request
+from novakit.metrics import RATE_LIMIT_REFUSALS
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -73,6 +74,8 @@ _REFUSALS = {
     4: "tokens per minute for this organization",
     5: "concurrent requests for this API key",
 }
+# The `limit` label of novakit_rate_limit_refusals_total.
+_REFUSAL_LABELS = {1: "key_rpm", 2: "key_tpm", 3: "org_rpm", 4: "org_tpm", 5: "key_concurrency"}
 # Nobody can say when an in-flight request will end; ask for a retry soon.
 _CONCURRENCY_RETRY_MS = 1_000
 _MAX_PENDING_RELEASES = 10_000
@@ -447,6 +450,7 @@ def _refusal(decision: Decision, limits: Limits) -> ApiError:
     what = _REFUSALS[decision.refused_by]
     limit = (*limits.per_minute(), limits.key_concurrency)[decision.refused_by - 1]
     seconds = math.ceil(max(1, decision.retry_after_ms) / 1000)
+    RATE_LIMIT_REFUSALS.labels(_REFUSAL_LABELS[decision.refused_by]).inc()
     return ApiError(
         429, "rate_limited",
         f"Rate limit reached for {what} (limit {limit}). Retry after {seconds}s.",

@@ -41,6 +41,7 @@ from completions.services import (
 )
 from completions.tokens import count_text, estimate_prompt_tokens
 from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
+from novakit import metrics
 from novakit.db import db_async
 from novakit.errors import ApiError, error_body, forbidden, invalid_request, json_response
 
@@ -267,7 +268,10 @@ async def settle(outcome: RequestOutcome) -> Settlement | None:
 
 async def _settle(outcome: RequestOutcome) -> Settlement:
     try:
-        return await db_async(request_settle_retrying)(outcome=outcome)
+        settlement = await db_async(request_settle_retrying)(outcome=outcome)
+        if not settlement.already_closed:
+            metrics.record_outcome(outcome, charged=settlement.charged)
+        return settlement
     finally:
         # The request is over: free its concurrency slot, correct its tokens to the usage.
         await rate_limit_release(request_id=outcome.request_id,
@@ -374,6 +378,7 @@ async def answer(admitted: Admitted) -> HttpResponse:
                 failure = exc
                 logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
                                admitted.request_id)
+                metrics.record_upstream_error(provider=route.provider, kind=exc.kind)
                 if not exc.retryable:
                     break
     except asyncio.CancelledError:
@@ -444,6 +449,7 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
                 failure = exc
                 logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
                                admitted.request_id)
+                metrics.record_upstream_error(provider=route.provider, kind=exc.kind)
                 if not exc.retryable:
                     break
     except asyncio.CancelledError:
@@ -600,6 +606,7 @@ class _Relay:
         except UpstreamFailure as exc:
             logger.warning("stream from %s failed (%s) for %s", self.route.provider, exc.kind,
                            admitted.request_id)
+            metrics.record_upstream_error(provider=self.route.provider, kind=exc.kind)
             await self.finish(UsageRecord.Status.ERROR, exc.status, exc.code)
             # One error event, then the stream closes without [DONE]: never a clean end.
             yield _sse(error_body(exc.code, exc.message))
