@@ -585,3 +585,9 @@ def local_reset() -> None:
     _open.clear()
     _unreleased.clear()
     _last_fail_open_warning = -_FAIL_OPEN_WARNING_SECONDS
+
+
+def rate_limit_fits(*, key: KeyContext, tokens: int) -> None:
+    """Raise the 400 a request gets when it is larger than a whole minute of tokens (quotes)."""
+    if settings.RATE_LIMIT_ENABLED:
+        _check_fits(Limits.for_key(key), tokens)

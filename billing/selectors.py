@@ -109,3 +109,29 @@ def stale_reservations(*, older_than: dt.timedelta, limit: int = 50) -> QuerySet
         .select_related("account__organization")
         .order_by("created_at")[:limit]
     )
+
+
+def admission_check(
+    *, organization_id: int, api_key_id: int | None, credits: int, tokens: int
+) -> dict[str, Any]:
+    """Would a reservation of `credits` and `tokens` succeed now? Reads only; holds nothing.
+
+    The same conditions `credits_reserve` applies, evaluated without taking
+    anything, so a quote agrees with the reservation made right after it.
+    """
+    from billing.services import applicable_quotas
+
+    now = timezone.now()
+    account = CreditAccount.objects.filter(organization_id=organization_id).first()
+    available = (account.balance - account.reserved) if account else 0
+    if available < credits:
+        return {"admitted": False, "reason": "Insufficient credits", "available": available}
+    for quota in applicable_quotas(organization_id=organization_id, api_key_id=api_key_id):
+        need = tokens if quota.metric == Quota.Metric.CHAT_TOKENS else credits
+        counter = QuotaCounter.objects.filter(
+            quota=quota, period_start=period_start(quota.period, now)).first()
+        room = quota.limit - ((counter.used + counter.reserved) if counter else 0)
+        if room < need:
+            return {"admitted": False, "reason": f"Quota exceeded for {quota.metric}",
+                    "available": available, "quota_remaining": max(0, room)}
+    return {"admitted": True, "reason": None, "available": available}

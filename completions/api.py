@@ -12,7 +12,9 @@ from ninja import Router
 from ninja.security.base import AuthBase
 
 from accounts.auth import KeyContext, aauthenticate
+from accounts.ratelimit import rate_limit_fits
 from accounts.scopes import CHAT, MODELS
+from billing import selectors as billing_selectors
 from billing.pricing import credits_per_1k_tokens
 from completions import gateway, idempotency
 from completions.catalog import catalog_cache
@@ -147,6 +149,44 @@ def idempotency_replay(stored: idempotency.Stored) -> HttpResponse:
         response[name] = value
     response["Idempotent-Replayed"] = "true"
     return response
+
+
+@router.post("/chat/completions/quote", auth=ApiKeyAuth(CHAT), summary="Quote a chat completion")
+async def chat_completions_quote(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
+    """What the same body would reserve and whether it would be admitted now.
+
+    Nothing is charged or reserved and the upstream is not called. Credits
+    and quotas are checked exactly as the reservation checks them; for rate
+    limits the quote says whether the request fits the per-minute token
+    limits at all (the live buckets are not read).
+    """
+    key: KeyContext = request.auth  # type: ignore[attr-defined]
+    planned = await gateway.plan(body, key)
+    tokens = planned.prompt_estimate + planned.budget
+    check = await db_async(billing_selectors.admission_check)(
+        organization_id=key.organization_id, api_key_id=key.key_id,
+        credits=planned.worst_case.total, tokens=tokens)
+    if check["admitted"]:
+        try:
+            rate_limit_fits(key=key, tokens=tokens)
+        except ApiError as exc:
+            check = {**check, "admitted": False, "reason": exc.message}
+    per_1k = credits_per_1k_tokens(planned.model.multiplier)
+    return json_response({
+        "object": "chat.completion.quote",
+        "model": planned.model.model_id,
+        "model_tier": planned.model.tier,
+        "multiplier": str(planned.model.multiplier),
+        "estimated_prompt_tokens": planned.prompt_estimate,
+        "max_completion_tokens": planned.budget,
+        "worst_case_credits": planned.worst_case.total,
+        "worst_case_breakdown": planned.worst_case.breakdown,
+        "credits_per_1k_tokens": {"prompt": format(per_1k["prompt"].normalize(), "f"),
+                                  "completion": format(per_1k["completion"].normalize(), "f")},
+        "admitted": check["admitted"],
+        "reason": check["reason"],
+        "available_credits": check["available"],
+    })
 
 
 def _model_entry(model: Any) -> dict[str, Any]:

@@ -130,8 +130,21 @@ def _for_route(admitted: Admitted, route: Route, *, stream: bool) -> dict[str, A
     return payload
 
 
-async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -> Admitted:
-    started = time.monotonic()
+@dataclass(frozen=True)
+class Plan:
+    """A validated request, priced at its worst case: what admission and quotes share."""
+
+    model: ModelInfo
+    routes: list[Route]
+    messages: list[dict[str, Any]]
+    prompt_estimate: int
+    budget: int
+    images: int
+    worst_case: Price
+
+
+async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
+    """Validate what the schema cannot, resolve the model and its routes, price the worst case."""
     catalog = await catalog_cache.get()
     model = catalog.get(body.model)
     if model is None:
@@ -188,24 +201,32 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
         web_search=body.web_search,
         images=images,
     )
+    return Plan(model=model, routes=routes, messages=messages, prompt_estimate=prompt_estimate,
+                budget=budget, images=images, worst_case=worst_case)
+
+
+async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -> Admitted:
+    started = time.monotonic()
+    planned = await plan(body, key)
+    tokens = planned.prompt_estimate + planned.budget
     # After authentication and validation, before the reservation: a 429 reserves nothing.
-    rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=prompt_estimate + budget)
+    rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=tokens)
     try:
         admitted = Admitted(
             request_id=request_id,
             key=key,
-            model=model,
-            routes=routes,
-            payload=_payload(body, messages),
+            model=planned.model,
+            routes=planned.routes,
+            payload=_payload(body, planned.messages),
             web_search=body.web_search,
-            images=images,
-            prompt_estimate=prompt_estimate,
-            reserved=worst_case,
+            images=planned.images,
+            prompt_estimate=planned.prompt_estimate,
+            reserved=planned.worst_case,
             end_user=body.user or "",
             started=started,
             rate_limit_headers=rate.headers(),
         )
-        await _reserve(admitted, tokens=prompt_estimate + budget, streamed=body.stream)
+        await _reserve(admitted, tokens=tokens, streamed=body.stream)
     except BaseException as exc:
         await rate_limit_release(request_id=request_id, tokens_used=0)
         if isinstance(exc, ApiError):

@@ -1,0 +1,59 @@
+"""Quotes: what a request would reserve, and whether it would be admitted, with nothing taken."""
+
+from __future__ import annotations
+
+import httpx
+
+from billing.models import Reservation
+from billing.services import quota_set
+
+BODY = {"model": "openai/gpt-4o", "max_tokens": 300,
+        "messages": [{"role": "user", "content": "What does a quote cost?"}]}
+
+
+def _quote(live_gateway, tenant, body=BODY) -> dict:
+    response = httpx.post(f"{live_gateway.api_base}/chat/completions/quote", json=body,
+                          timeout=10, headers={"Authorization": f"Bearer {tenant.secret}"})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_quote_matches_the_reservation_the_same_request_then_makes(
+    tenant, fake_upstream, live_gateway
+):
+    quote = _quote(live_gateway, tenant)
+
+    assert quote["admitted"] is True and quote["reason"] is None
+    assert not Reservation.objects.exists()  # nothing reserved
+    assert fake_upstream.requests == []  # the upstream was not called
+    assert tenant.refresh_account().reserved == 0
+    assert quote["credits_per_1k_tokens"] == {"prompt": "200", "completion": "600"}
+    assert quote["worst_case_credits"] == sum(quote["worst_case_breakdown"].values())
+
+    completion = httpx.post(f"{live_gateway.api_base}/chat/completions", json=BODY, timeout=10,
+                            headers={"Authorization": f"Bearer {tenant.secret}"}).json()
+
+    reservation = Reservation.objects.get(request_id=completion["id"])
+    assert reservation.amount == quote["worst_case_credits"]
+    assert reservation.tokens == quote["estimated_prompt_tokens"] + quote["max_completion_tokens"]
+
+
+def test_a_quote_says_why_a_request_would_be_refused(tenant_factory, fake_upstream, live_gateway):
+    poor = tenant_factory("poor", credits=10)
+    quote = _quote(live_gateway, poor)
+    assert (quote["admitted"], quote["reason"], quote["available_credits"]) == (
+        False, "Insufficient credits", 10)
+
+    rich = tenant_factory("rich")
+    quota_set(organization=rich.org, limit=100)
+    quote = _quote(live_gateway, rich)
+    assert (quote["admitted"], quote["reason"]) == (False, "Quota exceeded for chat_tokens")
+    assert not Reservation.objects.exists()
+
+
+def test_a_quote_validates_like_a_completion(tenant, fake_upstream, live_gateway):
+    response = httpx.post(f"{live_gateway.api_base}/chat/completions/quote",
+                          json={"model": "nope/nope", "messages": [{"role": "user",
+                                                                     "content": "x"}]},
+                          timeout=10, headers={"Authorization": f"Bearer {tenant.secret}"})
+    assert response.status_code == 404 and response.json()["code"] == "model_not_found"
