@@ -1,0 +1,67 @@
+"""In headless Chromium: a staff member grants credits and suspends an organization in the admin.
+
+Screenshots land in tests/artifacts/screenshots/ (staff-*.png).
+"""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from django.contrib.auth import get_user_model
+from playwright.sync_api import expect
+
+from accounts.models import AuditEvent, Organization
+from billing.models import LedgerEntry
+from tests.portal.conftest import browser, off_loop  # noqa: F401 (the fixture)
+from tests.portal.test_browser import open_page, screenshot
+
+PASSWORD = "staff-password-for-tests-1"
+
+
+def _select_and_run(page, organization_pk: int, action: str) -> None:
+    page.goto("/admin/accounts/organization/")
+    page.locator(f'input[name="_selected_action"][value="{organization_pk}"]').check()
+    page.locator('select[name="action"]').select_option(action)
+    page.locator('button[name="index"]').click()
+
+
+def test_a_staff_member_grants_credits_and_suspends_an_organization(
+    tenant, browser, live_gateway  # noqa: F811
+):
+    off_loop(get_user_model().objects.create_superuser, "staff", "staff@example.test", PASSWORD)
+    page, _ = open_page(browser, live_gateway)
+    page.goto("/admin/login/?next=/admin/accounts/organization/")
+    page.locator("#id_username").fill("staff")
+    page.locator("#id_password").fill(PASSWORD)
+    page.locator('input[type="submit"]').click()
+    expect(page).to_have_url(live_gateway.url + "/admin/accounts/organization/")
+
+    _select_and_run(page, tenant.org.pk, "grant_credits")
+    page.locator("#id_amount").fill("5000")
+    page.locator("#id_reason").fill("goodwill after the outage")
+    screenshot(page, "staff-grant-form")
+    page.locator('input[name="apply"]').click()
+    expect(page.locator(".messagelist")).to_contain_text("Granted 5000 credits")
+    screenshot(page, "staff-granted")
+
+    _select_and_run(page, tenant.org.pk, "suspend")
+    page.locator("#id_reason").fill("chargeback under review")
+    page.locator('input[name="apply"]').click()
+    expect(page.locator(".messagelist")).to_contain_text("Suspended 1 organization")
+    screenshot(page, "staff-suspended")
+
+    page.goto("/staff/")
+    expect(page.get_by_role("heading", name="Platform dashboard")).to_be_visible()
+    screenshot(page, "staff-dashboard")
+
+    grant = off_loop(lambda: LedgerEntry.objects.select_related("actor").get(
+        kind="grant", reason="goodwill after the outage"))
+    assert (grant.amount, grant.actor.username) == (5000, "staff")
+    organization = off_loop(Organization.objects.get, pk=tenant.org.pk)
+    assert (organization.is_active, organization.suspended_reason) == (
+        False, "chargeback under review")
+    assert off_loop(lambda: AuditEvent.objects.filter(action="organization.suspend",
+                                                      actor__username="staff").count()) == 1
+    client = openai.OpenAI(api_key=tenant.secret, base_url=live_gateway.api_base, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        client.models.list()
