@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import kombu.pools
 import pytest
 from django.conf import settings
 from django.db import connection
@@ -61,8 +62,9 @@ def celery_broker(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def _forget_connections() -> None:
     """Make the app connect afresh with its current configuration."""
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # kombu keeps process-wide connection and producer pools keyed by broker URL:
+    # reset() closes and forgets them, so nothing later acquires from a closed one.
+    kombu.pools.reset()
     app._pool = None
     app.amqp._producer_pool = None
     app._backend_cache = None
