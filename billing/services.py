@@ -406,19 +406,20 @@ def credits_reserve(
 ) -> Reservation:
     """Hold the worst-case credits (and quota) for a request before it runs.
 
-    Steps: (1) a second call with the same request id returns the first
-    reservation; (2) hold every applicable quota; (3) hold the credits with one
-    conditional UPDATE; (4) record the reservation. Any refusal rolls the whole
+    Steps: (1) record the reservation (a second call with the same request id
+    gets the first one); (2) hold every applicable quota; (3) hold the credits
+    with one conditional UPDATE. Any refusal rolls the whole
     transaction back, so a refused request holds nothing.
     """
     if amount < 0 or tokens < 0:
         raise ValueError("a reservation cannot be negative")
-    existing = _existing_reservation(request_id=request_id, organization_id=organization_id)
-    if existing is not None:
-        return existing
     now = now or timezone.now()
     try:
-        # A savepoint, so that losing the race below rolls back only our holds.
+        # A savepoint: a second call with the same request id (a retry, or a
+        # concurrent twin) fails on the unique request id at its first insert,
+        # rolls back only this, and gets the first reservation below. No
+        # look-up beforehand: request ids are new on the hot path, so that
+        # query would almost always find nothing.
         with transaction.atomic():
             return _reserve(
                 organization_id=organization_id,
@@ -429,9 +430,9 @@ def credits_reserve(
                 now=now,
             )
     except IntegrityError:
-        # A concurrent call with the same request id inserted its reservation
-        # first (the unique request id made ours wait for its commit, then
-        # fail): ours is rolled back, and theirs is the answer.
+        # Another call with the same request id inserted its reservation first
+        # (a concurrent one: ours waited for its commit, then failed): ours is
+        # rolled back, and theirs is the answer.
         existing = _existing_reservation(request_id=request_id, organization_id=organization_id)
         if existing is None:
             raise
