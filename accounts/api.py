@@ -6,8 +6,6 @@ organization's object is a 404, never a 403 and never its data.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -17,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import services
-from accounts.drf import Caller, caller_for
+from accounts.drf import Caller, caller_for, request_actor
 from accounts.models import APIKey, Membership, Organization
 from accounts.scopes import ALL_SCOPES, KEYS_WRITE
 from billing.models import Quota
@@ -81,14 +79,6 @@ def _check_scopes_grantable(caller: Caller, scopes: list[str] | None) -> None:
             raise forbidden(f"This API key cannot grant scopes it lacks: {lacking}")
 
 
-def _actor(request: Request) -> Any:
-    return request.user if caller_is_person(request) else None
-
-
-def caller_is_person(request: Request) -> bool:
-    return bool(getattr(request.user, "pk", None))
-
-
 def _actor_label(caller: Caller) -> str:
     return f"api key {caller.key.key_prefix}" if caller.key else ""
 
@@ -116,13 +106,13 @@ def keys(request: Request) -> Response:
     organization = Organization.objects.get(pk=caller.organization_id)
     with transaction.atomic():
         key, secret = services.api_key_create(
-            organization=organization, created_by=_actor(request),
+            organization=organization, created_by=request_actor(request),
             actor_label=_actor_label(caller), **data,
         )
         if credit_cap is not None:
             quota_set(organization=organization, api_key_id=key.pk, limit=credit_cap,
                       metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
-                      actor=_actor(request), actor_label=_actor_label(caller),
+                      actor=request_actor(request), actor_label=_actor_label(caller),
                       reason="key credit cap")
     body = APIKeySerializer(_keys(caller).get(pk=key.pk)).data
     body["secret"] = secret  # shown this once; only its hash is stored
@@ -148,12 +138,12 @@ def key_detail(request: Request, key_id: int) -> Response:
     credit_cap = changes.pop("credit_cap", None)
     with transaction.atomic():
         if changes:
-            services.api_key_update(key=key, changes=changes, actor=_actor(request),
+            services.api_key_update(key=key, changes=changes, actor=request_actor(request),
                                     actor_label=_actor_label(caller))
         if has_cap:
             quota_set(organization=key.organization, api_key_id=key.pk, limit=credit_cap,
                       metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
-                      actor=_actor(request), actor_label=_actor_label(caller),
+                      actor=request_actor(request), actor_label=_actor_label(caller),
                       reason="key credit cap")
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
@@ -163,7 +153,7 @@ def key_detail(request: Request, key_id: int) -> Response:
 def key_revoke(request: Request, key_id: int) -> Response:
     caller = _key_manager(request)
     key = get_object_or_404(_keys(caller).select_related("organization"), pk=key_id)
-    services.api_key_revoke(key=key, actor=_actor(request), actor_label=_actor_label(caller),
+    services.api_key_revoke(key=key, actor=request_actor(request), actor_label=_actor_label(caller),
                             reason=str(request.data.get("reason", ""))[:500])
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
@@ -183,13 +173,13 @@ def key_rotate(request: Request, key_id: int) -> Response:
         with transaction.atomic():
             new_key, secret = services.api_key_rotate(
                 key=key, grace_seconds=payload.validated_data["grace_seconds"],
-                actor=_actor(request), actor_label=_actor_label(caller),
+                actor=request_actor(request), actor_label=_actor_label(caller),
             )
             # The new key inherits the old one's own quotas (its credit cap).
             for quota in key.quotas.all():
                 quota_set(organization=key.organization, api_key_id=new_key.pk,
                           limit=quota.limit, metric=quota.metric, period=quota.period,
-                          actor=_actor(request), actor_label=_actor_label(caller),
+                          actor=request_actor(request), actor_label=_actor_label(caller),
                           reason=f"rotated from {key.prefix}")
     except ValueError as exc:
         raise invalid_request(str(exc)) from exc

@@ -71,6 +71,11 @@ def caller_for(request: Request, *, scope: str) -> Caller:
     return Caller(organization_id=membership.organization_id, key=None, role=membership.role)
 
 
+def request_actor(request: Request) -> object | None:
+    """The signed-in user behind a management request, or None when an API key made it."""
+    return request.user if getattr(request.user, "pk", None) else None
+
+
 class IsCaller(BasePermission):
     """Authentication is enforced per view through `caller_for`; this only requires someone."""
 

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import webhooks
-from accounts.drf import Caller, caller_for
+from accounts.drf import Caller, caller_for, request_actor
 from accounts.models import Membership, Organization, WebhookDelivery, WebhookEndpoint
 from accounts.scopes import KEYS_WRITE
 from novakit.errors import forbidden, invalid_request
@@ -64,7 +64,7 @@ def endpoints(request: Request) -> Response:
         endpoint, secret = webhooks.webhook_endpoint_create(
             organization=Organization.objects.get(pk=caller.organization_id),
             url=payload.validated_data["url"], events=payload.validated_data["events"],
-            actor=request.user if getattr(request.user, "pk", None) else None,
+            actor=request_actor(request),
         )
     except ValueError as exc:
         raise invalid_request(str(exc), param="url") from exc
@@ -80,7 +80,7 @@ def endpoint_detail(request: Request, endpoint_id: int) -> Response:
     caller = _manager(request)
     endpoint = get_object_or_404(_endpoints(caller), pk=endpoint_id)
     webhooks.webhook_endpoint_delete(
-        endpoint=endpoint, actor=request.user if getattr(request.user, "pk", None) else None)
+        endpoint=endpoint, actor=request_actor(request))
     return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -287,6 +287,14 @@ async def settle(outcome: RequestOutcome) -> Settlement | None:
         return None
 
 
+def _note_failure(admitted: Admitted, route: Route, exc: UpstreamFailure, *,
+                  mid_stream: bool = False) -> None:
+    """Log and count one failed upstream attempt (before the first byte, or mid-stream)."""
+    logger.warning("%s %s failed (%s) for %s", "stream from" if mid_stream else "upstream",
+                   route.provider, exc.kind, admitted.request_id)
+    metrics.record_upstream_error(provider=route.provider, kind=exc.kind)
+
+
 async def _settle(outcome: RequestOutcome) -> Settlement:
     try:
         settlement = await db_async(request_settle_retrying)(outcome=outcome)
@@ -397,9 +405,7 @@ async def answer(admitted: Admitted) -> HttpResponse:
                 break
             except UpstreamFailure as exc:
                 failure = exc
-                logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
-                               admitted.request_id)
-                metrics.record_upstream_error(provider=route.provider, kind=exc.kind)
+                _note_failure(admitted, route, exc)
                 if not exc.retryable:
                     break
     except asyncio.CancelledError:
@@ -468,9 +474,7 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
                 return await open_stream(route, _for_route(admitted, route, stream=True)), route
             except UpstreamFailure as exc:
                 failure = exc
-                logger.warning("upstream %s failed (%s) for %s", route.provider, exc.kind,
-                               admitted.request_id)
-                metrics.record_upstream_error(provider=route.provider, kind=exc.kind)
+                _note_failure(admitted, route, exc)
                 if not exc.retryable:
                     break
     except asyncio.CancelledError:
@@ -625,9 +629,7 @@ class _Relay:
             yield _sse(final)
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:
-            logger.warning("stream from %s failed (%s) for %s", self.route.provider, exc.kind,
-                           admitted.request_id)
-            metrics.record_upstream_error(provider=self.route.provider, kind=exc.kind)
+            _note_failure(admitted, self.route, exc, mid_stream=True)
             await self.finish(UsageRecord.Status.ERROR, exc.status, exc.code)
             # One error event, then the stream closes without [DONE]: never a clean end.
             yield _sse(error_body(exc.code, exc.message))
