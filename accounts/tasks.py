@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from celery import shared_task
+from django.utils import timezone
 
 from accounts import webhooks
 
@@ -27,7 +30,10 @@ def webhook_deliver_task(self, delivery_id: int) -> str:  # type: ignore[no-unty
                 webhooks.webhook_give_up(delivery_id=delivery_id)
                 return "failed"
             # Exponential backoff: 10 s, 20 s, 40 s ... capped at an hour.
-            raise self.retry(exc=exc, countdown=min(3600, 10 * 2 ** self.request.retries)) from exc
+            countdown = min(3600, 10 * 2 ** self.request.retries)
+            webhooks.webhook_retry_scheduled(
+                delivery_id=delivery_id, at=timezone.now() + dt.timedelta(seconds=countdown))
+            raise self.retry(exc=exc, countdown=countdown) from exc
     return "failed"
 
 

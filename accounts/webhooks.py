@@ -22,6 +22,7 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -128,6 +129,27 @@ def webhook_endpoint_create(
 
 
 @transaction.atomic
+def webhook_endpoint_set_active(
+    *, endpoint: WebhookEndpoint, is_active: bool, actor: AbstractBaseUser | None
+) -> bool:
+    """Pause or resume an endpoint; False when it already was in that state.
+
+    A paused endpoint gets no new events, and its queued retries are dropped
+    at their next attempt (`webhook_deliver`). The conditional update leaves
+    one audit row when two people press the same button at once.
+    """
+    updated = WebhookEndpoint.objects.filter(pk=endpoint.pk).exclude(
+        is_active=is_active).update(is_active=is_active)
+    if updated != 1:
+        return False
+    endpoint.is_active = is_active
+    audit_record(action="webhook.enable" if is_active else "webhook.disable", actor=actor,
+                 organization_id=endpoint.organization_id, target=endpoint.url,
+                 after={"is_active": is_active})
+    return True
+
+
+@transaction.atomic
 def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor: AbstractBaseUser | None) -> None:
     audit_record(action="webhook.delete", actor=actor, organization_id=endpoint.organization_id,
                  target=endpoint.url, before={"events": endpoint.events})
@@ -214,14 +236,20 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     if delivery.status == WebhookDelivery.Status.DELIVERED:
         return delivery
     endpoint = delivery.endpoint
+    if not endpoint.is_active:
+        _record(delivery, status=WebhookDelivery.Status.FAILED, error="endpoint disabled")
+        return delivery
     body = orjson.dumps(delivery.payload)
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "NovaKit-Webhooks/1",
         SIGNATURE_HEADER: signature_header(crypto.decrypt(endpoint.secret_encrypted), body),
     }
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(attempts=delivery.attempts + 1)
+    now = timezone.now()
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        attempts=delivery.attempts + 1, last_attempt_at=now, next_attempt_at=None)
     delivery.attempts += 1
+    delivery.last_attempt_at, delivery.next_attempt_at = now, None
     try:
         response = _post(endpoint.url, body, headers)
     except UnsafeTarget as exc:
@@ -237,9 +265,16 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     raise DeliveryFailed(f"receiver answered {response.status_code}")
 
 
+def webhook_retry_scheduled(*, delivery_id: int, at: datetime) -> None:
+    """Note when the next attempt is due, for the portal's list of attempts."""
+    WebhookDelivery.objects.filter(pk=delivery_id, status=WebhookDelivery.Status.PENDING).update(
+        next_attempt_at=at)
+
+
 def webhook_give_up(*, delivery_id: int) -> None:
     WebhookDelivery.objects.filter(pk=delivery_id).exclude(
-        status=WebhookDelivery.Status.DELIVERED).update(status=WebhookDelivery.Status.FAILED)
+        status=WebhookDelivery.Status.DELIVERED).update(status=WebhookDelivery.Status.FAILED,
+                                                        next_attempt_at=None)
 
 
 def _record(delivery: WebhookDelivery, *, status: str | None = None, code: int | None = None,

@@ -33,7 +33,7 @@ class DeliverySerializer(serializers.ModelSerializer):
     class Meta:
         model = WebhookDelivery
         fields = ["id", "event", "status", "attempts", "last_status_code", "last_error",
-                  "payload", "created_at", "delivered_at"]
+                  "payload", "created_at", "delivered_at", "last_attempt_at", "next_attempt_at"]
 
 
 def _manager(request: Request) -> Caller:

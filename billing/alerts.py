@@ -15,7 +15,8 @@ from accounts.webhooks import webhook_emit
 from billing.models import CreditAccount
 
 
-def _threshold(account: CreditAccount) -> int:
+def low_balance_threshold(account: CreditAccount) -> int:
+    """The balance under which the organization is told: its own, else the default."""
     if account.low_balance_threshold is not None:
         return account.low_balance_threshold
     return settings.LOW_BALANCE_DEFAULT_THRESHOLD
@@ -52,7 +53,7 @@ def low_balance_check(*, account_id: int, now: dt.datetime | None = None) -> boo
     """
     now = now or timezone.now()
     account = CreditAccount.objects.select_related("organization").get(pk=account_id)
-    threshold = _threshold(account)
+    threshold = low_balance_threshold(account)
     if threshold and account.balance < threshold:
         claimed = CreditAccount.objects.filter(
             pk=account_id, low_balance_alerted_at__isnull=True).update(low_balance_alerted_at=now)

@@ -94,9 +94,16 @@ def usage_report(
     }
 
 
-def recent_usage_records(*, organization_id: int, limit: int = 50) -> QuerySet[UsageRecord]:
-    return UsageRecord.objects.filter(organization_id=organization_id).order_by(
-        "-created_at")[:limit]
+def recent_usage_records(
+    *, organization_id: int, limit: int = 50, key_id: int | None = None, model: str | None = None
+) -> QuerySet[UsageRecord]:
+    """The organization's latest settled requests, newest first (optionally of one key or model)."""
+    records = UsageRecord.objects.filter(organization_id=organization_id)
+    if key_id is not None:
+        records = records.filter(api_key_id=key_id)
+    if model:
+        records = records.filter(model=model)
+    return records.select_related("api_key").order_by("-created_at", "-pk")[:limit]
 
 
 def top_organizations(
@@ -178,8 +185,9 @@ def generation_receipt(*, organization_id: int, request_id: str) -> dict[str, An
         "credits_reserved": record.credits_reserved,
         "pricing": {
             "multiplier": str(record.multiplier),
-            "prompt_credits_per_1k_at_1x": str(record.prompt_rate.normalize()),
-            "completion_credits_per_1k_at_1x": str(record.completion_rate.normalize()),
+            # Fixed-point: str() of a normalized Decimal("100") is "1E+2".
+            "prompt_credits_per_1k_at_1x": format(record.prompt_rate.normalize(), "f"),
+            "completion_credits_per_1k_at_1x": format(record.completion_rate.normalize(), "f"),
         },
         "ledger_entry": {"id": entry.pk, "amount": entry.amount,
                          "balance_after": entry.balance_after} if entry else None,

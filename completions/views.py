@@ -19,7 +19,7 @@ import pydantic
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts import auth
@@ -53,6 +53,9 @@ def _base_url(request: HttpRequest) -> str:
 
 
 # --- usage ----------------------------------------------------------------------------------
+
+# The latest requests listed under the usage charts, each linking to its receipt.
+RECENT_REQUESTS = 50
 
 
 def _key_label(key: APIKey | None, key_id: int | None) -> str:
@@ -114,8 +117,35 @@ def usage(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "by_key": charts.ranking(report["by_key"], label_field="label", value_field="credits"),
         "start": start,
         "end": end,
+        "recent": [{"record": record, "key_label": _key_label(record.api_key, record.api_key_id)}
+                   for record in selectors.recent_usage_records(
+                       organization_id=organization_id, limit=RECENT_REQUESTS,
+                       key_id=filters.get("key_id"), model=filters.get("model") or None)],
+        "recent_limit": RECENT_REQUESTS,
+        "recent_filtered": bool(filters.get("key_id") or filters.get("model")),
     })
     return portal_render(request, member, "portal/usage.html", context)
+
+
+def _moment(timestamp: int | None) -> dt.datetime | None:
+    return None if timestamp is None else dt.datetime.fromtimestamp(timestamp, dt.UTC)
+
+
+@require_GET
+@member_view()
+def usage_receipt(request: HttpRequest, member: PortalMember, generation_id: str) -> HttpResponse:
+    """One request's receipt: the same selector, and so the same numbers, as the API's."""
+    receipt = selectors.generation_receipt(organization_id=member.membership.organization_id,
+                                           request_id=generation_id)
+    if receipt is None:  # unknown, or another organization's: the same answer
+        raise Http404("No such generation in this organization")
+    return portal_render(request, member, "portal/receipt.html", {
+        "section": "usage", "receipt": receipt,
+        "created_at": _moment(receipt.get("created")),
+        "settled_at": _moment(receipt.get("settled")),
+        "receipt_json": orjson.dumps(receipt, option=orjson.OPT_INDENT_2).decode(),
+        "api_path": f"/api/v1/generations/{receipt['id']}",
+    })
 
 
 # --- playground -----------------------------------------------------------------------------

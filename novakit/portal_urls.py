@@ -12,6 +12,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from accounts import views as accounts_views
+from accounts import webhook_views
 from accounts.forms import EmailAuthenticationForm
 from billing import views as billing_views
 from completions import views as completions_views
@@ -26,7 +27,14 @@ portal_patterns = [
     path("members/", accounts_views.members, name="members"),
     path("members/<int:member_id>/role", accounts_views.member_role, name="member-role"),
     path("members/<int:member_id>/remove", accounts_views.member_remove, name="member-remove"),
+    path("webhooks/", webhook_views.webhooks_page, name="webhooks"),
+    path("webhooks/<int:endpoint_id>/", webhook_views.webhook_detail, name="webhook-detail"),
+    path("webhooks/<int:endpoint_id>/active", webhook_views.webhook_set_active,
+         name="webhook-active"),
+    path("webhooks/<int:endpoint_id>/delete", webhook_views.webhook_delete,
+         name="webhook-delete"),
     path("usage/", completions_views.usage, name="usage"),
+    path("usage/<str:generation_id>/", completions_views.usage_receipt, name="usage-receipt"),
     path("billing/", billing_views.billing, name="billing"),
     path("billing/ledger.csv", billing_views.ledger_csv, name="ledger-csv"),
     path("playground/", completions_views.playground, name="playground"),

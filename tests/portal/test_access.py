@@ -14,7 +14,8 @@ from tests.portal.conftest import csrf_token_from
 pytestmark = pytest.mark.django_db
 
 MEMBER_PAGES = ["/portal/", "/portal/keys/", "/portal/usage/", "/portal/billing/",
-                "/portal/billing/ledger.csv", "/portal/playground/", "/portal/members/"]
+                "/portal/billing/ledger.csv", "/portal/webhooks/", "/portal/playground/",
+                "/portal/members/"]
 PUBLIC_PAGES = ["/portal/reference/", "/portal/reference/management/", "/portal/signin/",
                 "/portal/signup/", "/portal/password-reset/"]
 
@@ -53,7 +54,7 @@ def test_pages_name_the_organization_and_role_and_link_every_section(owner, tena
     page = owner.get("/portal/").content.decode()
 
     for link in ("/portal/keys/", "/portal/usage/", "/portal/billing/", "/portal/playground/",
-                 "/portal/members/", "/portal/reference/"):
+                 "/portal/members/", "/portal/webhooks/", "/portal/reference/"):
         assert f'href="{link}"' in page
     assert "Acme · owner" in page and 'action="/portal/signout/"' in page
 

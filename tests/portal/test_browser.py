@@ -14,11 +14,13 @@ import openai
 import pytest
 from playwright.sync_api import Page, expect
 
+from accounts import webhooks
 from accounts.keys import visible_prefix
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
 from completions.views import PLAYGROUND_KEY_NAME
 from tests.portal.conftest import off_loop
+from tests.webhooks.test_webhooks import Receiver
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery-staple-42"
@@ -162,6 +164,7 @@ PAGES = {
     "billing": "/portal/billing/",
     "playground": "/portal/playground/",
     "members": "/portal/members/",
+    "webhooks": "/portal/webhooks/",
     "reference": "/portal/reference/",
     "reference-management": "/portal/reference/management/",
 }
@@ -215,3 +218,84 @@ def test_the_inference_api_docs_load_from_this_server_alone(browser: Any, live_g
     expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
     screenshot(page, "inference-api-docs")
     assert_only_local(requested, live_gateway)
+
+
+def test_an_owner_registers_a_webhook_sees_its_secret_once_and_opens_a_receipt(
+    browser: Any, live_gateway: Any, fake_upstream: Any, settings: Any
+) -> None:
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    receiver = Receiver()
+    try:
+        page, requested = open_page(browser, live_gateway, MOBILE)
+        sign_up(page, email="hooks@example.test", organization="Hook Co")
+        page.get_by_role("link", name="Webhooks").click()
+        expect(page).to_have_url(re.compile(r"/portal/webhooks/$"))
+
+        # A private address is refused in the form
+        page.locator("#id_url").fill("https://10.0.0.7/hook")
+        page.locator('input[name="events"][value="key.revoked"]').check()
+        page.get_by_role("button", name="Register the endpoint").click()
+        expect(page.locator("#id_url_error, .errorlist").first).to_contain_text(
+            "non-public address")
+        assert_fits(page, "webhook-refused")
+
+        # A receiver the development setting allows is registered; its secret shows once
+        page.locator("#id_url").fill(receiver.url)
+        page.get_by_role("button", name="Register the endpoint").click()
+        secret = page.get_by_test_id("webhook-secret").inner_text().strip()
+        assert secret.startswith("whsec_")
+        expect(page.locator(".notice.danger")).to_contain_text("shown this once")
+        assert_fits(page, "webhook-created")
+        screenshot(page, "webhook-created")
+        page.get_by_role("link", name="I have copied it").click()
+        expect(page.get_by_test_id("endpoint-status")).to_have_text("enabled")
+        assert secret not in page.content()
+        page.goto("/portal/webhooks/")
+        assert secret not in page.content()
+
+        # A key revoked in the portal is announced to the receiver, signed with that secret
+        key_secret = create_key(page, "hooked key")
+        client = openai.OpenAI(api_key=key_secret, base_url=live_gateway.api_base,
+                               max_retries=0)
+        completion = client.chat.completions.create(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}],
+            max_tokens=20)
+        page.goto("/portal/keys/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator(f'tr[data-key-prefix="{visible_prefix(key_secret)}"]').get_by_role(
+            "button", name="Revoke").click()
+        expect(page.locator(".messages")).to_contain_text("Revoked")
+        assert len(receiver.received) == 1
+        assert webhooks.signature_verify(
+            secret, receiver.received[0]["headers"]["NovaKit-Signature"],
+            receiver.received[0]["body"])
+        page.goto("/portal/webhooks/")
+        page.get_by_role("link", name=receiver.url).click()
+        delivery = page.locator("#deliveries tbody tr").first
+        expect(delivery).to_contain_text("key.revoked")
+        expect(delivery).to_contain_text("delivered")
+        expect(delivery).to_contain_text("HTTP 200")
+        assert_fits(page, "webhook-detail")
+        screenshot(page, "webhook-detail")
+
+        # The usage page lists the request; its receipt shows the charge
+        page.goto("/portal/usage/")
+        row = page.locator(f'#recent tr[data-request-id="{completion.id}"]')
+        expect(row).to_contain_text("openai/gpt-4o-mini")
+        assert_fits(page, "usage-recent")
+        row.get_by_role("link").click()
+        expect(page).to_have_url(re.compile(rf"/portal/usage/{completion.id}/$"))
+        credits_used = completion.usage.model_extra["credits_used"]
+        expect(page.locator('[data-receipt="credits_used"]')).to_have_text(
+            f"{credits_used:,}")
+        expect(page.locator('[data-receipt="ledger_amount"]')).to_contain_text(
+            f"-{credits_used:,}")
+        assert_fits(page, "receipt")
+        screenshot(page, "receipt")
+        page.set_viewport_size({"width": 1280, "height": 900})
+        screenshot(page, "desktop-receipt")
+        page.goto("/portal/webhooks/")
+        screenshot(page, "desktop-webhooks")
+        assert_only_local(requested, live_gateway)
+    finally:
+        receiver.stop()

@@ -1,0 +1,119 @@
+"""Developer portal: the organization's webhook endpoints and their delivery attempts.
+
+Every member reads; owners and admins register, pause, resume and delete, as
+in the management API (`accounts/webhooks_api.py`). Both go through the
+services in `accounts/webhooks.py`, which check the target (no private
+addresses) and write the audit rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.db.models import Count, Max, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from accounts import webhooks
+from accounts.api import MANAGERS
+from accounts.models import WebhookEndpoint
+from accounts.views import PortalMember, forbidden_page, member_view, portal_render
+from accounts.webhook_forms import WebhookActiveForm, WebhookEndpointForm
+from billing.alerts import low_balance_threshold
+from billing.models import CreditAccount
+
+# The attempts listed on an endpoint's page, newest first.
+RECENT_DELIVERIES = 50
+
+
+def _endpoints(member: PortalMember) -> QuerySet[WebhookEndpoint]:
+    return WebhookEndpoint.objects.filter(organization_id=member.membership.organization_id)
+
+
+def _can_manage(member: PortalMember) -> bool:
+    return member.role in MANAGERS
+
+
+def _balance_threshold(member: PortalMember) -> int:
+    """Under what balance `balance.low` is sent (an organization with no account: the default)."""
+    organization_id = member.membership.organization_id
+    account = (CreditAccount.objects.filter(organization_id=organization_id).first()
+               or CreditAccount(organization_id=organization_id))
+    return low_balance_threshold(account)
+
+
+@require_http_methods(["GET", "POST"])
+@member_view()
+def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
+    form = WebhookEndpointForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST":
+        if not _can_manage(member):
+            return forbidden_page(request, member, "Only owners and admins manage webhooks.")
+        if form.is_valid():
+            try:
+                endpoint, secret = webhooks.webhook_endpoint_create(
+                    organization=member.organization, url=form.cleaned_data["url"],
+                    events=form.cleaned_data["events"], actor=request.user)
+            except ValueError as exc:  # UnsafeTarget: a private address, plain http, no DNS
+                form.add_error("url", str(exc))
+            else:
+                # The secret is in this one response only (as for API keys): not the
+                # session, not a redirect, not a cache.
+                response = portal_render(request, member, "portal/webhook_created.html", {
+                    "section": "webhooks", "endpoint": endpoint, "secret": secret,
+                }, status=201)
+                response["Cache-Control"] = "no-store"
+                return response
+    endpoints = _endpoints(member).annotate(
+        delivery_count=Count("deliveries"), last_delivery_at=Max("deliveries__created_at"),
+    ).order_by("-is_active", "-created_at")
+    return portal_render(request, member, "portal/webhooks.html", {
+        "section": "webhooks", "form": form, "endpoints": endpoints,
+        "can_manage": _can_manage(member),
+        "balance_threshold": _balance_threshold(member),
+    }, status=400 if form.errors else 200)
+
+
+@require_GET
+@member_view()
+def webhook_detail(request: HttpRequest, member: PortalMember, endpoint_id: int) -> HttpResponse:
+    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    deliveries = endpoint.deliveries.order_by("-created_at", "-pk")[:RECENT_DELIVERIES]
+    labels = dict(WebhookEndpoint.Event.choices)
+    context: dict[str, Any] = {
+        "section": "webhooks", "endpoint": endpoint, "deliveries": deliveries,
+        "can_manage": _can_manage(member),
+        "events": [(event, labels.get(event, "")) for event in endpoint.events],
+    }
+    return portal_render(request, member, "portal/webhook_detail.html", context)
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def webhook_set_active(request: HttpRequest, member: PortalMember, endpoint_id: int
+                       ) -> HttpResponse:
+    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    form = WebhookActiveForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose to enable or disable the endpoint.")
+    elif webhooks.webhook_endpoint_set_active(endpoint=endpoint,
+                                              is_active=form.cleaned_data["is_active"],
+                                              actor=request.user):
+        state = "enabled" if endpoint.is_active else "disabled: it gets no more events"
+        messages.success(request, f"{endpoint.url} is {state}.")
+    else:
+        messages.info(request, f"{endpoint.url} was already "
+                               f"{'enabled' if endpoint.is_active else 'disabled'}.")
+    return redirect("portal:webhook-detail", endpoint_id=endpoint.pk)
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def webhook_delete(request: HttpRequest, member: PortalMember, endpoint_id: int) -> HttpResponse:
+    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    url = endpoint.url
+    webhooks.webhook_endpoint_delete(endpoint=endpoint, actor=request.user)
+    messages.success(request, f"Deleted {url} and its delivery history.")
+    return redirect("portal:webhooks")
