@@ -210,6 +210,9 @@ if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
 
 # --- Background jobs -----------------------------------------------------------
 USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 3600, minimum=60)
+# How often beat asks for the usage rollup; the default suits production, a test of
+# the whole process topology shortens it so beat -> broker -> worker happens within seconds.
+USAGE_ROLLUP_INTERVAL_SECONDS = env_float("USAGE_ROLLUP_INTERVAL_SECONDS", 60.0, minimum=1)
 USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 90, minimum=1)
 # Catalog sync: a model the upstream offers that the catalog lacks gets the
 # tier and multiplier of the first band its completion price (USD per million
@@ -227,7 +230,8 @@ EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.Emai
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "NovaKit <noreply@localhost>")
 
 CELERY_BEAT_SCHEDULE = {
-    "usage-rollup": {"task": "completions.tasks.usage_rollup_task", "schedule": 60.0},
+    "usage-rollup": {"task": "completions.tasks.usage_rollup_task",
+                     "schedule": USAGE_ROLLUP_INTERVAL_SECONDS},
     "usage-retention": {"task": "completions.tasks.usage_retention_task", "schedule": 3600.0},
     "catalog-sync": {"task": "completions.tasks.catalog_sync_task", "schedule": 6 * 3600.0},
     "expire-reservations": {"task": "billing.tasks.reservations_expire_task", "schedule": 60.0},
