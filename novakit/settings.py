@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -322,6 +323,26 @@ LOGIN_REDIRECT_URL = "portal:home"
 LOGOUT_REDIRECT_URL = "login"
 # Credits granted to the organization a portal sign-up creates.
 PORTAL_SIGNUP_CREDITS = env_int("PORTAL_SIGNUP_CREDITS", 10_000, minimum=0)
+
+# --- Sign-in throttling (accounts/signin_throttle.py, django-axes) ------------------
+# After LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address (the
+# portal's or the admin's form), that pair is refused with a 429 for
+# LOGIN_LOCKOUT_SECONDS, even with the right password. Counted in the database, so
+# every process shares the count. Behind a proxy the address is the client's only if
+# uvicorn trusts the proxy's X-Forwarded-For (FORWARDED_ALLOW_IPS, platform/serve).
+INSTALLED_APPS.append("axes")
+AUTHENTICATION_BACKENDS = [
+    "accounts.signin_throttle.SignInThrottleBackend",  # first: refuses a locked-out pair
+    "django.contrib.auth.backends.ModelBackend",
+]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")  # last, as axes requires
+AXES_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts made while locked out do not extend the lock: it ends when the page says.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "accounts.signin_throttle.locked_out_response"
 
 # Webhooks may only target public addresses; development and tests may allow
 # some private networks (e.g. 127.0.0.1/32 for a local receiver). Empty in production.

@@ -1,0 +1,92 @@
+"""A real gateway (`uvicorn novakit.asgi:application`) in a process of its own, and
+`manage.py` commands run the same way, for tests that kill, restart or starve them.
+
+(tests/ratelimit/conftest.py's `gateway_processes` fixture starts gateways on the
+test database; this starts one on whatever environment it is given.)
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_base(self) -> str:
+        return f"{self.url}/api/v1"
+
+    def wait_until_healthy(self, timeout: float = 60) -> None:
+        """Wait until /healthz answers (it touches no database); stop and raise if it does not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"gateway did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def gateway_spawn(*, env: dict[str, str], log: Path) -> GatewayProcess:
+    """Start a gateway process; `wait_until_healthy()` before sending it requests."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    return GatewayProcess(process=process, port=port, log=log)
+
+
+def gateway_start(*, env: dict[str, str], log: Path, timeout: float = 60) -> GatewayProcess:
+    """Start a gateway and wait until /healthz answers; raise with its log if it does not."""
+    gateway = gateway_spawn(env=env, log=log)
+    gateway.wait_until_healthy(timeout)
+    return gateway
+
+
+def manage(*args: str, env: dict[str, str]) -> str:
+    """Run `manage.py ARGS` in its own process; return its output, raise with it on failure."""
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/python"), "manage.py", *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
+    return result.stdout
