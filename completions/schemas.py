@@ -48,13 +48,15 @@ class ChatCompletionRequest(BaseModel):
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_tokens: int = Field(default=2048, ge=1, le=1_000_000)
-    stream: bool = False
-    web_search: bool = False
-    top_p: float = Field(default=1, ge=0, le=1)
-    frequency_penalty: float = Field(default=0, ge=-2, le=2)
-    presence_penalty: float = Field(default=0, ge=-2, le=2)
+    # Numbers and switches are strict, as OpenAI's are: pydantic would otherwise take
+    # "0.5", true, "on" or "100" and pass a request that is not what the client meant.
+    temperature: float = Field(default=0.7, ge=0, le=2, strict=True)
+    max_tokens: int = Field(default=2048, ge=1, le=1_000_000, strict=True)
+    stream: bool = Field(default=False, strict=True)
+    web_search: bool = Field(default=False, strict=True)
+    top_p: float = Field(default=1, ge=0, le=1, strict=True)
+    frequency_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
+    presence_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
     stop: str | list[str] | None = None
     user: str | None = Field(default=None, max_length=256)
     # Passed through, but typed: the gateway adds to them (usage for streams, the web plugin).
@@ -67,6 +69,14 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(stop, list) and len(stop) > 4:
             raise ValueError("at most 4 stop sequences")
         return stop
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, user: str | None) -> str | None:
+        # Kept with the usage record, and PostgreSQL's text cannot hold a NUL.
+        if user is not None and "\x00" in user:
+            raise ValueError("must not contain NUL characters")
+        return user
 
     @field_validator("max_tokens", mode="before")
     @classmethod

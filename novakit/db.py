@@ -6,15 +6,18 @@ thousand requests in flight would want a thousand PostgreSQL connections
 (the benchmark hit "too many clients" at about a hundred) and pay a new
 connection (~10 ms) each. The hot path instead sends its database calls to
 `DB_THREADS` threads per process, each keeping one connection: a bounded
-pool, reused across requests. A connection that broke (the database
-restarted) is dropped after the call that saw it fail, and the next call
-connects afresh. With psycopg's pool configured, the connection goes back
-to that pool after every call instead.
+pool, reused across requests. A kept connection is checked before each
+call: one the server hung up on while it sat idle (the database restarted)
+is dropped and the call connects afresh, so no request after a restart
+fails on a dead connection; one that broke during a call is dropped after
+it. With psycopg's pool configured, the connection goes back to that pool
+after every call instead.
 """
 
 from __future__ import annotations
 
 import functools
+import select
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -35,6 +38,35 @@ def _executor(size: int) -> ThreadPoolExecutor:
     return _executors[size]
 
 
+def _hung_up(raw: object) -> bool:
+    """Whether the server closed this idle connection (a restart, an admin's terminate).
+
+    Between calls nothing is owed to an idle PostgreSQL client, so a socket
+    with anything to read has been hung up on (EOF, or the server's FATAL
+    "terminating connection" before it). One non-blocking poll, no round trip.
+    """
+    if getattr(raw, "closed", False) or getattr(raw, "broken", False):
+        return True
+    try:
+        fileno = raw.fileno()  # type: ignore[attr-defined]
+    except Exception:  # closed under us
+        return True
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def _drop_dead_connection() -> None:
+    if connection.connection is None or connection.vendor != "postgresql":
+        return
+    if connection.in_atomic_block or not _hung_up(connection.connection):
+        return
+    try:
+        connection.close()
+    except Exception:  # closing a dead socket may complain; it is gone either way
+        connection.connection = None
+
+
 def _tidy() -> None:
     if connection.connection is None:
         return
@@ -45,6 +77,7 @@ def _tidy() -> None:
 
 
 def _run(func: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    _drop_dead_connection()
     try:
         return func(*args, **kwargs)
     finally:

@@ -32,7 +32,10 @@ _OPENAI_TYPES = {
     "upstream_error": "upstream_error",
     "upstream_unavailable": "upstream_error",
     "upstream_timeout": "upstream_error",
+    "service_unavailable": "server_error",
 }
+# How long a client should wait before retrying while our database is unreachable.
+DATABASE_RETRY_AFTER_SECONDS = 2
 
 
 class ApiError(Exception):
@@ -91,6 +94,39 @@ def not_found(message: str = "Not found") -> ApiError:
     return ApiError(404, "not_found", message)
 
 
+def database_unavailable() -> ApiError:
+    """Our database is unreachable (restarting, failing over): a 503 to retry, not a 500."""
+    return ApiError(
+        503, "service_unavailable",
+        "The service is temporarily unavailable (its database cannot be reached); retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for the errors of a database that cannot be reached or whose connection broke.
+
+    Django wraps the driver's errors in its own `OperationalError`/`InterfaceError`
+    (a refused connection, a connection the server closed, a pool timeout); a
+    driver error that escaped the wrapping is recognised too. Other database
+    errors (an integrity error, a bad query) are bugs, and stay 500s; so are
+    SQLite's operational errors (`no such table`) other than a busy database.
+    """
+    import sqlite3
+
+    from django.db import InterfaceError, OperationalError
+
+    if isinstance(exc, OperationalError | InterfaceError):
+        if isinstance(exc.__cause__, sqlite3.Error):
+            return "locked" in str(exc) or "unable to open" in str(exc)
+        return True
+    try:
+        import psycopg
+    except ImportError:  # SQLite-only installs
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+
+
 def json_response(
     data: Any, *, status: int = 200, headers: dict[str, str] | None = None
 ) -> HttpResponse:
@@ -127,6 +163,9 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRespon
         return error_response(invalid_request(message, param=param))
     if isinstance(exc, drf.APIException):
         return error_response(ApiError(exc.status_code, "invalid_request", str(exc.detail)))
+    if is_database_outage(exc):
+        logger.warning("management API: database unavailable (%s)", exc)
+        return error_response(database_unavailable())
     logger.exception("unhandled error in management API")
     return error_response(ApiError(500, "server_error", "Internal error (retry safe)"))
 
