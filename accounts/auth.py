@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.utils import timezone
@@ -35,6 +36,9 @@ from accounts.models import APIKey
 from novakit import redis as shared_redis
 from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
+
+if TYPE_CHECKING:
+    from billing.services import ReservationTargets
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _CACHE_MAX_ENTRIES = 10_000
@@ -58,6 +62,9 @@ class KeyContext:
     org_tokens_per_minute: int | None
     expires_at: datetime | None
     revoked_at: datetime | None
+    # The credit account and quotas its reservations hold against, read with
+    # the key (quota changes invalidate the cache: billing/signals.py).
+    reservation_targets: ReservationTargets | None = None
 
     def allows_model(self, model_id: str) -> bool:
         return not self.allowed_models or model_id in self.allowed_models
@@ -91,6 +98,8 @@ def _load_context(key_hash: str, prefix: str) -> KeyContext | None:
     if row is None or not keys.matches_hash(key_hash, row.key_hash):
         return None
     org = row.organization
+    from billing.services import reservation_targets  # billing builds on accounts
+
     return KeyContext(
         key_id=row.id,
         key_prefix=row.prefix,
@@ -106,6 +115,7 @@ def _load_context(key_hash: str, prefix: str) -> KeyContext | None:
         org_tokens_per_minute=org.tokens_per_minute,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
+        reservation_targets=reservation_targets(organization_id=org.id, api_key_id=row.id),
     )
 
 

@@ -10,6 +10,7 @@ Invariants these functions keep, and the tests check:
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,8 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Value
-from django.db.models.functions import Least
+from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization
@@ -268,6 +268,27 @@ def period_end(period: str, start: dt.datetime) -> dt.datetime | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class ReservationTargets:
+    """What a reservation holds against: the credit account and the quotas that apply."""
+
+    account_id: int | None
+    quotas: tuple[Quota, ...]
+
+
+def reservation_targets(*, organization_id: int, api_key_id: int | None) -> ReservationTargets:
+    """Read for each reservation, or once per cached API key by the gateway.
+
+    A cached copy stays right because quota changes invalidate the key cache
+    (billing/signals.py) and an organization's account never changes.
+    """
+    account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
+        "pk", flat=True
+    ).first()
+    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    return ReservationTargets(account_id=account_id, quotas=tuple(quotas))
+
+
 def applicable_quotas(*, organization_id: int, api_key_id: int | None) -> list[Quota]:
     quotas = Quota.objects.filter(organization_id=organization_id, api_key__isnull=True)
     if api_key_id is not None:
@@ -299,36 +320,6 @@ def _hold_counter(quota: Quota, counter_id: int, amount: int) -> None:
             "used", "reserved"
         )[0]
         raise QuotaExceeded(quota.metric, quota.limit - used - reserved)
-
-
-def _release_holds(holds: list[list[int]], *, tokens: int, credits: int) -> int | None:
-    """Give back the holds, count what was used; return the least chat-token room left."""
-    least_room: int | None = None
-    for counter_id, held in holds:
-        counter = (
-            QuotaCounter.objects.select_related("quota")
-            .only("period_start", "quota__metric", "quota__limit", "quota__period",
-                  "quota__organization_id", "quota__api_key_id")
-            .filter(pk=counter_id)
-            .first()
-        )
-        if counter is None:
-            # The quota was removed while the request ran (its counters went
-            # with it): there is nothing to give back or count, and failing
-            # here would leave the request unsettled and unbilled.
-            continue
-        used = tokens if counter.quota.metric == Quota.Metric.CHAT_TOKENS else credits
-        QuotaCounter.objects.filter(pk=counter_id).update(
-            reserved=F("reserved") - held, used=F("used") + used
-        )
-        used_now, reserved_now = QuotaCounter.objects.filter(pk=counter_id).values_list(
-            "used", "reserved"
-        )[0]
-        _announce_quota_crossings(counter, used_before=used_now - used, used_now=used_now)
-        if counter.quota.metric == Quota.Metric.CHAT_TOKENS:
-            room = max(0, counter.quota.limit - used_now - reserved_now)
-            least_room = room if least_room is None else min(least_room, room)
-    return least_room
 
 
 _QUOTA_ALERTS = ((Decimal("0.8"), "quota.80"), (Decimal("1"), "quota.100"))
@@ -394,7 +385,6 @@ def quota_set(
 # --- reservations ------------------------------------------------------------------
 
 
-@transaction.atomic
 def credits_reserve(
     *,
     organization_id: int,
@@ -403,8 +393,13 @@ def credits_reserve(
     amount: int,
     tokens: int,
     now: dt.datetime | None = None,
+    targets: ReservationTargets | None = None,
 ) -> Reservation:
     """Hold the worst-case credits (and quota) for a request before it runs.
+
+    `targets` (the organization's credit account and the quotas that apply)
+    saves their look-up when the caller already knows them: the gateway
+    keeps them with the API key's cached context (`reservation_targets`).
 
     Steps: (1) record the reservation (a second call with the same request id
     gets the first one); (2) hold every applicable quota; (3) hold the credits
@@ -415,11 +410,13 @@ def credits_reserve(
         raise ValueError("a reservation cannot be negative")
     now = now or timezone.now()
     try:
-        # A savepoint: a second call with the same request id (a retry, or a
-        # concurrent twin) fails on the unique request id at its first insert,
-        # rolls back only this, and gets the first reservation below. No
-        # look-up beforehand: request ids are new on the hot path, so that
-        # query would almost always find nothing.
+        # Its own transaction (a savepoint inside a caller's): a second call
+        # with the same request id (a retry, or a concurrent twin) fails on
+        # the unique request id at its first insert, rolls back only this, and
+        # gets the first reservation below. No look-up beforehand: request ids
+        # are new on the hot path, so that query would almost always find
+        # nothing; and no outer transaction, whose savepoint would cost two
+        # more round trips on every request.
         with transaction.atomic():
             return _reserve(
                 organization_id=organization_id,
@@ -428,6 +425,8 @@ def credits_reserve(
                 amount=amount,
                 tokens=tokens,
                 now=now,
+                targets=targets or reservation_targets(
+                    organization_id=organization_id, api_key_id=api_key_id),
             )
     except IntegrityError:
         # Another call with the same request id inserted its reservation first
@@ -455,13 +454,17 @@ def _reserve(
     amount: int,
     tokens: int,
     now: dt.datetime,
+    targets: ReservationTargets,
 ) -> Reservation:
-    account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
-        "pk", flat=True
-    ).first()
+    account_id = targets.account_id
+    if account_id is None:
+        # Perhaps created since the targets were read (a first grant): look again.
+        account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
+            "pk", flat=True
+        ).first()
     if account_id is None:
         raise InsufficientCredits(0)
-    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    quotas = targets.quotas
     counters = [_counter_for(quota, now) for quota in quotas]
     holds = [
         [counter_id, tokens if quota.metric == Quota.Metric.CHAT_TOKENS else amount]
@@ -496,65 +499,181 @@ def _reserve(
     return reservation
 
 
-def _close(
-    *, request_id: str, status: str, credits: int, tokens: int, now: dt.datetime | None = None
-) -> Settlement:
-    """Close an open reservation once: charge up to what it held, give back the rest."""
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """One open reservation to close: how, and what its request used."""
+
+    request_id: str
+    status: str
+    credits: int = 0
+    tokens: int = 0
+
+
+def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = None,
+                       ) -> list[Settlement]:
+    """Close many reservations at once, each exactly once; one Settlement per closing, in order.
+
+    Must run inside the caller's transaction. Each reservation is charged what
+    its request used (at most what it held) and the rest given back, as
+    `credits_settle` does for one; the gateway settles the requests that
+    finish together this way, in one transaction (a group commit).
+
+    Statements: one claims every reservation (an UPDATE ... RETURNING that
+    only matches reservations still open, so a second settle, a release and
+    the expiry job cannot all close one), one per quota counter and one per
+    credit account with the group's deltas summed, one insert of the ledger
+    entries. Row locks are taken in a fixed order (reservations, counters by
+    id, accounts by id), the order reservation takes them too, so concurrent
+    groups wait for each other but never deadlock.
+    """
+    if any(c.credits < 0 or c.tokens < 0 for c in closings):
+        raise ValueError("usage cannot be negative")
+    if not closings:
+        return []
     now = now or timezone.now()
-    # The claim: only one caller can move the reservation out of OPEN. A second
-    # settle, a release racing a settle, or the expiry job all match nothing.
-    claimed = Reservation.objects.filter(
-        request_id=request_id, status=Reservation.Status.OPEN
-    ).update(status=status, charged=Least(Value(max(0, credits)), F("amount")), closed_at=now)
-    if claimed != 1:
-        return _already_closed(request_id)
-    reservation = Reservation.objects.only(
-        "account_id", "api_key_id", "amount", "charged", "quota_holds"
-    ).get(request_id=request_id)
-    charge = reservation.charged or 0
-    least_room = _release_holds(reservation.quota_holds, tokens=tokens, credits=charge)
-    # One statement charges and releases: charge <= amount <= reserved <= balance,
-    # so it can neither overdraw nor break `reserved <= balance`.
-    balance, reserved = _account_apply(
-        account_id=reservation.account_id, balance_delta=-charge, reserved_delta=-reservation.amount
-    )
-    if charge > 0:
-        LedgerEntry.objects.create(
-            account_id=reservation.account_id,
-            kind=Kind.USAGE,
-            amount=-charge,
-            balance_after=balance,
-            reason="chat completion",
-            request_id=request_id,
-            api_key_id=reservation.api_key_id,
-            actor_label="api",
+    claimed = {row.request_id: row for row in _claim(closings, now=now)}
+    fresh = [(c, claimed[c.request_id]) for c in closings if c.request_id in claimed]
+
+    rooms = _release_holds_many(fresh)
+    balances: dict[int, tuple[int, int]] = {}
+    entries: list[LedgerEntry] = []
+    for account_id in sorted({row.account_id for _, row in fresh}):
+        group = [row for _, row in fresh if row.account_id == account_id]
+        charges = sum(row.charged for row in group)
+        # One statement charges and releases: charge <= amount <= reserved <= balance,
+        # so it can neither overdraw nor break `reserved <= balance`.
+        balance, reserved = _add_returning(
+            CreditAccount, account_id, balance=-charges,
+            reserved=-sum(row.amount for row in group),
         )
-    return Settlement(
-        request_id=request_id,
-        status=status,
-        charged=charge,
-        reserved=reservation.amount,
-        available=balance - reserved,
-        quota_tokens_remaining=least_room,
+        balances[account_id] = (balance, reserved)
+        running = balance + charges  # the balance before this group's charges
+        for row in group:
+            if row.charged > 0:
+                running -= row.charged
+                entries.append(LedgerEntry(
+                    account_id=account_id, kind=Kind.USAGE, amount=-row.charged,
+                    balance_after=running, reason="chat completion", request_id=row.request_id,
+                    api_key_id=row.api_key_id, actor_label="api",
+                ))
+    LedgerEntry.objects.bulk_create(entries)
+
+    settlements = []
+    for closing in closings:
+        row = claimed.get(closing.request_id)
+        if row is None:
+            settlements.append(_already_closed(closing.request_id))
+            continue
+        balance, reserved = balances[row.account_id]
+        settlements.append(Settlement(
+            request_id=row.request_id, status=closing.status, charged=row.charged,
+            reserved=row.amount, available=balance - reserved,
+            quota_tokens_remaining=rooms.get(row.request_id),
+        ))
+    return settlements
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    request_id: str
+    account_id: int
+    api_key_id: int | None
+    amount: int
+    charged: int
+    quota_holds: list[list[int]]
+
+
+def _claim(closings: list[Closing], *, now: dt.datetime) -> list[_Claimed]:
+    """Move the still-open reservations among `closings` to their new status, charge capped."""
+    table = connection.ops.quote_name(Reservation._meta.db_table)
+    rows = ", ".join(["(%s, %s, CAST(%s AS bigint))"] * len(closings))
+    params: list[Any] = [value for c in closings
+                         for value in (c.request_id, c.status, max(0, c.credits))]
+    closed_at = Reservation._meta.get_field("closed_at").get_db_prep_value(
+        now, connection, prepared=False)
+    with connection.cursor() as cursor:
+        # Portable SQL (PostgreSQL, and SQLite >= 3.35 for UPDATE ... FROM ... RETURNING).
+        cursor.execute(
+            f"WITH closing (request_id, status, credits) AS (VALUES {rows}) "  # noqa: S608
+            f"UPDATE {table} SET status = closing.status, closed_at = %s, "
+            f"charged = CASE WHEN closing.credits < {table}.amount "
+            f"THEN closing.credits ELSE {table}.amount END "
+            f"FROM closing WHERE {table}.request_id = closing.request_id "
+            f"AND {table}.status = %s "
+            f"RETURNING {table}.request_id, {table}.account_id, {table}.api_key_id, "
+            f"{table}.amount, {table}.charged, {table}.quota_holds",
+            [*params, closed_at, Reservation.Status.OPEN],
+        )
+        found = cursor.fetchall()
+    return [
+        _Claimed(request_id=request_id, account_id=account_id, api_key_id=api_key_id,
+                 amount=amount, charged=charged,
+                 quota_holds=json.loads(holds) if isinstance(holds, str) else holds)
+        for request_id, account_id, api_key_id, amount, charged, holds in found
+    ]
+
+
+def _release_holds_many(fresh: list[tuple[Closing, _Claimed]]) -> dict[str, int | None]:
+    """Give back the quota holds, count what was used; per request, the least chat-token room.
+
+    One UPDATE per counter with the group's sums, counters in id order.
+    """
+    held: dict[int, int] = {}
+    tokens: dict[int, int] = {}
+    credits: dict[int, int] = {}
+    for closing, row in fresh:
+        for counter_id, amount in row.quota_holds:
+            held[counter_id] = held.get(counter_id, 0) + amount
+            tokens[counter_id] = tokens.get(counter_id, 0) + closing.tokens
+            credits[counter_id] = credits.get(counter_id, 0) + row.charged
+    if not held:
+        return {}
+    counters = (
+        QuotaCounter.objects.select_related("quota")
+        .only("period_start", "quota__metric", "quota__limit", "quota__period",
+              "quota__organization_id", "quota__api_key_id")
+        .in_bulk(list(held))
     )
+    room_of: dict[int, int] = {}
+    for counter_id in sorted(held):
+        counter = counters.get(counter_id)
+        if counter is None:
+            # The quota was removed while the request ran (its counters went
+            # with it): there is nothing to give back or count, and failing
+            # here would leave the request unsettled and unbilled.
+            continue
+        is_tokens = counter.quota.metric == Quota.Metric.CHAT_TOKENS
+        used = tokens[counter_id] if is_tokens else credits[counter_id]
+        used_now, reserved_now = _add_returning(
+            QuotaCounter, counter_id, used=used, reserved=-held[counter_id]
+        )
+        _announce_quota_crossings(counter, used_before=used_now - used, used_now=used_now)
+        if is_tokens:
+            room_of[counter_id] = max(0, counter.quota.limit - used_now - reserved_now)
+    rooms: dict[str, int | None] = {}
+    for _, row in fresh:
+        mine = [room_of[counter_id] for counter_id, _ in row.quota_holds if counter_id in room_of]
+        rooms[row.request_id] = min(mine) if mine else None
+    return rooms
 
 
-def _account_apply(*, account_id: int, balance_delta: int, reserved_delta: int) -> tuple[int, int]:
-    """Change an account's balance and reserved credits in one UPDATE ... RETURNING.
+def _add_returning(model: type[Any], pk: int, **deltas: int) -> tuple[int, ...]:
+    """Add to some integer columns of one row in one UPDATE ... RETURNING; their new values.
 
     One round trip instead of an update and a read: the row lock it takes is
     held until commit, and the less happens after it, the less others wait.
     (PostgreSQL and SQLite >= 3.35 both support RETURNING.)
     """
-    table = connection.ops.quote_name(CreditAccount._meta.db_table)
+    quote = connection.ops.quote_name
+    columns = list(deltas)
+    assignments = ", ".join(f"{quote(c)} = {quote(c)} + %s" for c in columns)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET balance = balance + %s, reserved = reserved + %s "  # noqa: S608
-            "WHERE id = %s RETURNING balance, reserved",
-            [balance_delta, reserved_delta, account_id],
+            f"UPDATE {quote(model._meta.db_table)} SET {assignments} "  # noqa: S608
+            f"WHERE id = %s RETURNING {', '.join(quote(c) for c in columns)}",
+            [*deltas.values(), pk],
         )
-        balance, reserved = cursor.fetchone()
-    return balance, reserved
+        return tuple(cursor.fetchone())
 
 
 def _already_closed(request_id: str) -> Settlement:
@@ -586,21 +705,14 @@ def credits_settle(
     """
     if credits < 0 or tokens < 0:
         raise ValueError("usage cannot be negative")
-    return _close(
-        request_id=request_id,
-        status=Reservation.Status.SETTLED,
-        credits=credits,
-        tokens=tokens,
-        now=now,
-    )
+    closing = Closing(request_id, Reservation.Status.SETTLED, credits=credits, tokens=tokens)
+    return credits_close_many([closing], now=now)[0]
 
 
 @transaction.atomic
 def credits_release(*, request_id: str, now: dt.datetime | None = None) -> Settlement:
     """Release a request that produced nothing: no charge, no quota use. Idempotent."""
-    return _close(
-        request_id=request_id, status=Reservation.Status.RELEASED, credits=0, tokens=0, now=now
-    )
+    return credits_close_many([Closing(request_id, Reservation.Status.RELEASED)], now=now)[0]
 
 
 def reservations_expire(*, now: dt.datetime | None = None, batch_size: int = 500) -> int:
@@ -618,13 +730,9 @@ def reservations_expire(*, now: dt.datetime | None = None, batch_size: int = 500
     )
     for request_id in stale:
         with transaction.atomic():
-            outcome = _close(
-                request_id=request_id,
-                status=Reservation.Status.EXPIRED,
-                credits=0,
-                tokens=0,
-                now=now,
-            )
+            outcome = credits_close_many(
+                [Closing(request_id, Reservation.Status.EXPIRED)], now=now
+            )[0]
         if not outcome.already_closed:
             expired += 1
     return expired

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from django.conf import settings
 from django.http import HttpResponse, StreamingHttpResponse
 
 from accounts.auth import KeyContext
@@ -39,11 +40,19 @@ from completions.services import (
     request_settle_retrying,
     tokens_remaining_estimate,
 )
+from completions.settling import settle_in_group
 from completions.tokens import count_text, estimate_prompt_tokens
 from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
 from novakit import metrics
 from novakit.db import db_async
-from novakit.errors import ApiError, error_body, forbidden, invalid_request, json_response
+from novakit.errors import (
+    ApiError,
+    error_body,
+    forbidden,
+    invalid_request,
+    is_database_outage,
+    json_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,9 @@ _OPENAI_USAGE_FIELDS = {
 # Settlements still running; held so the event loop does not drop them, and
 # so a graceful shutdown can wait for them.
 pending_settlements: set[asyncio.Task[Any]] = set()
+# A settlement the database was down for is tried again after these waits (doubling).
+SETTLE_LATER_FIRST_DELAY = 0.5
+SETTLE_LATER_MAX_DELAY = 5.0
 
 
 @dataclass
@@ -249,6 +261,7 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
         request_id=admitted.request_id,
         amount=admitted.reserved.total,
         tokens=tokens,
+        targets=admitted.key.reservation_targets,
     ))
     try:
         await asyncio.shield(task)
@@ -297,7 +310,12 @@ def _note_failure(admitted: Admitted, route: Route, exc: UpstreamFailure, *,
 
 async def _settle(outcome: RequestOutcome) -> Settlement:
     try:
-        settlement = await db_async(request_settle_retrying)(outcome=outcome)
+        try:
+            settlement = await settle_in_group(outcome)
+        except Exception as exc:
+            if is_database_outage(exc):
+                _settle_when_back(outcome)
+            raise
         if not settlement.already_closed:
             metrics.record_outcome(outcome, charged=settlement.charged)
         return settlement
@@ -305,6 +323,42 @@ async def _settle(outcome: RequestOutcome) -> Settlement:
         # The request is over: free its concurrency slot, correct its tokens to the usage.
         await rate_limit_release(request_id=outcome.request_id,
                                  tokens_used=outcome.prompt_tokens + outcome.completion_tokens)
+
+
+def _settle_when_back(outcome: RequestOutcome) -> None:
+    """Keep trying a settlement the database was down for, in the background.
+
+    The answer may already have gone out: leaving the reservation to the expiry
+    job would release it without charge and without a usage record. Retried
+    with backoff until it settles or the reservation's TTL has passed (then the
+    expiry job has closed it, and a late settlement would be a no-op anyway).
+    Settlement is idempotent by request id, so a retry never charges twice.
+    """
+    task = asyncio.ensure_future(_settle_retrying_until_back(outcome))
+    pending_settlements.add(task)
+    task.add_done_callback(pending_settlements.discard)
+
+
+async def _settle_retrying_until_back(outcome: RequestOutcome) -> None:
+    deadline = time.monotonic() + settings.RESERVATION_TTL_SECONDS
+    delay = SETTLE_LATER_FIRST_DELAY
+    logger.warning("settling %s waits for the database to come back", outcome.request_id)
+    while time.monotonic() + delay < deadline:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, SETTLE_LATER_MAX_DELAY)
+        try:
+            settlement = await db_async(request_settle_retrying)(outcome=outcome)
+        except Exception as exc:
+            if is_database_outage(exc):
+                continue
+            logger.exception("settlement failed for %s", outcome.request_id)
+            return
+        if not settlement.already_closed:
+            metrics.record_outcome(outcome, charged=settlement.charged)
+        logger.info("settled %s once the database was back", outcome.request_id)
+        return
+    logger.error("gave up settling %s: the expiry job releases its reservation",
+                 outcome.request_id)
 
 
 def _price(admitted: Admitted, prompt_tokens: int, completion_tokens: int) -> Price:

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from billing.models import Reservation
 from billing.pricing import Price, tokens_affordable
-from billing.services import Settlement, credits_release, credits_settle
+from billing.services import Closing, Settlement, credits_close_many
 from completions.models import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -48,69 +49,87 @@ class RequestOutcome:
 
 
 @transaction.atomic
-def request_settle(*, outcome: RequestOutcome) -> Settlement:
-    """Charge (or release) the reservation and write the one usage record, in one transaction.
+def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
+    """Charge (or release) each request's reservation and write its one usage record.
 
-    Idempotent by request id: the billing service settles at most once, and
-    the usage record's unique request id makes a second write a no-op.
+    All of it in one transaction, for one request or for the group the gateway
+    settles together. Idempotent by request id: the billing service closes a
+    reservation at most once, and a request it had already closed gets no
+    second usage record (the record's unique request id backs that up).
     """
-    if outcome.release:
-        settlement = credits_release(request_id=outcome.request_id)
-    else:
-        settlement = credits_settle(
-            request_id=outcome.request_id,
-            credits=outcome.price.total,
-            tokens=outcome.prompt_tokens + outcome.completion_tokens,
+    closings = [
+        Closing(outcome.request_id, Reservation.Status.RELEASED) if outcome.release
+        else Closing(outcome.request_id, Reservation.Status.SETTLED,
+                     credits=outcome.price.total,
+                     tokens=outcome.prompt_tokens + outcome.completion_tokens)
+        for outcome in outcomes
+    ]
+    now = timezone.now()
+    with transaction.atomic():
+        settlements = credits_close_many(closings, now=now)
+        UsageRecord.objects.bulk_create(
+            [_usage_record(outcome, settlement, now=now)
+             for outcome, settlement in zip(outcomes, settlements, strict=True)
+             if not settlement.already_closed],
+            ignore_conflicts=True,
         )
-    if settlement.already_closed:
-        return settlement
-    breakdown = charged_breakdown(outcome.price, settlement.charged)
-    try:
-        with transaction.atomic():
-            UsageRecord.objects.create(
-                request_id=outcome.request_id,
-                organization_id=outcome.organization_id,
-                api_key_id=outcome.api_key_id,
-                end_user=outcome.end_user,
-                model=outcome.model,
-                provider=outcome.provider,
-                multiplier=outcome.multiplier,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                credits=settlement.charged,
-                credits_breakdown=breakdown,
-                credits_reserved=outcome.credits_reserved,
-                status=outcome.status,
-                http_status=outcome.http_status,
-                error_code=outcome.error_code,
-                streamed=outcome.streamed,
-                usage_source=outcome.usage_source,
-                prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
-                completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,
-                latency_ms=outcome.latency_ms,
-                ttft_ms=outcome.ttft_ms,
-                started_at=timezone.now() - dt.timedelta(milliseconds=outcome.latency_ms),
-            )
-    except IntegrityError:
-        pass  # already written by an earlier settlement of this request
-    return settlement
+    return settlements
 
 
-def request_settle_retrying(*, outcome: RequestOutcome) -> Settlement:
-    """`request_settle`, tried again after a database error (a dropped connection, a deadlock).
+def _usage_record(outcome: RequestOutcome, settlement: Settlement, *, now: dt.datetime,
+                  ) -> UsageRecord:
+    return UsageRecord(
+        request_id=outcome.request_id,
+        organization_id=outcome.organization_id,
+        api_key_id=outcome.api_key_id,
+        end_user=outcome.end_user,
+        model=outcome.model,
+        provider=outcome.provider,
+        multiplier=outcome.multiplier,
+        prompt_tokens=outcome.prompt_tokens,
+        completion_tokens=outcome.completion_tokens,
+        credits=settlement.charged,
+        credits_breakdown=charged_breakdown(outcome.price, settlement.charged),
+        credits_reserved=outcome.credits_reserved,
+        status=outcome.status,
+        http_status=outcome.http_status,
+        error_code=outcome.error_code,
+        streamed=outcome.streamed,
+        usage_source=outcome.usage_source,
+        prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
+        completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,
+        latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+        started_at=now - dt.timedelta(milliseconds=outcome.latency_ms),
+    )
+
+
+def request_settle(*, outcome: RequestOutcome) -> Settlement:
+    """Settle one request (see `requests_settle`)."""
+    return requests_settle(outcomes=[outcome])[0]
+
+
+def requests_settle_retrying(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
+    """`requests_settle`, tried again after a database error (a dropped connection, a deadlock).
 
     Safe because settlement is one transaction and idempotent: an attempt that
     did commit before its error makes the next one a no-op, never a second charge.
-    A settlement that still fails leaves the reservation to the expiry job.
+    A settlement that still fails leaves the reservations to the expiry job.
     """
     for delay in SETTLE_RETRY_DELAYS:
         try:
-            return request_settle(outcome=outcome)
+            return requests_settle(outcomes=outcomes)
         except (OperationalError, InterfaceError):
-            logger.warning("settling %s failed; retrying", outcome.request_id, exc_info=True)
+            logger.warning("settling %s failed; retrying",
+                           ", ".join(o.request_id for o in outcomes), exc_info=True)
             connection.close()  # never retry on a connection that may be broken
             time.sleep(delay)
-    return request_settle(outcome=outcome)
+    return requests_settle(outcomes=outcomes)
+
+
+def request_settle_retrying(*, outcome: RequestOutcome) -> Settlement:
+    """Settle one request, retrying after a database error (see `requests_settle_retrying`)."""
+    return requests_settle_retrying(outcomes=[outcome])[0]
 
 
 def charged_breakdown(price: Price, charged: int) -> dict[str, int]:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 from django.conf import settings
@@ -36,6 +37,18 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         # For counting and logs: timeout, connect, http_429, http_5xx, malformed, ...
         self.kind = kind
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a failed attempt timed out (504) rather than lost its connection (503/502).
+
+    The aiohttp transport (httpx-aiohttp 0.2) reports every aiohttp connection
+    error as `httpx.ConnectTimeout`, a refused connection and a server that
+    hung up included; the aiohttp error it came from tells them apart.
+    """
+    cause = exc.__cause__
+    return not (isinstance(cause, aiohttp.ClientConnectionError)
+                and not isinstance(cause, TimeoutError))
 
 
 def _timeout_failure(provider: str, what: str) -> UpstreamFailure:
@@ -162,8 +175,10 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
                 f"{route.base_url}/chat/completions", content=orjson.dumps(payload),
                 headers=_headers(route), timeout=_timeout(),
             )
-    except (TimeoutError, httpx.TimeoutException):
-        raise _timeout_failure(route.provider, "no response") from None
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        if _timed_out(exc):
+            raise _timeout_failure(route.provider, "no response") from None
+        raise _connect_failure(route.provider) from None
     except httpx.TransportError:
         raise _connect_failure(route.provider) from None
     except httpx.HTTPError:  # a body that cannot be decoded (bad gzip, bad charset)
@@ -232,8 +247,13 @@ async def _sse_events(response: httpx.Response, provider: str) -> AsyncIterator[
             if not isinstance(event, dict) or not _well_formed(event, "delta"):
                 raise _malformed(provider, "stream event")
             yield event
-    except httpx.TimeoutException:
-        raise _timeout_failure(provider, "gap between chunks") from None
+    except httpx.TimeoutException as exc:
+        if _timed_out(exc):
+            raise _timeout_failure(provider, "gap between chunks") from None
+        raise UpstreamFailure(
+            502, "upstream_error", f"Provider '{provider}' closed the stream early",
+            retryable=True, kind="stream_cut",
+        ) from None
     except httpx.HTTPError:  # the connection dropped, or a body that cannot be decoded
         raise UpstreamFailure(
             502, "upstream_error", f"Provider '{provider}' closed the stream early",
@@ -275,10 +295,12 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
         if response is not None:
             await response.aclose()
         raise
-    except (TimeoutError, httpx.TimeoutException):
+    except (TimeoutError, httpx.TimeoutException) as exc:
         if response is not None:
             await response.aclose()
-        raise _timeout_failure(route.provider, "no first byte") from None
+        if _timed_out(exc):
+            raise _timeout_failure(route.provider, "no first byte") from None
+        raise _connect_failure(route.provider) from None
     except httpx.TransportError:
         if response is not None:
             await response.aclose()

@@ -202,7 +202,9 @@ SPECTACULAR_SETTINGS = {
 
 
 # "httpx" (httpx's own transport) or "aiohttp" (httpx-aiohttp, same httpx API);
-# bench/ measures both, see bench/results/REPORT.md.
+# bench/ measures both, see bench/results/REPORT.md. aiohttp costs less CPU but
+# discards chunks it had already received when an upstream cuts a stream
+# (tests/completions/test_billing_paths.py caught it), so httpx stays the default.
 UPSTREAM_TRANSPORT = env_str("UPSTREAM_TRANSPORT", "httpx")
 if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
     raise ImproperlyConfigured(
@@ -259,7 +261,7 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 
 # Static files are served by the app itself (WhiteNoise), compressed and cached.
-MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+MIDDLEWARE.insert(1, "novakit.static.StaticFilesMiddleware")
 MIDDLEWARE.insert(0, "novakit.observability.RequestIdMiddleware")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -1,0 +1,113 @@
+"""Profile NovaKit's hot path: one gateway worker, one load, CPU and SQL per request.
+
+    .venv/bin/python bench/profile.py                       # c=8, 10 s, non-streaming
+    .venv/bin/python bench/profile.py --concurrency 1 --py-spy /tmp/profile.svg
+
+A working tool for the #9 optimisation loop, not part of `make bench`: it sets
+up the benchmark's database the same way (bench/run.py), starts ONE uvicorn
+worker (so py-spy sees one process), drives it with the harness's load
+generator and prints requests/s, gateway CPU ms per request and, from
+PostgreSQL's own statistics, transactions and rows touched per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run as harness
+
+
+def pg_counters(db_name: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_fetched "
+            "FROM pg_stat_database WHERE datname = %s", [db_name]).fetchone()
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+    names = ("commits", "rollbacks", "inserted", "updated", "fetched")
+    return dict(zip(names, row or (0,) * 5, strict=True))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--mode", default="chat", choices=["chat", "stream"])
+    parser.add_argument("--db-name", default="novakit_profile")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
+    parser.add_argument("--py-spy", metavar="OUT",
+                        help="record a flame graph (.svg) or collapsed stacks (.txt) meanwhile")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment for the gateway")
+    args = parser.parse_args()
+
+    raw_dir = Path(tempfile.mkdtemp(prefix="novakit-profile-"))
+    servers: list[harness.Server] = []
+    try:
+        fake_port = harness.free_port()
+        fake = harness.start("fake-upstream", [str(harness.VENV_PYTHON),
+                                               str(harness.BENCH / "fake_upstream.py"),
+                                               "--port", str(fake_port)], dict(os.environ), raw_dir)
+        servers.append(fake)
+        fake_url = f"http://{harness.HOST}:{fake_port}/v1"
+        harness.wait_until_up(fake, fake_url, timeout=30)
+        env, _ = harness.novakit_env(fake_url, args.db_name, args.redis_url)
+        env.update(dict(item.split("=", 1) for item in args.env))
+        harness.flush_redis(args.redis_url)
+        _, secret = harness.recreate_database(args.db_name, env)
+        port = harness.free_port()
+        gateway = harness.start("novakit", [
+            str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
+            "--host", harness.HOST, "--port", str(port), "--no-access-log",
+            *harness.uvicorn_speedups()], env, raw_dir)
+        servers.append(gateway)
+        url = f"http://{harness.HOST}:{port}/api/v1/chat/completions"
+        target = harness.Target(name="novakit", label="NovaKit", url=url, key=secret,
+                                server=gateway, notes=[])
+        harness.wait_until_up(gateway, f"http://{harness.HOST}:{port}/healthz", timeout=60)
+        harness.check_answers(target)
+        # Warm up: connections, caches, the tokenizer.
+        harness.run_load(target, mode=args.mode, concurrency=args.concurrency, duration=2,
+                         expected_chunks=32, raw_dir=raw_dir, tag="warm-up")
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen([str(harness.ROOT / ".venv" / "bin" / "py-spy"), "record",  # noqa: S603
+                                    "--pid", str(gateway.process.pid), "--output", args.py_spy,
+                                    "--duration", str(int(args.duration)), "--rate", "250",
+                                    "--gil", "--format", "raw" if args.py_spy.endswith(".txt")
+                                    else "flamegraph"], stdout=subprocess.DEVNULL)
+        before = pg_counters(args.db_name)
+        result = harness.run_load(target, mode=args.mode, concurrency=args.concurrency,
+                                  duration=args.duration, expected_chunks=32, raw_dir=raw_dir,
+                                  tag="profile")
+        after = pg_counters(args.db_name)
+        if spy is not None:
+            spy.wait(timeout=args.duration + 60)
+        ok = result["ok"] or 1
+        per_request = {name: round((after[name] - before[name]) / ok, 2) for name in before}
+        print(json.dumps({
+            "concurrency": args.concurrency, "ok": result["ok"], "errors": result["errors"],
+            "req_per_s": result.get("rps"), "latency_ms": result.get("latency_ms"),
+            "cpu_ms_per_request": result.get("cpu_ms_per_request"),
+            "postgres_per_request": per_request,
+        }, indent=2))
+        errors = harness.server_errors(gateway)
+        if errors:
+            print("gateway errors:", errors[:3])
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

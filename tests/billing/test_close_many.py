@@ -1,0 +1,82 @@
+"""Closing many reservations in one transaction keeps the same books as closing them one by one."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import transaction
+from django.db.models import Sum
+
+from billing.models import LedgerEntry, Quota, QuotaCounter, Reservation
+from billing.services import (
+    Closing,
+    credits_close_many,
+    credits_grant,
+    credits_reserve,
+    credits_settle,
+    quota_set,
+)
+
+pytestmark = pytest.mark.django_db
+NOW = dt.datetime(2031, 3, 10, 12, 0, tzinfo=dt.UTC)
+SETTLED, RELEASED = Reservation.Status.SETTLED, Reservation.Status.RELEASED
+
+
+def reserve(tenant, request_id: str, *, amount: int, tokens: int, key=None):  # type: ignore[no-untyped-def]
+    return credits_reserve(organization_id=tenant.org.pk,
+                           api_key_id=key.pk if key is not None else None,
+                           request_id=request_id, amount=amount, tokens=tokens, now=NOW)
+
+
+def test_given_a_group_of_closings_then_each_is_charged_capped_released_or_reported_once(tenant):
+    credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
+    balance = tenant.refresh_account().balance
+    quota_set(organization=tenant.org, limit=10_000)
+    quota_set(organization=tenant.org, limit=500, metric=Quota.Metric.CREDITS,
+              api_key_id=tenant.key.pk)
+    for name, amount in (("a", 100), ("b", 100), ("c", 50), ("d", 70)):
+        reserve(tenant, name, amount=amount, tokens=1_000, key=tenant.key)
+    credits_settle(request_id="d", credits=20, tokens=300)  # closed before the group
+
+    with transaction.atomic():
+        settled = credits_close_many([
+            Closing("a", SETTLED, credits=40, tokens=400),
+            Closing("b", SETTLED, credits=250, tokens=900),  # more than held: capped at 100
+            Closing("c", RELEASED),
+            Closing("d", SETTLED, credits=99, tokens=999),  # already closed: reported, not redone
+        ], now=NOW)
+
+    assert [(s.request_id, s.status, s.charged, s.reserved, s.already_closed) for s in settled] == [
+        ("a", SETTLED, 40, 100, False), ("b", SETTLED, 100, 100, False),
+        ("c", RELEASED, 0, 50, False), ("d", SETTLED, 20, 70, True)]
+    account = tenant.refresh_account()
+    assert account.balance == balance - 40 - 100 - 20
+    assert account.reserved == 0
+    assert settled[0].available == settled[1].available == account.balance
+    # One entry per charged request, each balance_after one step of a single running balance.
+    entries = list(LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
+                   .order_by("pk").values_list("request_id", "amount", "balance_after"))
+    assert entries == [("d", -20, balance - 20), ("a", -40, balance - 60),
+                       ("b", -100, balance - 160)]
+    assert LedgerEntry.objects.filter(account=account).aggregate(s=Sum("amount"))["s"] == (
+        account.balance)
+    # The quotas counted what was used (tokens; credits) and hold nothing any more.
+    tokens = QuotaCounter.objects.get(quota__metric=Quota.Metric.CHAT_TOKENS)
+    credits = QuotaCounter.objects.get(quota__metric=Quota.Metric.CREDITS)
+    assert (tokens.used, tokens.reserved) == (300 + 400 + 900, 0)
+    assert (credits.used, credits.reserved) == (20 + 40 + 100, 0)
+    assert settled[0].quota_tokens_remaining == 10_000 - 1_600
+    assert not Reservation.objects.filter(status=Reservation.Status.OPEN).exists()
+
+
+def test_given_an_unknown_request_in_a_group_then_nothing_of_the_group_is_written(tenant):
+    credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
+    reserve(tenant, "known", amount=100, tokens=10)
+
+    with pytest.raises(LookupError), transaction.atomic():
+        credits_close_many([Closing("known", SETTLED, credits=10, tokens=10),
+                            Closing("never-reserved", SETTLED, credits=10, tokens=10)], now=NOW)
+
+    assert Reservation.objects.get(request_id="known").status == Reservation.Status.OPEN
+    assert tenant.refresh_account().reserved == 100
