@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import services
-from accounts.drf import Caller, caller_for, request_actor
+from accounts.drf import Caller, caller_for, data_list, request_actor
 from accounts.models import APIKey, Membership, Organization
 from accounts.scopes import ALL_SCOPES, KEYS_WRITE
 from billing.models import Quota
@@ -27,7 +27,9 @@ KEY_MANAGERS = (*MANAGERS, Membership.Role.DEVELOPER)
 
 
 class APIKeySerializer(serializers.ModelSerializer):
-    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True)
+    # None for keys an API key created: there is no user behind them.
+    created_by = serializers.CharField(source="created_by.username", default=None, read_only=True,
+                                       allow_null=True)
     credit_cap = serializers.SerializerMethodField()
 
     class Meta:
@@ -39,6 +41,31 @@ class APIKeySerializer(serializers.ModelSerializer):
     def get_credit_cap(self, key: APIKey) -> int | None:
         quota = next((q for q in key.quotas.all() if q.metric == Quota.Metric.CREDITS), None)
         return quota.limit if quota else None
+
+
+class APIKeyCreatedSerializer(APIKeySerializer):
+    """A key as just created: the one answer that carries its secret."""
+
+    secret = serializers.CharField(read_only=True,
+                                   help_text="shown this once; only its hash is stored")
+
+    class Meta(APIKeySerializer.Meta):
+        fields = [*APIKeySerializer.Meta.fields, "secret"]
+
+
+class ReplacedKeySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    prefix = serializers.CharField()
+    stops_working_at = serializers.DateTimeField(allow_null=True)
+
+
+class APIKeyRotatedSerializer(APIKeyCreatedSerializer):
+    """The new key of a rotation, with its secret and the key it replaces."""
+
+    replaces = ReplacedKeySerializer(read_only=True)
+
+    class Meta(APIKeySerializer.Meta):
+        fields = [*APIKeyCreatedSerializer.Meta.fields, "replaces"]
 
 
 class APIKeyWriteSerializer(serializers.Serializer):
@@ -54,6 +81,11 @@ class APIKeyWriteSerializer(serializers.Serializer):
     credit_cap = serializers.IntegerField(min_value=0, allow_null=True, required=False,
                                           help_text="credits this key may spend per month")
     expires_at = serializers.DateTimeField(allow_null=True, required=False)
+
+
+class RevokeSerializer(serializers.Serializer):
+    reason = serializers.CharField(default="", allow_blank=True,
+                                   help_text="kept in the audit log (its first 500 characters)")
 
 
 class RotateSerializer(serializers.Serializer):
@@ -88,11 +120,12 @@ def _keys(caller: Caller):  # type: ignore[no-untyped-def]
         "created_by").prefetch_related("quotas")
 
 
-@extend_schema(
-    request=APIKeyWriteSerializer,
-    responses={200: APIKeySerializer(many=True), 201: APIKeySerializer},
-    summary="List or create API keys",
-)
+# `operation_id` keeps the id a list of `many=True` had (`keys_list`); the envelope hides
+# from drf-spectacular that this is a list.
+@extend_schema(methods=["GET"], operation_id="keys_list", responses=data_list(APIKeySerializer),
+               summary="List API keys")
+@extend_schema(methods=["POST"], request=APIKeyWriteSerializer,
+               responses={201: APIKeyCreatedSerializer}, summary="Create an API key")
 @api_view(["GET", "POST"])
 def keys(request: Request) -> Response:
     caller = _key_manager(request)
@@ -148,19 +181,23 @@ def key_detail(request: Request, key_id: int) -> Response:
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 
-@extend_schema(request=None, responses={200: APIKeySerializer}, summary="Revoke an API key")
+@extend_schema(request=RevokeSerializer, responses={200: APIKeySerializer},
+               summary="Revoke an API key")
 @api_view(["POST"])
 def key_revoke(request: Request, key_id: int) -> Response:
     caller = _key_manager(request)
     key = get_object_or_404(_keys(caller).select_related("organization"), pk=key_id)
+    # Parsed, not `request.data.get(...)`: a JSON body that is not an object has no `.get`.
+    payload = RevokeSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
     services.api_key_revoke(key=key, actor=request_actor(request), actor_label=_actor_label(caller),
-                            reason=str(request.data.get("reason", ""))[:500])
+                            reason=payload.validated_data["reason"][:500])
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 
 @extend_schema(
     request=RotateSerializer,
-    responses={201: APIKeySerializer},
+    responses={201: APIKeyRotatedSerializer},
     summary="Rotate an API key",
 )
 @api_view(["POST"])
@@ -230,11 +267,10 @@ def _members(caller: Caller):  # type: ignore[no-untyped-def]
     return Membership.objects.filter(organization_id=caller.organization_id).select_related("user")
 
 
-@extend_schema(
-    request=InviteSerializer,
-    responses={200: MemberSerializer(many=True), 201: MemberSerializer},
-    summary="List or invite members",
-)
+@extend_schema(methods=["GET"], operation_id="members_list",
+               responses=data_list(MemberSerializer), summary="List members")
+@extend_schema(methods=["POST"], request=InviteSerializer, responses={201: MemberSerializer},
+               summary="Invite a member")
 @api_view(["GET", "POST"])
 def members(request: Request) -> Response:
     if request.method == "GET":

@@ -1,10 +1,13 @@
-"""The management API's caller: an API key (automation) or a signed-in member (the portal)."""
+"""The management API's caller: an API key (automation) or a signed-in member (the portal),
+and the schema helper its list endpoints share."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import inline_serializer
+from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -74,6 +77,15 @@ def caller_for(request: Request, *, scope: str) -> Caller:
 def request_actor(request: Request) -> object | None:
     """The signed-in user behind a management request, or None when an API key made it."""
     return request.user if getattr(request.user, "pk", None) else None
+
+
+def data_list(serializer_class: type[serializers.Serializer]) -> serializers.Serializer:
+    """The schema of a `{"data": [...]}` answer, the envelope the unpaginated lists use.
+
+    For `@extend_schema(responses=...)` only; the views build the dict themselves.
+    """
+    name = serializer_class.__name__.removesuffix("Serializer")
+    return inline_serializer(f"{name}List", fields={"data": serializer_class(many=True)})
 
 
 class IsCaller(BasePermission):

@@ -10,7 +10,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import webhooks
-from accounts.drf import Caller, caller_for, request_actor
+from accounts.drf import Caller, caller_for, data_list, request_actor
 from accounts.models import Membership, Organization, WebhookDelivery, WebhookEndpoint
 from accounts.scopes import KEYS_WRITE
 from novakit.errors import forbidden, invalid_request
@@ -20,6 +20,16 @@ class EndpointSerializer(serializers.ModelSerializer):
     class Meta:
         model = WebhookEndpoint
         fields = ["id", "url", "events", "is_active", "created_at"]
+
+
+class EndpointCreatedSerializer(EndpointSerializer):
+    """An endpoint as just registered: the one answer that carries its signing secret."""
+
+    secret = serializers.CharField(read_only=True,
+                                   help_text="shown once; the receiver verifies signatures with it")
+
+    class Meta(EndpointSerializer.Meta):
+        fields = [*EndpointSerializer.Meta.fields, "secret"]
 
 
 class EndpointWriteSerializer(serializers.Serializer):
@@ -48,11 +58,11 @@ def _endpoints(caller: Caller):  # type: ignore[no-untyped-def]
     return WebhookEndpoint.objects.filter(organization_id=caller.organization_id)
 
 
-@extend_schema(
-    request=EndpointWriteSerializer,
-    responses={200: EndpointSerializer(many=True), 201: EndpointSerializer},
-    summary="List or register webhook endpoints",
-)
+# `operation_id`s keep the ids of the `many=True` lists (the envelope hides that they list).
+@extend_schema(methods=["GET"], operation_id="webhooks_list",
+               responses=data_list(EndpointSerializer), summary="List webhook endpoints")
+@extend_schema(methods=["POST"], request=EndpointWriteSerializer,
+               responses={201: EndpointCreatedSerializer}, summary="Register a webhook endpoint")
 @api_view(["GET", "POST"])
 def endpoints(request: Request) -> Response:
     caller = _manager(request)
@@ -84,7 +94,8 @@ def endpoint_detail(request: Request, endpoint_id: int) -> Response:
     return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-@extend_schema(responses={200: DeliverySerializer(many=True)},
+@extend_schema(responses={200: data_list(DeliverySerializer)},
+               operation_id="webhooks_deliveries_list",
                summary="Recent delivery attempts of an endpoint")
 @api_view(["GET"])
 def endpoint_deliveries(request: Request, endpoint_id: int) -> Response:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.decorators import api_view
 from rest_framework.pagination import PageNumberPagination
@@ -16,7 +17,8 @@ from billing.models import LedgerEntry
 
 
 class LedgerEntrySerializer(serializers.ModelSerializer):
-    api_key_prefix = serializers.CharField(source="api_key.prefix", default=None)
+    # None for entries no key caused (grants, purchases, adjustments).
+    api_key_prefix = serializers.CharField(source="api_key.prefix", default=None, allow_null=True)
 
     class Meta:
         model = LedgerEntry
@@ -51,7 +53,22 @@ def credits(request: Request) -> Response:
     return Response(selectors.credit_summary(organization_id=caller.organization_id))
 
 
-@extend_schema(responses={200: LedgerEntrySerializer(many=True)}, summary="Ledger, newest first")
+# What `PageNumberPagination.get_paginated_response` answers. A function view has no
+# `pagination_class` for drf-spectacular to find, so the page is described here.
+PAGINATED_LEDGER = inline_serializer("PaginatedLedgerEntryList", fields={
+    "count": serializers.IntegerField(),
+    "next": serializers.URLField(allow_null=True),
+    "previous": serializers.URLField(allow_null=True),
+    "results": LedgerEntrySerializer(many=True),
+})
+
+
+@extend_schema(
+    parameters=[OpenApiParameter("page", OpenApiTypes.INT, description="page number, from 1")],
+    responses={200: PAGINATED_LEDGER},
+    operation_id="credits_ledger_list",  # as drf-spectacular names a paginated list
+    summary="Ledger, newest first",
+)
 @api_view(["GET"])
 def ledger(request: Request) -> Response:
     caller = caller_for(request, scope=BILLING_READ)
