@@ -182,6 +182,8 @@ class Lease:
     key_id: int
     limits: Limits
     tokens: int
+    # A look only (quotes): decide as `acquire` would, take nothing.
+    dry: bool = False
 
     def cell_names(self) -> tuple[str, str, str, str, str]:
         # One hash tag per organization: a request's keys share a Redis Cluster slot.
@@ -280,7 +282,7 @@ class LocalLimiter:
                 refused = refused or 5
                 retry = max(retry, _CONCURRENCY_RETRY_MS)
             levels = current if refused else taken
-            if not refused:
+            if not refused and not lease.dry:
                 for index, level in enumerate(levels):
                     if level is not None:
                         self._tat[names[index]] = level
@@ -322,7 +324,8 @@ class LocalLimiter:
 # --- Redis backend -------------------------------------------------------------------------
 
 # KEYS: key rpm, key tpm, org rpm, org tpm (TAT cells), key slots (sorted set).
-# ARGV: the four limits, concurrency limit, tokens, request id, lease ms, window ms.
+# ARGV: the four limits, concurrency limit, tokens, request id, lease ms, window ms,
+# concurrency retry ms, dry ("1": decide only, write nothing).
 # Returns: refused cell (0 = allowed, 5 = concurrency), retry ms, then per cell
 # the microseconds its TAT lies ahead of now (-1: no such limit).
 _ACQUIRE = """
@@ -330,6 +333,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local tokens = tonumber(ARGV[6])
 local window = tonumber(ARGV[9])
+local take = ARGV[11] ~= '1'
 local costs = {1, tokens, 1, tokens}
 local current, taken = {}, {}
 local refused, retry = 0, 0
@@ -363,12 +367,14 @@ for i = 1, 4 do
   else
     if refused == 0 then
       level = taken[i]
+    end
+    if refused == 0 and take then
       redis.call('SET', KEYS[i], string.format('%.4f', level), 'PX', math.ceil(level - now) + 1000)
     end
     table.insert(out, math.floor((level - now) * 1000))
   end
 end
-if refused == 0 and slots > 0 then
+if refused == 0 and take and slots > 0 then
   local lease = tonumber(ARGV[8])
   redis.call('ZADD', KEYS[5], now + lease, ARGV[7])
   redis.call('PEXPIRE', KEYS[5], lease)
@@ -420,7 +426,7 @@ class RedisLimiter:
         raw = await _evaluate(client, _ACQUIRE, list(names), [
             *limits.per_minute(), limits.key_concurrency, lease.tokens, lease.request_id,
             settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS * 1000, WINDOW_MS,
-            _CONCURRENCY_RETRY_MS,
+            _CONCURRENCY_RETRY_MS, "1" if lease.dry else "0",
         ])
         values = [int(value) for value in raw]  # type: ignore[attr-defined]
         used: list[float | None] = [None if micros < 0 else micros / 1000 for micros in values[2:6]]
@@ -447,15 +453,16 @@ _pending: set[asyncio.Task[None]] = set()
 
 
 def _refusal(decision: Decision, limits: Limits) -> ApiError:
+    RATE_LIMIT_REFUSALS.labels(_REFUSAL_LABELS[decision.refused_by]).inc()
+    return ApiError(429, "rate_limited", refusal_message(decision, limits),
+                    headers=decision.headers())
+
+
+def refusal_message(decision: Decision, limits: Limits) -> str:
     what = _REFUSALS[decision.refused_by]
     limit = (*limits.per_minute(), limits.key_concurrency)[decision.refused_by - 1]
     seconds = math.ceil(max(1, decision.retry_after_ms) / 1000)
-    RATE_LIMIT_REFUSALS.labels(_REFUSAL_LABELS[decision.refused_by]).inc()
-    return ApiError(
-        429, "rate_limited",
-        f"Rate limit reached for {what} (limit {limit}). Retry after {seconds}s.",
-        headers=decision.headers(),
-    )
+    return f"Rate limit reached for {what} (limit {limit}). Retry after {seconds}s."
 
 
 def _check_fits(limits: Limits, tokens: int) -> None:
@@ -587,7 +594,18 @@ def local_reset() -> None:
     _last_fail_open_warning = -_FAIL_OPEN_WARNING_SECONDS
 
 
-def rate_limit_fits(*, key: KeyContext, tokens: int) -> None:
-    """Raise the 400 a request gets when it is larger than a whole minute of tokens (quotes)."""
-    if settings.RATE_LIMIT_ENABLED:
-        _check_fits(Limits.for_key(key), tokens)
+async def rate_limit_peek(*, key: KeyContext, tokens: int) -> str | None:
+    """Why a request of `tokens` would get a 429 now, or None: the live buckets, untouched.
+
+    Raises the 400 of a request larger than a whole minute of tokens. For quotes.
+    """
+    if not settings.RATE_LIMIT_ENABLED:
+        return None
+    limits = Limits.for_key(key)
+    if limits.unlimited:
+        return None
+    _check_fits(limits, tokens)
+    lease = Lease(request_id="quote", organization_id=key.organization_id, key_id=key.key_id,
+                  limits=limits, tokens=tokens, dry=True)
+    decision, _ = await _acquire(lease)
+    return None if decision.allowed else refusal_message(decision, limits)

@@ -12,7 +12,7 @@ from ninja import Router
 from ninja.security.base import AuthBase
 
 from accounts.auth import KeyContext, aauthenticate
-from accounts.ratelimit import rate_limit_fits
+from accounts.ratelimit import rate_limit_peek
 from accounts.scopes import CHAT, MODELS
 from billing import selectors as billing_selectors
 from billing.pricing import credits_per_1k_tokens
@@ -155,10 +155,9 @@ def idempotency_replay(stored: idempotency.Stored) -> HttpResponse:
 async def chat_completions_quote(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
     """What the same body would reserve and whether it would be admitted now.
 
-    Nothing is charged or reserved and the upstream is not called. Credits
-    and quotas are checked exactly as the reservation checks them; for rate
-    limits the quote says whether the request fits the per-minute token
-    limits at all (the live buckets are not read).
+    Nothing is charged or reserved and the upstream is not called. Credits,
+    quotas and rate limits are checked as admission checks them: the live
+    rate-limit buckets are read by the same script, told to take nothing.
     """
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     planned = await gateway.plan(body, key)
@@ -168,9 +167,11 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
         credits=planned.worst_case.total, tokens=tokens)
     if check["admitted"]:
         try:
-            rate_limit_fits(key=key, tokens=tokens)
-        except ApiError as exc:
-            check = {**check, "admitted": False, "reason": exc.message}
+            refused = await rate_limit_peek(key=key, tokens=tokens)
+        except ApiError as exc:  # larger than a whole minute of tokens
+            refused = exc.message
+        if refused:
+            check = {**check, "admitted": False, "reason": refused}
     per_1k = credits_per_1k_tokens(planned.model.multiplier)
     return json_response({
         "object": "chat.completion.quote",

@@ -57,3 +57,28 @@ def test_a_quote_validates_like_a_completion(tenant, fake_upstream, live_gateway
                                                                      "content": "x"}]},
                           timeout=10, headers={"Authorization": f"Bearer {tenant.secret}"})
     assert response.status_code == 404 and response.json()["code"] == "model_not_found"
+
+
+def test_a_quote_reads_the_live_rate_limits_and_takes_nothing_from_them(
+    tenant, fake_upstream, live_gateway
+):
+    tenant.key.requests_per_minute = 2
+    tenant.key.save(update_fields=["requests_per_minute"])
+
+    # Quoting as often as one likes uses none of the key's two requests a minute...
+    for _ in range(5):
+        assert _quote(live_gateway, tenant)["admitted"] is True
+    for _ in range(2):
+        completion = httpx.post(f"{live_gateway.api_base}/chat/completions", json=BODY,
+                                timeout=10, headers={"Authorization": f"Bearer {tenant.secret}"})
+        assert completion.status_code == 200, completion.text
+
+    # ...and once they are used, the quote says so, as the completion's 429 would.
+    quote = _quote(live_gateway, tenant)
+    refused = httpx.post(f"{live_gateway.api_base}/chat/completions", json=BODY, timeout=10,
+                         headers={"Authorization": f"Bearer {tenant.secret}"})
+    assert refused.status_code == 429
+    assert quote["admitted"] is False
+    assert quote["reason"].startswith(
+        "Rate limit reached for requests per minute for this API key (limit 2)")
+    assert refused.json()["error"]["message"].startswith(quote["reason"][:60])
