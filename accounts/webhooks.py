@@ -55,8 +55,13 @@ class DeliveryFailed(Exception):
 
 def _is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            return _is_public(str(ip.ipv4_mapped))
+        # 6to4 and Teredo addresses carry an IPv4 address they can reach: judge it too.
+        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and not _is_public(str(embedded)):
+            return False
     return ip.is_global and not (ip.is_multicast or ip.is_reserved)
 
 

@@ -184,6 +184,8 @@ def test_a_redirect_to_a_link_local_ipv6_address_is_refused(tenant, settings):
     "[fe80::1]", "[fd00::1]", "[::ffff:10.0.0.1]", "[::ffff:169.254.169.254]",
     "[::ffff:7f00:1]", "[::127.0.0.1]", "[64:ff9b::7f00:1]", "[::]",
     "2130706433", "127.1", "0x7f000001", "0177.0.0.1", "100.64.0.1", "[ff02::1]",
+    # 6to4 of 127.0.0.1 and of 10.0.0.1; Teredo whose client is 10.0.0.1 (stored inverted).
+    "[2002:7f00:1::]", "[2002:a00:1::1]", "[2001:0:4136:e378:8000:63bf:f5ff:fffe]",
 ])
 def test_other_spellings_of_private_addresses_are_refused(host, settings):
     settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = []
