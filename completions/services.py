@@ -11,6 +11,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
+from psycopg_pool import PoolTimeout
 
 from billing.models import Reservation
 from billing.pricing import Price, tokens_affordable
@@ -119,7 +120,9 @@ def requests_settle_retrying(*, outcomes: list[RequestOutcome]) -> list[Settleme
     for delay in SETTLE_RETRY_DELAYS:
         try:
             return requests_settle(outcomes=outcomes)
-        except (OperationalError, InterfaceError):
+        except (OperationalError, InterfaceError) as exc:
+            if isinstance(exc.__cause__, PoolTimeout):
+                raise  # the pool waited for a connection already: the database is away
             logger.warning("settling %s failed; retrying",
                            ", ".join(o.request_id for o in outcomes), exc_info=True)
             connection.close()  # never retry on a connection that may be broken

@@ -280,7 +280,10 @@ if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresq
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
         "max_size": DATABASE_POOL_MAX_SIZE,
-        "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0, minimum=0.1),
+        # How long a request waits for a pooled connection. Short: while the
+        # database is down every call waits this long before its 503, and a
+        # stream's last chunk waits for its settlement to fail.
+        "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
     }
 
 # Logs: JSON lines in production (one object per line, request id on each),
