@@ -12,11 +12,33 @@ import os
 from typing import Any
 
 from django.core.asgi import get_asgi_application
+from django.core.handlers.asgi import ASGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "novakit.settings")
 
 django_application = get_asgi_application()
 logger = logging.getLogger(__name__)
+
+
+class InferenceHandler(ASGIHandler):
+    """Django's ASGI handler with the inference API's short middleware chain.
+
+    Same URLs, views and error handling; only `settings.INFERENCE_MIDDLEWARE`
+    runs instead of `settings.MIDDLEWARE` (read once, when the chain is built).
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        from django.conf import settings
+
+        everything = settings.MIDDLEWARE
+        settings.MIDDLEWARE = settings.INFERENCE_MIDDLEWARE
+        try:
+            super().load_middleware(is_async=is_async)
+        finally:
+            settings.MIDDLEWARE = everything
+
+
+inference_application = InferenceHandler()
 
 
 _beat_stop = asyncio.Event()
@@ -59,4 +81,9 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await _shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    from django.conf import settings
+
+    if scope["type"] == "http" and scope["path"].startswith(settings.INFERENCE_PATH_PREFIXES):
+        await inference_application(scope, receive, send)
+        return
     await django_application(scope, receive, send)

@@ -263,6 +263,14 @@ SESSION_COOKIE_HTTPONLY = True
 # Static files are served by the app itself (WhiteNoise), compressed and cached.
 MIDDLEWARE.insert(1, "novakit.static.StaticFilesMiddleware")
 MIDDLEWARE.insert(0, "novakit.observability.RequestIdMiddleware")
+# The inference API (API keys, JSON, no cookies) is served by a handler of its
+# own with only these (novakit/asgi.py): sessions, CSRF, messages and sign-in
+# throttling are the portal's, and each of Django's hooks is a thread hop.
+INFERENCE_PATH_PREFIXES = ("/api/v1/chat/", "/api/v1/models")
+INFERENCE_MIDDLEWARE = [
+    "novakit.observability.RequestIdMiddleware",
+    "novakit.middleware.EventLoopSecurityMiddleware",
+]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
