@@ -10,16 +10,28 @@ Hooks that only compute (no database, no file) can run on the loop instead.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import HttpRequest, HttpResponseBase
+from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 
 
-class EventLoopSecurityMiddleware(SecurityMiddleware):
-    """Django's SecurityMiddleware (HTTPS redirect, HSTS, nosniff, referrer and opener
-    policies), its hooks called on the event loop: they read settings and headers only."""
+class _HooksOnTheLoop:
+    """`process_request` and `process_response` called on the event loop, for middleware
+    whose hooks only read settings, headers and the URL configuration."""
 
-    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+    async def __acall__(self: Any, request: HttpRequest) -> HttpResponseBase:
+        # Mixed in before a MiddlewareMixin subclass, which provides the rest.
         response = self.process_request(request)
         if response is None:
             response = await self.get_response(request)
         return self.process_response(request, response)
+
+
+class EventLoopSecurityMiddleware(_HooksOnTheLoop, SecurityMiddleware):  # type: ignore[misc]
+    """Django's SecurityMiddleware: HTTPS redirect, HSTS, nosniff, referrer and opener policies."""
+
+
+class EventLoopCommonMiddleware(_HooksOnTheLoop, CommonMiddleware):  # type: ignore[misc]
+    """Django's CommonMiddleware: disallowed user agents, slash redirects, Content-Length."""

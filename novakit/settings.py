@@ -270,6 +270,7 @@ INFERENCE_PATH_PREFIXES = ("/api/v1/chat/", "/api/v1/models")
 INFERENCE_MIDDLEWARE = [
     "novakit.observability.RequestIdMiddleware",
     "novakit.middleware.EventLoopSecurityMiddleware",
+    "novakit.middleware.EventLoopCommonMiddleware",
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

@@ -45,11 +45,12 @@ def test_a_completion_makes_no_more_thread_hops_than_djangos_request_signals(
     assert len(hops) <= 3 * 5, hops
 
 
-def test_inference_answers_keep_the_security_and_request_id_headers(tenant, http):
+def test_inference_answers_keep_the_security_request_id_and_length_headers(tenant, http):
     response = post_chat(http, tenant, ECHO)
 
     assert response.status_code == 200
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Request-ID"] == response.json()["id"]
+    assert int(response.headers["Content-Length"]) == len(response.content)  # not chunked
     assert "csrftoken" not in response.headers.get("Set-Cookie", "")
