@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
+
+from novakit.errors import ApiError, error_response
 
 
 class _HooksOnTheLoop:
@@ -35,3 +38,30 @@ class EventLoopSecurityMiddleware(_HooksOnTheLoop, SecurityMiddleware):  # type:
 
 class EventLoopCommonMiddleware(_HooksOnTheLoop, CommonMiddleware):  # type: ignore[misc]
     """Django's CommonMiddleware: disallowed user agents, slash redirects, Content-Length."""
+
+
+class MethodNotAllowedMiddleware:
+    """A wrong method on an inference path gets a 405 in the API's error shape.
+
+    django-ninja answers it with a plain-text "Method not allowed"; every other
+    error of the API is JSON in one shape, which clients parse.
+    """
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = await self.get_response(request)
+        if response.status_code != 405 or response.get("Content-Type", "").startswith(
+                "application/json"):
+            return response
+        allowed = response.get("Allow", "")
+        return error_response(ApiError(
+            405, "method_not_allowed",
+            f"{request.method} is not allowed on {request.path}; use {allowed}",
+            headers={"Allow": allowed},
+        ))

@@ -271,6 +271,7 @@ INFERENCE_MIDDLEWARE = [
     "novakit.observability.RequestIdMiddleware",
     "novakit.middleware.EventLoopSecurityMiddleware",
     "novakit.middleware.EventLoopCommonMiddleware",
+    "novakit.middleware.MethodNotAllowedMiddleware",
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},

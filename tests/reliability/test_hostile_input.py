@@ -371,3 +371,15 @@ def test_a_hostile_request_id_is_never_echoed(tenant, http, fake_upstream, value
     assert response.status_code == 200
     assert response.headers["x-request-id"] != value
     assert len(response.headers["x-request-id"]) <= 64
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("GET", "/chat/completions", "POST"), ("DELETE", "/chat/completions", "POST"),
+    ("PUT", "/chat/completions/quote", "POST"), ("POST", "/models", "GET"),
+])
+def test_a_wrong_method_is_405_in_the_error_format(tenant, http, books, method, path, allowed):
+    response = http.request(method, path, headers={"Authorization": f"Bearer {tenant.secret}"})
+
+    body = _refused(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allowed
+    assert method in body["error"]["message"]
