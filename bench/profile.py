@@ -96,7 +96,7 @@ def main() -> int:
         per_request = {name: round((after[name] - before[name]) / ok, 2) for name in before}
         print(json.dumps({
             "concurrency": args.concurrency, "ok": result["ok"], "errors": result["errors"],
-            "req_per_s": result.get("rps"), "latency_ms": result.get("latency_ms"),
+            "req_per_s": result.get("throughput_rps"), "latency_ms": result.get("latency_ms"),
             "cpu_ms_per_request": result.get("cpu_ms_per_request"),
             "postgres_per_request": per_request,
         }, indent=2))
