@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -13,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from django.conf import settings as django_settings
@@ -24,15 +22,10 @@ from accounts.auth import KeyContext
 from accounts.services import api_key_create
 from novakit import redis as shared_redis
 from tests.conftest import Tenant
+from tests.support.gateway_process import GatewayProcess, free_port, gateway_spawn
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_DEFAULTS = {"RATE_LIMIT_ORG_RPM_DEFAULT": 3_000, "RATE_LIMIT_ORG_TPM_DEFAULT": 10_000_000}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
@@ -158,17 +151,6 @@ def database_url() -> str:
             f"{db['PORT'] or 5432}/{db['NAME']}")
 
 
-@dataclass
-class GatewayProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def api_base(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api/v1"
-
-
 @pytest.fixture
 def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp_path: Path,
                       settings) -> Iterator[Callable[[int], list[GatewayProcess]]]:  # type: ignore[no-untyped-def]
@@ -189,36 +171,14 @@ def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp
             **{name: str(value) for name, value in SHIPPED_DEFAULTS.items()},
             "LOG_LEVEL": "WARNING",
         }
-        batch = []
-        for number in range(count):
-            port = free_port()
-            log = tmp_path / f"gateway-{number}.log"
-            process = subprocess.Popen(
-                [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application", "--host",
-                 "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            )
-            batch.append(GatewayProcess(process=process, port=port, log=log))
+        # All spawned first, then waited for: they start side by side.
+        batch = [gateway_spawn(env=env, log=tmp_path / f"gateway-{number}.log")
+                 for number in range(count)]
         started.extend(batch)
-        deadline = time.monotonic() + 60
         for gateway in batch:
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{gateway.port}/healthz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if gateway.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"gateway did not start:\n{gateway.log.read_text()}")
-                time.sleep(0.1)
+            gateway.wait_until_healthy(timeout=60)
         return batch
 
     yield start
     for gateway in started:
-        gateway.process.terminate()
-    for gateway in started:
-        try:
-            gateway.process.wait(15)
-        except subprocess.TimeoutExpired:
-            gateway.process.kill()
-            gateway.process.wait(5)
+        gateway.stop()
