@@ -1,9 +1,14 @@
+from collections.abc import Callable
+
 from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
+from django.views import defaults
 from drf_spectacular.views import SpectacularAPIView
 
 from novakit import health, staff
 from novakit.api import api
+from novakit.errors import ApiError, error_response, invalid_request, not_found
 from novakit.metrics import metrics_view
 
 urlpatterns = [
@@ -20,3 +25,21 @@ urlpatterns = [
     path("api/v1/management/schema", SpectacularAPIView.as_view(), name="management-schema"),
     path("api/v1/", api.urls),
 ]
+
+
+def _api_errors_as_json(default: Callable[..., HttpResponse], error: Callable[[], ApiError],
+                        ) -> Callable[..., HttpResponse]:
+    """Django's error page, or under /api/ the API's one JSON error shape (clients parse it)."""
+
+    def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            return error_response(error())
+        return default(request, exception)
+
+    return view
+
+
+# Errors Django raises before any view: an unknown path, a Host header not in ALLOWED_HOSTS.
+handler404 = _api_errors_as_json(defaults.page_not_found, not_found)
+handler400 = _api_errors_as_json(
+    defaults.bad_request, lambda: invalid_request("Bad request (check the Host header)"))

@@ -383,3 +383,19 @@ def test_a_wrong_method_is_405_in_the_error_format(tenant, http, books, method, 
     body = _refused(response, 405, "method_not_allowed")
     assert response.headers["Allow"] == allowed
     assert method in body["error"]["message"]
+
+
+def test_the_bare_api_root_is_404_in_the_error_format(tenant, http):
+    response = http.get("/", headers={"Authorization": f"Bearer {tenant.secret}"})
+
+    _refused(response, 404, "not_found")
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/keys"])
+def test_a_host_header_not_allowed_is_400_in_the_error_format(tenant, http, books, path):
+    response = http.post(path, content=orjson.dumps({"messages": HELLO}), headers={
+        "Authorization": f"Bearer {tenant.secret}", "Content-Type": "application/json",
+        "Host": "attacker.example"})
+
+    body = _refused(response, 400, "invalid_request")
+    assert "Host" in body["error"]["message"]
