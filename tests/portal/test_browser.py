@@ -20,7 +20,7 @@ from completions.models import UsageRecord
 from completions.rollups import usage_rollup
 from completions.views import PLAYGROUND_KEY_NAME
 from tests.portal.conftest import off_loop
-from tests.webhooks.test_webhooks import Receiver
+from tests.support.webhook_receiver import Receiver
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery-staple-42"

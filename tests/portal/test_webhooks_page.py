@@ -16,7 +16,7 @@ from accounts.tasks import webhook_deliver_task
 from accounts.webhooks import webhook_endpoint_create
 from novakit import crypto
 from tests.portal.conftest import csrf_token_from
-from tests.webhooks.test_webhooks import Receiver
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from accounts.models import WebhookDelivery
 from accounts.services import api_key_create, api_key_revoke
 from accounts.webhooks import UnsafeTarget, target_check, webhook_endpoint_create
+from tests.support.webhook_receiver import Receiver
 
 
 class ConnectionCounter:
@@ -108,35 +108,14 @@ def test_image_urls_go_upstream_unchanged_and_are_never_fetched(
 # --- webhook targets -----------------------------------------------------------------------
 
 
-class Redirector:
+def _redirector(location: str) -> Receiver:
     """A webhook receiver on 127.0.0.1 that answers every delivery with a redirect."""
-
-    def __init__(self, location: str) -> None:
-        self.posts = 0
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                owner.posts += 1
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                self.send_response(307)
-                self.send_header("Location", location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    receiver = Receiver()
+    receiver.redirect_to = location
+    return receiver
 
 
-def _deliver_a_revocation_through(redirector: Redirector, tenant) -> WebhookDelivery:  # type: ignore[no-untyped-def]
+def _deliver_a_revocation_through(redirector: Receiver, tenant) -> WebhookDelivery:  # type: ignore[no-untyped-def]
     endpoint, _ = webhook_endpoint_create(organization=tenant.org, url=redirector.url,
                                           events=["key.revoked"])
     key, _ = api_key_create(organization=tenant.org, name="doomed")
@@ -153,15 +132,15 @@ def test_a_redirect_to_a_loopback_address_in_ipv6_form_is_never_connected_to(
     # The IPv4-mapped address reaches a listener on 127.0.0.2 through a dual-stack socket.
     listener = listener_on("::1" if host == "::1" else "127.0.0.2")
     target = f"https://[{host}]:{listener.port}/steal"
-    redirector = Redirector(target)
+    redirector = _redirector(target)
     try:
         delivery = _deliver_a_revocation_through(redirector, tenant)
     finally:
-        redirector.close()
+        redirector.stop()
     time.sleep(0.2)
 
     assert listener.connections == 0
-    assert redirector.posts == 1
+    assert len(redirector.received) == 1
     assert delivery.status == WebhookDelivery.Status.FAILED
     assert "non-public" in delivery.last_error
 
@@ -169,13 +148,13 @@ def test_a_redirect_to_a_loopback_address_in_ipv6_form_is_never_connected_to(
 @pytest.mark.django_db(transaction=True)
 def test_a_redirect_to_a_link_local_ipv6_address_is_refused(tenant, settings):
     settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
-    redirector = Redirector("https://[fe80::a9fe:a9fe]/latest/meta-data")
+    redirector = _redirector("https://[fe80::a9fe:a9fe]/latest/meta-data")
     try:
         delivery = _deliver_a_revocation_through(redirector, tenant)
     finally:
-        redirector.close()
+        redirector.stop()
 
-    assert redirector.posts == 1
+    assert len(redirector.received) == 1
     assert delivery.status == WebhookDelivery.Status.FAILED
     assert "non-public" in delivery.last_error
 

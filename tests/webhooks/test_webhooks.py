@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.test import Client
@@ -17,42 +15,10 @@ from accounts import webhooks
 from accounts.models import WebhookDelivery
 from accounts.services import api_key_create, api_key_revoke, api_keys_expiring_notify
 from accounts.webhooks import UnsafeTarget, signature_verify, target_check, webhook_endpoint_create
+from tests.support.webhook_receiver import Receiver
 
 # Deliveries are queued when the transaction that emitted them commits.
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class Receiver:
-    """A webhook receiver on loopback that answers with the statuses it is given, in order."""
-
-    def __init__(self) -> None:
-        self.received: list[dict] = []
-        self.statuses: list[int] = []
-        self.redirect_to: str | None = None
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append({"path": self.path, "headers": dict(self.headers),
-                                          "body": body})
-                if receiver.redirect_to:
-                    self.send_response(307)
-                    self.send_header("Location", receiver.redirect_to)
-                else:
-                    self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 @pytest.fixture
