@@ -19,9 +19,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import orjson
 from django.conf import settings
@@ -55,6 +55,7 @@ from novakit.errors import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 _OPENAI_USAGE_FIELDS = {
@@ -446,22 +447,45 @@ def _completion_text(data: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+async def _first_route(admitted: Admitted, outcome: RequestOutcome,
+                       attempt: Callable[[Route], Awaitable[T]]) -> tuple[T, Route]:
+    """`attempt` on each route in order until one answers; fall back only on a retryable
+    failure (nothing has reached the client yet). Raises the last failure if none answers."""
+    failure: UpstreamFailure | None = None
+    for route in admitted.routes:
+        outcome.provider = route.provider
+        try:
+            return await attempt(route), route
+        except UpstreamFailure as exc:
+            failure = exc
+            _note_failure(admitted, route, exc)
+            if not exc.retryable:
+                break
+    assert failure is not None
+    raise failure
+
+
+async def _refuse_after_failed_routes(admitted: Admitted, outcome: RequestOutcome,
+                                      failure: UpstreamFailure) -> NoReturn:
+    """No route answered: release the reservation, record the error, answer with it."""
+    outcome.release = True
+    outcome.status = UsageRecord.Status.ERROR
+    outcome.http_status, outcome.error_code = failure.status, failure.code
+    outcome.latency_ms = admitted.elapsed_ms()
+    await settle(outcome)
+    raise ApiError(failure.status, failure.code, failure.message,
+                   headers=response_headers(admitted, None)) from None
+
+
 async def answer(admitted: Admitted) -> HttpResponse:
     """Non-streaming: try each route, settle, answer with the extras."""
     outcome = admitted.outcome(streamed=False)
-    failure: UpstreamFailure | None = None
-    data: dict[str, Any] | None = None
     try:
-        for route in admitted.routes:
-            outcome.provider = route.provider
-            try:
-                data = await complete(route, _for_route(admitted, route, stream=False))
-                break
-            except UpstreamFailure as exc:
-                failure = exc
-                _note_failure(admitted, route, exc)
-                if not exc.retryable:
-                    break
+        data, _ = await _first_route(
+            admitted, outcome,
+            lambda route: complete(route, _for_route(admitted, route, stream=False)))
+    except UpstreamFailure as failure:
+        await _refuse_after_failed_routes(admitted, outcome, failure)
     except asyncio.CancelledError:
         # The client left while we waited: the upstream may have done the work.
         # Policy (README): charge the prompt, nothing for an answer never delivered.
@@ -475,14 +499,6 @@ async def answer(admitted: Admitted) -> HttpResponse:
         await _settle_server_error(admitted, outcome)
         raise
     outcome.latency_ms = admitted.elapsed_ms()
-    if data is None:
-        assert failure is not None
-        outcome.release = True
-        outcome.status = UsageRecord.Status.ERROR
-        outcome.http_status, outcome.error_code = failure.status, failure.code
-        await settle(outcome)
-        raise ApiError(failure.status, failure.code, failure.message,
-                       headers=response_headers(admitted, None))
     reported = _upstream_usage(data)
     if reported is None:
         outcome.usage_source = "tokenizer"
@@ -519,18 +535,13 @@ async def _settle_server_error(admitted: Admitted, outcome: RequestOutcome) -> N
 
 async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
     """Open the first route that produces a first event; release and raise if none does."""
-    failure: UpstreamFailure | None = None
     outcome = admitted.outcome(streamed=True)
     try:
-        for route in admitted.routes:
-            outcome.provider = route.provider
-            try:
-                return await open_stream(route, _for_route(admitted, route, stream=True)), route
-            except UpstreamFailure as exc:
-                failure = exc
-                _note_failure(admitted, route, exc)
-                if not exc.retryable:
-                    break
+        return await _first_route(
+            admitted, outcome,
+            lambda route: open_stream(route, _for_route(admitted, route, stream=True)))
+    except UpstreamFailure as failure:
+        await _refuse_after_failed_routes(admitted, outcome, failure)
     except asyncio.CancelledError:
         outcome.release = True
         outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
@@ -540,14 +551,6 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
     except Exception:
         await _settle_server_error(admitted, outcome)
         raise
-    assert failure is not None
-    outcome.release = True
-    outcome.status = UsageRecord.Status.ERROR
-    outcome.http_status, outcome.error_code = failure.status, failure.code
-    outcome.latency_ms = admitted.elapsed_ms()
-    await settle(outcome)
-    raise ApiError(failure.status, failure.code, failure.message,
-                   headers=response_headers(admitted, None))
 
 
 def _sse(data: dict[str, Any]) -> bytes:
