@@ -18,8 +18,7 @@ from accounts import services
 from accounts.drf import Caller, caller_for, data_list, request_actor
 from accounts.models import APIKey, Membership, Organization
 from accounts.scopes import ALL_SCOPES, KEYS_WRITE
-from billing.models import Quota
-from billing.services import quota_set
+from billing.services import key_credit_cap, key_credit_cap_set, key_quotas_copy
 from novakit.errors import ApiError, forbidden, invalid_request
 
 MANAGERS = (Membership.Role.OWNER, Membership.Role.ADMIN)
@@ -39,8 +38,7 @@ class APIKeySerializer(serializers.ModelSerializer):
                   "revoked_at", "created_by", "created_at", "last_used_at"]
 
     def get_credit_cap(self, key: APIKey) -> int | None:
-        quota = next((q for q in key.quotas.all() if q.metric == Quota.Metric.CREDITS), None)
-        return quota.limit if quota else None
+        return key_credit_cap(key)
 
 
 class APIKeyCreatedSerializer(APIKeySerializer):
@@ -143,10 +141,8 @@ def keys(request: Request) -> Response:
             actor_label=_actor_label(caller), **data,
         )
         if credit_cap is not None:
-            quota_set(organization=organization, api_key_id=key.pk, limit=credit_cap,
-                      metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
-                      actor=request_actor(request), actor_label=_actor_label(caller),
-                      reason="key credit cap")
+            key_credit_cap_set(key=key, limit=credit_cap, actor=request_actor(request),
+                               actor_label=_actor_label(caller))
     body = APIKeySerializer(_keys(caller).get(pk=key.pk)).data
     body["secret"] = secret  # shown this once; only its hash is stored
     return Response(body, status=status.HTTP_201_CREATED)
@@ -174,10 +170,8 @@ def key_detail(request: Request, key_id: int) -> Response:
             services.api_key_update(key=key, changes=changes, actor=request_actor(request),
                                     actor_label=_actor_label(caller))
         if has_cap:
-            quota_set(organization=key.organization, api_key_id=key.pk, limit=credit_cap,
-                      metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
-                      actor=request_actor(request), actor_label=_actor_label(caller),
-                      reason="key credit cap")
+            key_credit_cap_set(key=key, limit=credit_cap, actor=request_actor(request),
+                               actor_label=_actor_label(caller))
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 
@@ -212,12 +206,8 @@ def key_rotate(request: Request, key_id: int) -> Response:
                 key=key, grace_seconds=payload.validated_data["grace_seconds"],
                 actor=request_actor(request), actor_label=_actor_label(caller),
             )
-            # The new key inherits the old one's own quotas (its credit cap).
-            for quota in key.quotas.all():
-                quota_set(organization=key.organization, api_key_id=new_key.pk,
-                          limit=quota.limit, metric=quota.metric, period=quota.period,
-                          actor=request_actor(request), actor_label=_actor_label(caller),
-                          reason=f"rotated from {key.prefix}")
+            key_quotas_copy(old=key, new=new_key, actor=request_actor(request),
+                            actor_label=_actor_label(caller))
     except ValueError as exc:
         raise invalid_request(str(exc)) from exc
     body = APIKeySerializer(_keys(caller).get(pk=new_key.pk)).data

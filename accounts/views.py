@@ -35,9 +35,14 @@ from accounts.api import KEY_MANAGERS, MANAGERS
 from accounts.emails import send_invitation
 from accounts.forms import APIKeyForm, InviteForm, RoleForm, RotateForm, SignUpForm
 from accounts.models import APIKey, Membership, Organization
-from billing.models import Quota
 from billing.selectors import credit_summary
-from billing.services import account_for_organization, credits_grant, quota_set
+from billing.services import (
+    account_for_organization,
+    credits_grant,
+    key_credit_cap,
+    key_credit_cap_set,
+    key_quotas_copy,
+)
 from completions import selectors as usage
 from completions.models import CatalogModel
 
@@ -228,11 +233,6 @@ def _organization_keys(member: PortalMember) -> Any:
             .order_by("revoked_at", "-created_at"))
 
 
-def _credit_cap(key: APIKey) -> int | None:
-    quota = next((q for q in key.quotas.all() if q.metric == Quota.Metric.CREDITS), None)
-    return quota.limit if quota else None
-
-
 def _key_status(key: APIKey, now: dt.datetime) -> str:
     if key.revoked_at is not None:
         return "revoked" if key.revoked_at <= now else "rotating"
@@ -269,12 +269,10 @@ def keys(request: HttpRequest, member: PortalMember) -> HttpResponse:
                     **form.service_arguments())
                 cap = form.cleaned_data.get("credit_cap")
                 if cap is not None:
-                    quota_set(organization=organization, api_key_id=key.pk, limit=cap,
-                              metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
-                              actor=request.user, reason="key credit cap")
+                    key_credit_cap_set(key=key, limit=cap, actor=request.user)
             return _secret_page(request, member, key, secret)
     now = timezone.now()
-    rows = [{"key": key, "status": _key_status(key, now), "credit_cap": _credit_cap(key)}
+    rows = [{"key": key, "status": _key_status(key, now), "credit_cap": key_credit_cap(key)}
             for key in _organization_keys(member)]
     return portal_render(request, member, "portal/keys.html", {
         "section": "keys", "form": form, "rows": rows, "rotate_form": RotateForm(),
@@ -304,11 +302,7 @@ def key_rotate(request: HttpRequest, member: PortalMember, key_id: int) -> HttpR
         with transaction.atomic():
             new_key, secret = services.api_key_rotate(
                 key=key, grace_seconds=form.cleaned_data["grace_seconds"], actor=request.user)
-            # The new key keeps the old one's own quotas (its credit cap), as the API does.
-            for quota in key.quotas.all():
-                quota_set(organization=key.organization, api_key_id=new_key.pk,
-                          limit=quota.limit, metric=quota.metric, period=quota.period,
-                          actor=request.user, reason=f"rotated from {key.prefix}")
+            key_quotas_copy(old=key, new=new_key, actor=request.user)
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("portal:keys")

@@ -21,7 +21,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.models import APIKey, Organization
 from accounts.services import audit_record
 from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
 from novakit.errors import ApiError
@@ -380,6 +380,29 @@ def quota_set(
         reason=reason,
     )
     return quota
+
+
+def key_credit_cap(key: APIKey) -> int | None:
+    """The key's monthly credit cap (its own credits quota), or None. Uses prefetched quotas."""
+    quota = next((q for q in key.quotas.all() if q.metric == Quota.Metric.CREDITS), None)
+    return quota.limit if quota else None
+
+
+def key_credit_cap_set(*, key: APIKey, limit: int | None,
+                       actor: AbstractBaseUser | None = None, actor_label: str = "") -> None:
+    """Set (or with None remove) a key's monthly credit cap: a credits quota of its own."""
+    quota_set(organization=key.organization, api_key_id=key.pk, limit=limit,
+              metric=Quota.Metric.CREDITS, period=Quota.Period.MONTHLY,
+              actor=actor, actor_label=actor_label, reason="key credit cap")
+
+
+def key_quotas_copy(*, old: APIKey, new: APIKey, actor: AbstractBaseUser | None = None,
+                    actor_label: str = "") -> None:
+    """A rotated key keeps the old one's own quotas (its credit cap)."""
+    for quota in old.quotas.all():
+        quota_set(organization=old.organization, api_key_id=new.pk, limit=quota.limit,
+                  metric=quota.metric, period=quota.period, actor=actor,
+                  actor_label=actor_label, reason=f"rotated from {old.prefix}")
 
 
 # --- reservations ------------------------------------------------------------------
