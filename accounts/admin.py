@@ -149,9 +149,15 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     list_display = ["url", "organization", "events", "is_active", "created_at"]
     list_filter = ["is_active"]
     exclude = ["secret_encrypted"]
-    readonly_fields = ["organization", "url", "events", "created_by", "created_at"]
+    # Read-only: pausing and deleting go through the webhook services (portal, API),
+    # which write the audit rows; an admin edit here would skip them.
+    readonly_fields = ["organization", "url", "events", "is_active", "created_by",
+                       "created_at"]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
         return False
 
 

@@ -32,10 +32,6 @@ def _endpoints(member: PortalMember) -> QuerySet[WebhookEndpoint]:
     return WebhookEndpoint.objects.filter(organization_id=member.membership.organization_id)
 
 
-def _can_manage(member: PortalMember) -> bool:
-    return member.role in MANAGERS
-
-
 def _balance_threshold(member: PortalMember) -> int:
     """Under what balance `balance.low` is sent (an organization with no account: the default)."""
     organization_id = member.membership.organization_id
@@ -49,7 +45,7 @@ def _balance_threshold(member: PortalMember) -> int:
 def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
     form = WebhookEndpointForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
-        if not _can_manage(member):
+        if not member.can_manage_members:
             return forbidden_page(request, member, "Only owners and admins manage webhooks.")
         if form.is_valid():
             try:
@@ -71,7 +67,7 @@ def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
     ).order_by("-is_active", "-created_at")
     return portal_render(request, member, "portal/webhooks.html", {
         "section": "webhooks", "form": form, "endpoints": endpoints,
-        "can_manage": _can_manage(member),
+        "can_manage": member.can_manage_members,
         "balance_threshold": _balance_threshold(member),
     }, status=400 if form.errors else 200)
 
@@ -84,7 +80,7 @@ def webhook_detail(request: HttpRequest, member: PortalMember, endpoint_id: int)
     labels = dict(WebhookEndpoint.Event.choices)
     context: dict[str, Any] = {
         "section": "webhooks", "endpoint": endpoint, "deliveries": deliveries,
-        "can_manage": _can_manage(member),
+        "can_manage": member.can_manage_members,
         "events": [(event, labels.get(event, "")) for event in endpoint.events],
     }
     return portal_render(request, member, "portal/webhook_detail.html", context)

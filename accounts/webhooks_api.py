@@ -10,8 +10,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import webhooks
+from accounts.api import MANAGERS
 from accounts.drf import Caller, caller_for, data_list, request_actor
-from accounts.models import Membership, Organization, WebhookDelivery, WebhookEndpoint
+from accounts.models import Organization, WebhookDelivery, WebhookEndpoint
 from accounts.scopes import KEYS_WRITE
 from novakit.errors import forbidden, invalid_request
 
@@ -48,8 +49,7 @@ class DeliverySerializer(serializers.ModelSerializer):
 
 def _manager(request: Request) -> Caller:
     caller = caller_for(request, scope=KEYS_WRITE)
-    if caller.role is not None and caller.role not in (Membership.Role.OWNER,
-                                                       Membership.Role.ADMIN):
+    if caller.role is not None and caller.role not in MANAGERS:
         raise forbidden("Only owners and admins manage webhooks")
     return caller
 

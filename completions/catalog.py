@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,9 @@ class Route:
     provider: str
     kind: str
     base_url: str
-    api_key: str
+    # Never in a repr: routes sit inside plans and admitted requests that logs and
+    # test diffs may print.
+    api_key: str = field(repr=False)
     upstream_model: str
     supports_web_search: bool
     # False when the provider's own model list (catalog sync) no longer offers it.
