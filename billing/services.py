@@ -494,11 +494,12 @@ def _reserve(
         for quota, counter_id in zip(quotas, counters, strict=True)
     ]
     # Everything that takes no shared lock comes first; the row locks (quota
-    # counters, then the credit account) are the last statements before
-    # commit, so concurrent requests of one organization queue for as short
-    # a time as possible. The order is the same on every path (settlement
-    # claims its own reservation, then counters, then the account), so they
-    # wait for each other but never deadlock.
+    # counters by counter id, then the credit account) are the last statements
+    # before commit, so concurrent requests of one organization queue for as
+    # short a time as possible. The order is the same on every path
+    # (settlement claims its own reservation, then counters by id, then the
+    # account), so they wait for each other but never deadlock. Counter ids do
+    # not follow quota ids (a daily quota gets a new counter every day).
     reservation = Reservation.objects.create(
         request_id=request_id,
         account_id=account_id,
@@ -509,7 +510,8 @@ def _reserve(
         created_at=now,
         expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
     )
-    for quota, (counter_id, held) in zip(quotas, holds, strict=True):
+    for quota, (counter_id, held) in sorted(zip(quotas, holds, strict=True),
+                                            key=lambda pair: pair[1][0]):
         _hold_counter(quota, counter_id, held)
     # The conditional update is the whole check: it matches only while the
     # unreserved balance covers the amount, and takes the row lock as it does.

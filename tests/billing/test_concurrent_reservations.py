@@ -12,6 +12,7 @@ from collections import Counter
 import pytest
 from django.db import connection
 from django.db.models import Sum
+from django.utils import timezone
 
 from accounts.services import api_key_create
 from billing.models import LedgerEntry, Quota, QuotaCounter, Reservation
@@ -22,6 +23,7 @@ from billing.services import (
     credits_release,
     credits_reserve,
     credits_settle,
+    period_start,
     quota_set,
     reservations_expire,
 )
@@ -239,12 +241,15 @@ def test_given_a_grant_submitted_ten_times_at_once_with_one_idempotency_key_then
     assert account.balance == 250 == ledger_sum(account)
 
 
-def test_given_mixed_traffic_on_shared_quotas_then_nothing_deadlocks(tenant_factory):
+@pytest.mark.parametrize("counters", ["in-quota-order", "in-reverse-quota-order"])
+def test_given_mixed_traffic_on_shared_quotas_then_nothing_deadlocks(tenant_factory, counters):
     """Reserve, settle, release and grant at once, through an org quota and per-key quotas.
 
-    Every path takes its locks in one order (quota counters by quota id, then
+    Every path takes its locks in one order (quota counters by counter id, then
     the account), so on PostgreSQL they queue rather than deadlock; a deadlock
-    would surface here as an OperationalError in one of the threads.
+    would surface here as an OperationalError in one of the threads. Counter ids
+    need not follow quota ids (a daily quota's counter is new every day), so the
+    second case makes them run backwards.
     """
     tenant = tenant_factory("mixed", credits=1_000_000)
     keys = [api_key_create(organization=tenant.org, name=f"k{i}")[0] for i in range(3)]
@@ -252,6 +257,10 @@ def test_given_mixed_traffic_on_shared_quotas_then_nothing_deadlocks(tenant_fact
     for key in keys:
         quota_set(organization=tenant.org, limit=5_000_000, api_key_id=key.pk)
         quota_set(organization=tenant.org, limit=5_000_000, api_key_id=key.pk, metric="credits")
+    if counters == "in-reverse-quota-order":
+        now = timezone.now()
+        for quota in Quota.objects.filter(organization=tenant.org).order_by("-pk"):
+            QuotaCounter.objects.create(quota=quota, period_start=period_start(quota.period, now))
     org_id = tenant.org.pk
 
     def traffic(i: int) -> str:
