@@ -553,6 +553,9 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     """
     if any(c.credits < 0 or c.tokens < 0 for c in closings):
         raise ValueError("usage cannot be negative")
+    if len({c.request_id for c in closings}) != len(closings):
+        # One claimed row would be paired with both closings: holds given back twice.
+        raise ValueError("a request can be closed only once per group")
     if not closings:
         return []
     now = now or timezone.now()

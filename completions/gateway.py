@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -278,25 +278,28 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
 def _release_if_reserved(outcome: RequestOutcome, reservation: asyncio.Future[Any]) -> None:
     if reservation.cancelled() or reservation.exception() is not None:
         return  # refused (402) or failed: a refused reservation holds nothing
-    task = asyncio.ensure_future(settle(outcome))
-    pending_settlements.add(task)
-    task.add_done_callback(pending_settlements.discard)
+    _track(settle(outcome))
 
 
 # --- settlement ---------------------------------------------------------------------
 
 
-async def settle(outcome: RequestOutcome) -> Settlement | None:
-    """Settle in a task of its own, shielded: a client that leaves cannot interrupt it."""
-    task = asyncio.ensure_future(_settle(outcome))
+def _track(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run `coroutine` as a task held in `pending_settlements` until it ends (so the
+    event loop cannot drop it, and a graceful shutdown waits for it)."""
+    task = asyncio.ensure_future(coroutine)
     pending_settlements.add(task)
     task.add_done_callback(pending_settlements.discard)
+    return task
+
+
+async def settle(outcome: RequestOutcome) -> Settlement | None:
+    """Settle in a task of its own, shielded: a client that leaves cannot interrupt it."""
     try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        raise
+        return await asyncio.shield(_track(_settle(outcome)))
     except Exception:
-        # The reservation stays open and the expiry job releases it; log loudly.
+        # The reservation stays open: a database outage is retried in the background
+        # (_settle_when_back), anything else is left to the expiry job. Log loudly.
         logger.exception("settlement failed for %s", outcome.request_id)
         return None
 
@@ -335,9 +338,7 @@ def _settle_when_back(outcome: RequestOutcome) -> None:
     expiry job has closed it, and a late settlement would be a no-op anyway).
     Settlement is idempotent by request id, so a retry never charges twice.
     """
-    task = asyncio.ensure_future(_settle_retrying_until_back(outcome))
-    pending_settlements.add(task)
-    task.add_done_callback(pending_settlements.discard)
+    _track(_settle_retrying_until_back(outcome))
 
 
 async def _settle_retrying_until_back(outcome: RequestOutcome) -> None:
@@ -743,9 +744,7 @@ class _StreamBody:
             logger.error("stream %s closed after its event loop", self.relay.admitted.request_id)
 
     def _abandon(self) -> None:
-        task = asyncio.ensure_future(self.relay.abandon(self.iterator))
-        pending_settlements.add(task)
-        task.add_done_callback(pending_settlements.discard)
+        _track(self.relay.abandon(self.iterator))
 
     def __del__(self) -> None:
         if hasattr(self, "closed"):  # not when __init__ itself failed

@@ -66,14 +66,13 @@ def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
         for outcome in outcomes
     ]
     now = timezone.now()
-    with transaction.atomic():
-        settlements = credits_close_many(closings, now=now)
-        UsageRecord.objects.bulk_create(
-            [_usage_record(outcome, settlement, now=now)
-             for outcome, settlement in zip(outcomes, settlements, strict=True)
-             if not settlement.already_closed],
-            ignore_conflicts=True,
-        )
+    settlements = credits_close_many(closings, now=now)
+    UsageRecord.objects.bulk_create(
+        [_usage_record(outcome, settlement, now=now)
+         for outcome, settlement in zip(outcomes, settlements, strict=True)
+         if not settlement.already_closed],
+        ignore_conflicts=True,
+    )
     return settlements
 
 

@@ -80,3 +80,13 @@ def test_given_an_unknown_request_in_a_group_then_nothing_of_the_group_is_writte
 
     assert Reservation.objects.get(request_id="known").status == Reservation.Status.OPEN
     assert tenant.refresh_account().reserved == 100
+
+
+def test_given_one_request_twice_in_a_group_then_the_group_is_refused(tenant):
+    credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
+    reserve(tenant, "twice", amount=100, tokens=10)
+
+    with pytest.raises(ValueError, match="only once per group"), transaction.atomic():
+        credits_close_many([Closing("twice", RELEASED), Closing("twice", RELEASED)], now=NOW)
+
+    assert tenant.refresh_account().reserved == 100
