@@ -224,16 +224,26 @@ def _touch(key_id: int) -> None:
     )
 
 
-def authenticate_secret(secret: str, *, scope: str | None) -> KeyContext:
-    """Synchronous authentication (management API, commands)."""
-    key_hash = keys.hash_secret(secret)
+def _lookup(key_hash: str, prefix: str) -> KeyContext | None:
+    """A key's context through the process cache (synchronous callers)."""
     epoch = _epoch()  # before the database: see the module docstring
     context = _cached(key_hash, epoch)
     if context is None:
-        context = _load_context(key_hash, keys.visible_prefix(secret))
+        context = _load_context(key_hash, prefix)
         if context is not None:
             _remember(key_hash, context, epoch)
-    context = _check(context, scope)
+    return context
+
+
+def key_context(key: APIKey) -> KeyContext | None:
+    """A stored key as the gateway sees it, cached like an authentication: for a key whose
+    secret nobody holds (the portal playground's, used through a member's session)."""
+    return _lookup(key.key_hash, key.prefix)
+
+
+def authenticate_secret(secret: str, *, scope: str | None) -> KeyContext:
+    """Synchronous authentication (management API, commands)."""
+    context = _check(_lookup(keys.hash_secret(secret), keys.visible_prefix(secret)), scope)
     if _touch_due(context):
         _touch(context.key_id)
     return context
@@ -257,5 +267,6 @@ async def aauthenticate(authorization: str | None, *, scope: str | None) -> KeyC
 
 __all__ = [
     "ApiError", "KeyContext", "aauthenticate", "authenticate_secret", "key_cache_invalidate",
+    "key_context",
     "parse_bearer",
 ]

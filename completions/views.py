@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ from completions.catalog import ModelInfo, load_snapshot
 from completions.forms import UsageFilterForm
 from completions.models import CatalogModel
 from completions.schemas import DEFAULT_MODEL, ChatCompletionRequest
+from novakit.api import NOT_A_JSON_OBJECT, BodyRejected, StrictJsonParser, param_and_reason
 from novakit.errors import ApiError, error_response, forbidden, invalid_request, unauthorized
 
 PLAYGROUND_KEY_NAME = "playground (portal)"
@@ -183,17 +185,9 @@ def playground_key(*, organization: Organization, user: AbstractBaseUser) -> aut
         # next use makes another.
         key, _ = api_key_create(organization=organization, name=PLAYGROUND_KEY_NAME,
                                 scopes=[CHAT], created_by=user, actor_label="portal playground")
-    # The same lookup the gateway's authentication makes, from the stored hash.
-    context = auth._load_context(key.key_hash, key.prefix)
+    context = auth.key_context(key)
     assert context is not None
     return context
-
-
-def _invalid(exc: pydantic.ValidationError) -> ApiError:
-    first = exc.errors()[0] if exc.errors() else {}
-    location = ".".join(str(part) for part in first.get("loc", ())) or None
-    return invalid_request(f"Invalid '{location}': {first.get('msg', 'is invalid')}"
-                           if location else "The request body is not valid", param=location)
 
 
 @require_POST
@@ -209,18 +203,23 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
     if not member.can_spend:
         return error_response(forbidden(f"Your role ({member.role}) cannot spend credits"))
     try:
-        raw = orjson.loads(request.body)
+        # The inference API's parser: what it refuses could not be relayed upstream either.
+        raw = StrictJsonParser().parse_body(request)
         if not isinstance(raw, dict):
-            raise invalid_request("The request body must be a JSON object")
+            raise invalid_request(NOT_A_JSON_OBJECT)
         fields = {name: raw[name] for name in PLAYGROUND_FIELDS if name in raw}
         body = ChatCompletionRequest.model_validate({**fields, "stream": True})
         key = await sync_to_async(playground_key)(organization=member.organization, user=user)
         admitted = await gateway.admit(body, key, gateway.new_request_id())
         upstream, route = await gateway.open_with_fallback(admitted)
-    except orjson.JSONDecodeError:
+    except BodyRejected as rejected:
+        return error_response(ApiError(rejected.status, "invalid_request", rejected.message,
+                                       param=rejected.param))
+    except json.JSONDecodeError:
         return error_response(invalid_request("The request body is not valid JSON"))
     except pydantic.ValidationError as exc:
-        return error_response(_invalid(exc))
+        param, message = param_and_reason(exc.errors())
+        return error_response(invalid_request(message, param=param))
     except ApiError as exc:
         return error_response(exc)
     return gateway.stream_response(admitted, upstream, route)

@@ -184,7 +184,7 @@ def _is_union_branch(part: str) -> bool:
     return part in _UNION_BRANCHES or "[" in part or part.startswith("function-")
 
 
-def _param_and_reason(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
+def param_and_reason(errors: list[dict[str, Any]]) -> tuple[str | None, str]:
     first = errors[0] if errors else {}
     location = [str(part) for part in first.get("loc", ()) if part not in ("body", "payload")]
     location = [part for part in location if not _is_union_branch(part)]
@@ -205,7 +205,7 @@ def _api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
 
 @api.exception_handler(ValidationError)
 def _validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    param, message = _param_and_reason(list(exc.errors))
+    param, message = param_and_reason(list(exc.errors))
     return error_response(invalid_request(message, param=param))
 
 

@@ -220,3 +220,16 @@ def test_a_viewer_signed_in_on_the_live_server_is_refused(live_tenant, signed_in
                          headers={"Content-Type": "application/json"})
 
     assert response.status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_body_the_gateway_could_not_relay_is_refused_like_the_api_refuses_it(owner):
+    # Nested past what can be written on upstream (orjson stops at 255 levels).
+    nested = b"[" * 300 + b"1" + b"]" * 300
+    body = b'{"model": "novakit/echo", "messages": [{"role": "user", "content": ' + nested + b"}]}"
+
+    response = owner.post(STREAM, body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert "nested more than" in response.json()["error"]["message"]
+    assert not Reservation.objects.exists()
