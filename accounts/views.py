@@ -241,16 +241,21 @@ def _key_status(key: APIKey, now: dt.datetime) -> str:
     return "active"
 
 
-def _secret_page(request: HttpRequest, member: PortalMember, key: APIKey, secret: str,
-                 *, replaces: APIKey | None = None) -> HttpResponse:
-    # The secret is in this one response and nowhere else: not the session, not
-    # a redirect, not a cache.
-    response = portal_render(request, member, "portal/key_created.html", {
-        "section": "keys", "key": key, "secret": secret, "replaces": replaces,
-        "base_url": request.build_absolute_uri("/api/v1"),
-    }, status=201)
+def secret_page(request: HttpRequest, member: PortalMember, template: str,
+                context: dict[str, Any]) -> HttpResponse:
+    """The one page a new secret appears on: this response and nowhere else (not the
+    session, not a redirect, not a cache)."""
+    response = portal_render(request, member, template, context, status=201)
     response["Cache-Control"] = "no-store"
     return response
+
+
+def _secret_page(request: HttpRequest, member: PortalMember, key: APIKey, secret: str,
+                 *, replaces: APIKey | None = None) -> HttpResponse:
+    return secret_page(request, member, "portal/key_created.html", {
+        "section": "keys", "key": key, "secret": secret, "replaces": replaces,
+        "base_url": request.build_absolute_uri("/api/v1"),
+    })
 
 
 @require_http_methods(["GET", "POST"])

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import webhooks
 from accounts.api import MANAGERS
 from accounts.models import WebhookEndpoint
-from accounts.views import PortalMember, forbidden_page, member_view, portal_render
+from accounts.views import PortalMember, forbidden_page, member_view, portal_render, secret_page
 from accounts.webhook_forms import WebhookActiveForm, WebhookEndpointForm
 from billing.alerts import low_balance_threshold
 from billing.models import CreditAccount
@@ -55,27 +55,26 @@ def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
             except ValueError as exc:  # UnsafeTarget: a private address, plain http, no DNS
                 form.add_error("url", str(exc))
             else:
-                # The secret is in this one response only (as for API keys): not the
-                # session, not a redirect, not a cache.
-                response = portal_render(request, member, "portal/webhook_created.html", {
+                return secret_page(request, member, "portal/webhook_created.html", {
                     "section": "webhooks", "endpoint": endpoint, "secret": secret,
-                }, status=201)
-                response["Cache-Control"] = "no-store"
-                return response
+                })
     endpoints = _endpoints(member).annotate(
         delivery_count=Count("deliveries"), last_delivery_at=Max("deliveries__created_at"),
     ).order_by("-is_active", "-created_at")
     return portal_render(request, member, "portal/webhooks.html", {
         "section": "webhooks", "form": form, "endpoints": endpoints,
         "can_manage": member.can_manage_members,
-        "balance_threshold": _balance_threshold(member),
+        # Shown in the register form, which only those who manage webhooks get.
+        "balance_threshold": (_balance_threshold(member) if member.can_manage_members
+                              else None),
     }, status=400 if form.errors else 200)
 
 
 @require_GET
 @member_view()
 def webhook_detail(request: HttpRequest, member: PortalMember, endpoint_id: int) -> HttpResponse:
-    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    endpoint = get_object_or_404(_endpoints(member).select_related("created_by"),
+                                 pk=endpoint_id)
     deliveries = endpoint.deliveries.order_by("-created_at", "-pk")[:RECENT_DELIVERIES]
     labels = dict(WebhookEndpoint.Event.choices)
     context: dict[str, Any] = {

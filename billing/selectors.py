@@ -15,10 +15,16 @@ from billing.services import period_end, period_start
 def quota_usage(*, organization_id: int, now: dt.datetime | None = None) -> list[dict[str, Any]]:
     now = now or timezone.now()
     rows = []
-    quotas = Quota.objects.filter(organization_id=organization_id).select_related("api_key")
-    for quota in quotas.order_by("pk"):
-        start = period_start(quota.period, now)
-        counter = QuotaCounter.objects.filter(quota=quota, period_start=start).first()
+    quotas = list(Quota.objects.filter(organization_id=organization_id)
+                  .select_related("api_key").order_by("pk"))
+    # Every quota's counter for its current period, in one query.
+    starts = {quota.pk: period_start(quota.period, now) for quota in quotas}
+    counters = {(counter.quota_id, counter.period_start): counter
+                for counter in QuotaCounter.objects.filter(
+                    quota__in=quotas, period_start__in=set(starts.values()))}
+    for quota in quotas:
+        start = starts[quota.pk]
+        counter = counters.get((quota.pk, start))
         used = counter.used if counter else 0
         reserved = counter.reserved if counter else 0
         end = period_end(quota.period, start)
