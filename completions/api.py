@@ -120,20 +120,21 @@ async def _recorded(content: Any, org: int, idempotency_key: str,
     """Pass a stream through, keeping its bytes; store them if it ends with [DONE]."""
     parts: list[bytes] = []
     size = 0
-    finished = False
+    whole: bytes | None = None  # the stream, when it ended with [DONE] and fits
     try:
         async for chunk in content:
             size += len(chunk)
             if size <= idempotency.MAX_STORED_BYTES:
                 parts.append(chunk)
             yield chunk
-        whole = b"".join(parts)
-        finished = size <= idempotency.MAX_STORED_BYTES and whole.endswith(b"data: [DONE]\n\n")
+        if size <= idempotency.MAX_STORED_BYTES:
+            joined = b"".join(parts)
+            whole = joined if joined.endswith(b"data: [DONE]\n\n") else None
     finally:
-        if finished:
+        if whole is not None:
             await db_async(idempotency.idempotency_complete)(
                 organization_id=org, key=idempotency_key, status=200, headers=headers,
-                body=b"".join(parts), request_id=headers.get("x-request-id", ""))
+                body=whole, request_id=headers.get("x-request-id", ""))
         else:  # cut short: a retry should run again
             await db_async(idempotency.idempotency_abandon)(organization_id=org,
                                                            key=idempotency_key)
