@@ -7,7 +7,7 @@ What it does, in order:
 1. starts the fake upstream (bench/fake_upstream.py) on a loopback port;
 2. recreates the PostgreSQL database, empties its Redis database, migrates,
    creates an organization with plenty of credits and an API key;
-3. starts NovaKit (uvicorn, 2 workers) once per upstream transport, and
+3. starts NovaKit (uvicorn, 2 workers) and
    LiteLLM's proxy (2 workers) from its own virtual environment, and checks
    each answers before measuring it;
 4. runs every scenario with the targets interleaved (A B C A B C ...),
@@ -98,8 +98,6 @@ class Plan:
     # The quick run measures LiteLLM only when asked: its two workers take
     # 80-120 s to import on this 2-core machine, most of the quick budget.
     litellm_by_default: bool
-    # Both upstream transports, or only the shipped default.
-    both_transports: bool
     out_dir: Path
 
 
@@ -108,14 +106,14 @@ FULL = Plan(
     stream_concurrency=64, stream_duration=8.0, stream_chunks=32, stream_interval_ms=20.0,
     hold_streams=1000, hold_chunks=240, hold_interval_ms=250.0, hold_ramp_per_second=250.0,
     hold_open_timeout=45.0, grace=60.0, warmup=2.0, litellm_start_budget=300.0,
-    litellm_by_default=True, both_transports=True, out_dir=BENCH / "results",
+    litellm_by_default=True, out_dir=BENCH / "results",
 )
 QUICK = Plan(
     name="quick", concurrencies=[1, 64], duration=1.5, reps=2,
     stream_concurrency=16, stream_duration=1.5, stream_chunks=32, stream_interval_ms=20.0,
     hold_streams=100, hold_chunks=50, hold_interval_ms=200.0, hold_ramp_per_second=400.0,
     hold_open_timeout=8.0, grace=15.0, warmup=0.5, litellm_start_budget=300.0,
-    litellm_by_default=False, both_transports=False, out_dir=BENCH / "results" / "quick",
+    litellm_by_default=False, out_dir=BENCH / "results" / "quick",
 )
 
 
@@ -534,13 +532,6 @@ def manage_commands(env: dict[str, str], commands: list[list[str]]) -> str:
     return done.stdout
 
 
-def shipped_transport() -> str:
-    """The UPSTREAM_TRANSPORT NovaKit uses when nobody sets it."""
-    source = (ROOT / "novakit" / "settings.py").read_text()
-    found = re.search(r'env_str\("UPSTREAM_TRANSPORT",\s*"(\w+)"\)', source)
-    return found.group(1) if found else "httpx"
-
-
 def uvicorn_speedups() -> list[str]:
     done = subprocess.run(  # noqa: S603
         [str(VENV_PYTHON), "-c", "import uvloop, httptools"], capture_output=True, check=False,
@@ -756,14 +747,6 @@ def build_report(ctx: dict[str, Any]) -> str:
         f"{head_label} {fmt(c64_n and c64_n['cpu_ms_per_request'], 2)} ms"
         + (f", LiteLLM {fmt(c64_l['cpu_ms_per_request'], 2)} ms." if c64_l else "."),
     ]
-    variants = [t for t in targets if t.name.startswith("novakit-")]
-    if len(variants) > 1:
-        lines.append(
-            "**Upstream transport (`UPSTREAM_TRANSPORT`), c=64:** " + "; ".join(
-                f"{t.label} {fmt(results[t.name]['chat_c64']['throughput_rps'], 1)} req/s, "
-                f"p99 {fmt(results[t.name]['chat_c64']['p99_ms'], 0)} ms, "
-                f"{fmt(results[t.name]['chat_c64']['cpu_ms_per_request'], 2)} ms CPU/request"
-                for t in variants if results.get(t.name, {}).get("chat_c64")) + ".")
     lines += [
         "",
         f"Measured {ctx['started']} on {ctx['machine']}; load average "
@@ -1090,31 +1073,24 @@ def main() -> int:
 
         # 3. the targets
         speedups = uvicorn_speedups()
-        shipped = shipped_transport()
-        transports = [shipped]
-        if plan.both_transports:
-            transports += [t for t in ("httpx", "aiohttp") if t != shipped]
         targets: list[Target] = [Target(name="direct", label="direct (fake upstream)",
                                         url=f"{fake_url}/chat/completions", key="", server=None,
                                         notes=["no gateway: the physical limit"])]
-        for transport in transports:
-            port = free_port()
-            server = start(f"novakit-{transport}", [
-                str(ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
-                "--workers", str(WORKERS), "--host", HOST, "--port", str(port),
-                "--no-access-log", "--log-level", "warning",
-                "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S), *speedups,
-            ], {**env, "UPSTREAM_TRANSPORT": transport}, raw_dir)
-            servers.append(server)
-            notes = [f"uvicorn {WORKERS} workers {' '.join(speedups) or '(default loop)'} "
-                     f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}, "
-                     f"`UPSTREAM_TRANSPORT={transport}`"
-                     + (" (the shipped default)" if transport == shipped else "")]
-            targets.append(Target(name=f"novakit-{transport}",
-                                  label=f"NovaKit ({transport})",
-                                  url=f"http://{HOST}:{port}/api/v1/chat/completions",
-                                  key=secret, server=server, notes=notes))
-        ctx["headline"] = f"novakit-{shipped}"
+        port = free_port()
+        server = start("novakit", [
+            str(ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
+            "--workers", str(WORKERS), "--host", HOST, "--port", str(port),
+            "--no-access-log", "--log-level", "warning",
+            "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S), *speedups,
+        ], env, raw_dir)
+        servers.append(server)
+        targets.append(Target(name="novakit", label="NovaKit",
+                              url=f"http://{HOST}:{port}/api/v1/chat/completions",
+                              key=secret, server=server,
+                              notes=[f"uvicorn {WORKERS} workers "
+                                     f"{' '.join(speedups) or '(default loop)'} "
+                                     f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]))
+        ctx["headline"] = "novakit"
         for target in targets:
             if target.server is not None:
                 wait_until_up(target.server, target.url, timeout=60)

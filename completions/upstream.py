@@ -3,18 +3,22 @@
 Each function here makes one attempt against one route and raises
 `UpstreamFailure` on anything that went wrong; `gateway` decides whether to
 fall back to the next route (only before a byte has gone to the client).
+
+The client is aiohttp's: on this hot path it costs about a tenth of the CPU
+of httpx's (bench/results/CHANGES.md), which NovaKit still uses where
+speed does not matter (webhooks, catalog sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx
 import orjson
 from django.conf import settings
 
@@ -39,18 +43,6 @@ class UpstreamFailure(Exception):
         self.kind = kind
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a failed attempt timed out (504) rather than lost its connection (503/502).
-
-    The aiohttp transport (httpx-aiohttp 0.2) reports every aiohttp connection
-    error as `httpx.ConnectTimeout`, a refused connection and a server that
-    hung up included; the aiohttp error it came from tells them apart.
-    """
-    cause = exc.__cause__
-    return not (isinstance(cause, aiohttp.ClientConnectionError)
-                and not isinstance(cause, TimeoutError))
-
-
 def _timeout_failure(provider: str, what: str) -> UpstreamFailure:
     return UpstreamFailure(
         504, "upstream_timeout", f"Provider '{provider}' timed out ({what})",
@@ -72,48 +64,60 @@ def _malformed(provider: str, what: str) -> UpstreamFailure:
     )
 
 
+def _stream_cut(provider: str) -> UpstreamFailure:
+    return UpstreamFailure(
+        502, "upstream_error", f"Provider '{provider}' closed the stream early",
+        retryable=True, kind="stream_cut",
+    )
+
+
 class _ClientHolder:
-    """The process's pooled client, created on first use inside the running event loop."""
+    """The process's pooled session, created on first use inside the running event loop."""
 
     def __init__(self) -> None:
-        self.client: httpx.AsyncClient | None = None
+        self.session: aiohttp.ClientSession | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def get(self) -> httpx.AsyncClient:
+    def get(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        if self.client is None or self.loop is not loop or self.client.is_closed:
-            # A client is bound to the loop that made it (tests run several loops).
-            self.client = _make_client()
+        if self.session is None or self.loop is not loop or self.session.closed:
+            # A session is bound to the loop that made it (tests run several loops).
+            self.session = _make_session()
             self.loop = loop
-        return self.client
+        return self.session
 
     async def aclose(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
+        """Close the session, from the loop it belongs to (a session of a gone loop is dropped)."""
+        session, self.session = self.session, None
+        if session is not None and self.loop is asyncio.get_running_loop():
+            await session.close()
 
 
-def _make_client() -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=settings.UPSTREAM_MAX_CONNECTIONS,
-        max_keepalive_connections=settings.UPSTREAM_MAX_CONNECTIONS,
-        keepalive_expiry=30,
+def _make_session() -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=settings.UPSTREAM_MAX_CONNECTIONS, limit_per_host=0, keepalive_timeout=30,
     )
-    transport: httpx.AsyncBaseTransport | None = None
-    if settings.UPSTREAM_TRANSPORT == "aiohttp":
-        from httpx_aiohttp import AiohttpTransport
+    return aiohttp.ClientSession(
+        connector=connector,
+        # Each request passes its own timeout (settings can change); none for the session.
+        timeout=aiohttp.ClientTimeout(total=None),
+        # HTTP(S)_PROXY / NO_PROXY are honoured when set, as httpx does; reading the
+        # environment on every request costs CPU, so only when there is a proxy to use.
+        trust_env=bool(urllib.request.getproxies()),
+    )
 
-        transport = AiohttpTransport(limits=limits)
-    return httpx.AsyncClient(limits=limits, timeout=_timeout(), transport=transport)
 
+def _timeout() -> aiohttp.ClientTimeout:
+    """Read per request, not fixed when the pooled session was made: settings can change.
 
-def _timeout() -> httpx.Timeout:
-    """Read per request, not fixed when the pooled client was made: settings can change."""
-    return httpx.Timeout(
+    `connect` bounds the wait for a pooled connection plus the connect itself;
+    `sock_read` is the longest silence allowed while reading the answer.
+    """
+    return aiohttp.ClientTimeout(
+        total=None,
         connect=settings.UPSTREAM_CONNECT_TIMEOUT,
-        read=settings.UPSTREAM_CHUNK_TIMEOUT,
-        write=settings.UPSTREAM_CONNECT_TIMEOUT,
-        pool=settings.UPSTREAM_CONNECT_TIMEOUT,
+        sock_connect=settings.UPSTREAM_CONNECT_TIMEOUT,
+        sock_read=settings.UPSTREAM_CHUNK_TIMEOUT,
     )
 
 
@@ -168,30 +172,30 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
     """One non-streaming attempt; returns the provider's completion object."""
     if route.kind == "builtin":
         return echo.complete(payload)
-    client = upstream_client.get()
+    session = upstream_client.get()
     try:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
-            response = await client.post(
-                f"{route.base_url}/chat/completions", content=orjson.dumps(payload),
+            async with session.post(
+                f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
                 headers=_headers(route), timeout=_timeout(),
-            )
-    except (TimeoutError, httpx.TimeoutException) as exc:
-        if _timed_out(exc):
-            raise _timeout_failure(route.provider, "no response") from None
-        raise _connect_failure(route.provider) from None
-    except httpx.TransportError:
-        raise _connect_failure(route.provider) from None
-    except httpx.HTTPError:  # a body that cannot be decoded (bad gzip, bad charset)
+            ) as response:
+                status = response.status
+                body = await response.read()
+    except TimeoutError:  # asyncio's, and aiohttp's connect and read timeouts
+        raise _timeout_failure(route.provider, "no response") from None
+    except aiohttp.ClientPayloadError:  # a body cut short, or one that cannot be decoded
         raise _malformed(route.provider, "response") from None
-    if response.status_code != 200:
-        raise _failure_from_status(route, response.status_code, response.content)
+    except (aiohttp.ClientError, OSError):
+        raise _connect_failure(route.provider) from None
+    if status != 200:
+        raise _failure_from_status(route, status, body)
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise _malformed(route.provider, "response") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         if isinstance(data, dict) and data.get("error"):
-            raise _failure_from_status(route, 502, response.content)
+            raise _failure_from_status(route, 502, body)
         raise _malformed(route.provider, "response")
     if not _well_formed(data, "message"):
         raise _malformed(route.provider, "response")
@@ -216,49 +220,73 @@ class EventStream:
 
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
-    response: httpx.Response | None
+    response: aiohttp.ClientResponse | None
 
     async def aclose(self) -> None:
         aclose = getattr(self.rest, "aclose", None)
         if aclose is not None:
             await aclose()
         if self.response is not None:
-            await self.response.aclose()
+            self.response.release()
 
 
-async def _sse_events(response: httpx.Response, provider: str) -> AsyncIterator[dict[str, Any]]:
+async def _received_bytes(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's bytes as they arrive; when the connection breaks, what came before it first.
+
+    aiohttp's readers raise a broken connection's error before handing out what
+    they had already buffered, so the chunks that arrived with the hang-up
+    (an upstream that sends its last events and drops the connection) would
+    be lost. Those bytes are still in the reader's buffer (`_buffer`, a deque
+    of bytes, whole because only `readany` reads it); they are yielded before
+    the error is raised again. tests/completions/test_billing_paths.py fails
+    if an aiohttp upgrade changes this.
+    """
+    while True:
+        try:
+            data = await body.readany()
+        except aiohttp.ClientPayloadError:
+            left = b"".join(getattr(body, "_buffer", ()))
+            if left:
+                yield left
+            raise
+        if not data:
+            return
+        yield data
+
+
+async def _sse_events(
+    response: aiohttp.ClientResponse, provider: str
+) -> AsyncIterator[dict[str, Any]]:
     """Parsed `data:` events until `[DONE]`; comments and keep-alives are skipped."""
-    data_lines: list[str] = []
+    data_lines: list[bytes] = []
+    pending = b""  # the start of a line whose end has not arrived yet
     try:
-        async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                data_lines.append(line[5:].strip())
-                continue
-            if line.startswith(":") or line.strip() or not data_lines:
-                continue  # comment / other field / blank line with no event pending
-            data = "\n".join(data_lines)
-            data_lines = []
-            if data == "[DONE]":
-                return
-            try:
-                event = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise _malformed(provider, "stream event") from None
-            if not isinstance(event, dict) or not _well_formed(event, "delta"):
-                raise _malformed(provider, "stream event")
-            yield event
-    except httpx.TimeoutException as exc:
-        if _timed_out(exc):
-            raise _timeout_failure(provider, "gap between chunks") from None
-        raise UpstreamFailure(
-            502, "upstream_error", f"Provider '{provider}' closed the stream early",
-            retryable=True, kind="stream_cut",
-        ) from None
-    except httpx.HTTPError:  # the connection dropped, or a body that cannot be decoded
-        raise UpstreamFailure(
-            502, "upstream_error", f"Provider '{provider}' closed the stream early",
-            retryable=True, kind="stream_cut",
-        ) from None
+        async for received in _received_bytes(response.content):
+            lines = (pending + received).splitlines(keepends=True)
+            # The last line may be incomplete; a lone CR may still be followed by LF.
+            pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
+            for raw_line in lines:
+                line = raw_line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data_lines.append(line[5:].strip())
+                    continue
+                if line.startswith(b":") or line.strip() or not data_lines:
+                    continue  # comment / other field / blank line with no event pending
+                data = b"\n".join(data_lines)
+                data_lines = []
+                if data == b"[DONE]":
+                    return
+                try:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    raise _malformed(provider, "stream event") from None
+                if not isinstance(event, dict) or not _well_formed(event, "delta"):
+                    raise _malformed(provider, "stream event")
+                yield event
+    except TimeoutError:
+        raise _timeout_failure(provider, "gap between chunks") from None
+    except (aiohttp.ClientError, OSError):  # the connection dropped, or an undecodable body
+        raise _stream_cut(provider) from None
     # The connection ended without `[DONE]`: a truncated stream is not a success.
     raise UpstreamFailure(
         502, "upstream_error", f"Provider '{provider}' ended the stream without finishing it",
@@ -272,18 +300,17 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
         events = echo.stream(payload)
         first = await anext(events)
         return EventStream(first=first, rest=events, response=None)
-    client = upstream_client.get()
-    request = client.build_request(
-        "POST", f"{route.base_url}/chat/completions", content=orjson.dumps(payload),
-        headers={**_headers(route), "Accept": "text/event-stream"}, timeout=_timeout(),
-    )
-    response: httpx.Response | None = None
+    session = upstream_client.get()
+    response: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
-            response = await client.send(request, stream=True)
-            if response.status_code != 200:
-                body = await response.aread()
-                raise _failure_from_status(route, response.status_code, body)
+            response = await session.post(
+                f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
+                headers={**_headers(route), "Accept": "text/event-stream"}, timeout=_timeout(),
+            )
+            if response.status != 200:
+                body = await response.read()
+                raise _failure_from_status(route, response.status, body)
             events = _sse_events(response, route.provider)
             try:
                 first = await anext(events)
@@ -293,21 +320,19 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
                 raise _failure_from_status(route, 502, orjson.dumps(first))
     except UpstreamFailure:
         if response is not None:
-            await response.aclose()
+            response.release()
         raise
-    except (TimeoutError, httpx.TimeoutException) as exc:
+    except TimeoutError:
         if response is not None:
-            await response.aclose()
-        if _timed_out(exc):
-            raise _timeout_failure(route.provider, "no first byte") from None
-        raise _connect_failure(route.provider) from None
-    except httpx.TransportError:
+            response.release()
+        raise _timeout_failure(route.provider, "no first byte") from None
+    except (aiohttp.ClientError, OSError):
         if response is not None:
-            await response.aclose()
+            response.release()
         raise _connect_failure(route.provider) from None
     except BaseException:
         # Cancelled (the client left) or anything unforeseen: never leak the connection.
         if response is not None:
-            await response.aclose()
+            response.release()
         raise
     return EventStream(first=first, rest=events, response=response)

@@ -201,16 +201,6 @@ SPECTACULAR_SETTINGS = {
 }
 
 
-# "httpx" (httpx's own transport) or "aiohttp" (httpx-aiohttp, same httpx API);
-# bench/ measures both, see bench/results/REPORT.md. aiohttp costs less CPU but
-# discards chunks it had already received when an upstream cuts a stream
-# (tests/completions/test_billing_paths.py caught it), so httpx stays the default.
-UPSTREAM_TRANSPORT = env_str("UPSTREAM_TRANSPORT", "httpx")
-if UPSTREAM_TRANSPORT not in ("httpx", "aiohttp"):
-    raise ImproperlyConfigured(
-        f"UPSTREAM_TRANSPORT must be httpx or aiohttp, got {UPSTREAM_TRANSPORT!r}"
-    )
-
 # --- Background jobs -----------------------------------------------------------
 USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 3600, minimum=60)
 # How often beat asks for the usage rollup; the default suits production, a test of

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import openai
@@ -18,6 +18,7 @@ from billing.models import CreditAccount
 from billing.services import account_for_organization, credits_grant
 from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
+from completions.upstream import upstream_client
 from novakit import redis as shared_redis
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.live_server import LiveGateway
@@ -125,6 +126,14 @@ def fake_upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[Fake
     catalog_cache.clear()
     yield fake_upstream_server
     fake_upstream_server.reset()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _upstream_session() -> AsyncIterator[None]:
+    """The tests' event loop keeps one pooled upstream session, closed at the end as the
+    gateway's lifespan closes it."""
+    yield
+    await upstream_client.aclose()
 
 
 @pytest.fixture(scope="session")
