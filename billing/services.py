@@ -282,9 +282,7 @@ def reservation_targets(*, organization_id: int, api_key_id: int | None) -> Rese
     A cached copy stays right because quota changes invalidate the key cache
     (billing/signals.py) and an organization's account never changes.
     """
-    account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
-        "pk", flat=True
-    ).first()
+    account_id = _account_id(organization_id)
     quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
     return ReservationTargets(account_id=account_id, quotas=tuple(quotas))
 
@@ -408,6 +406,20 @@ def key_quotas_copy(*, old: APIKey, new: APIKey, actor: AbstractBaseUser | None 
 # --- reservations ------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """One request's worst case to reserve: what `credits_reserve` takes, for a group."""
+
+    organization_id: int
+    api_key_id: int | None
+    request_id: str
+    amount: int
+    tokens: int
+    # The credit account and quotas, when the caller knows them (the gateway
+    # keeps them with the API key's cached context); else they are looked up.
+    targets: ReservationTargets | None = None
+
+
 def credits_reserve(
     *,
     organization_id: int,
@@ -420,41 +432,21 @@ def credits_reserve(
 ) -> Reservation:
     """Hold the worst-case credits (and quota) for a request before it runs.
 
-    `targets` (the organization's credit account and the quotas that apply)
-    saves their look-up when the caller already knows them: the gateway
-    keeps them with the API key's cached context (`reservation_targets`).
-
-    Steps: (1) record the reservation (a second call with the same request id
-    gets the first one); (2) hold every applicable quota; (3) hold the credits
-    with one conditional UPDATE. Any refusal rolls the whole
-    transaction back, so a refused request holds nothing.
+    Records the reservation and holds every applicable quota and the credits,
+    each with one conditional UPDATE (`credits_reserve_many` with one hold).
+    A refusal rolls the whole transaction back, so a refused request holds
+    nothing. A second call with the same request id gets the first one's
+    reservation.
     """
-    if amount < 0 or tokens < 0:
-        raise ValueError("a reservation cannot be negative")
-    now = now or timezone.now()
+    hold = Hold(organization_id=organization_id, api_key_id=api_key_id, request_id=request_id,
+                amount=amount, tokens=tokens, targets=targets)
     try:
-        # Its own transaction (a savepoint inside a caller's): a second call
-        # with the same request id (a retry, or a concurrent twin) fails on
-        # the unique request id at its first insert, rolls back only this, and
-        # gets the first reservation below. No look-up beforehand: request ids
-        # are new on the hot path, so that query would almost always find
-        # nothing; and no outer transaction, whose savepoint would cost two
-        # more round trips on every request.
-        with transaction.atomic():
-            return _reserve(
-                organization_id=organization_id,
-                api_key_id=api_key_id,
-                request_id=request_id,
-                amount=amount,
-                tokens=tokens,
-                now=now,
-                targets=targets or reservation_targets(
-                    organization_id=organization_id, api_key_id=api_key_id),
-            )
+        # No look-up beforehand: request ids are new on the hot path, so that
+        # query would almost always find nothing. A second call with the same
+        # request id (a retry, or a concurrent twin that committed first) fails
+        # on the unique request id at its insert, and gets the first reservation.
+        return credits_reserve_many([hold], now=now)[0]
     except IntegrityError:
-        # Another call with the same request id inserted its reservation first
-        # (a concurrent one: ours waited for its commit, then failed): ours is
-        # rolled back, and theirs is the answer.
         existing = _existing_reservation(request_id=request_id, organization_id=organization_id)
         if existing is None:
             raise
@@ -469,59 +461,88 @@ def _existing_reservation(*, request_id: str, organization_id: int) -> Reservati
     return existing
 
 
-def _reserve(
-    *,
-    organization_id: int,
-    api_key_id: int | None,
-    request_id: str,
-    amount: int,
-    tokens: int,
-    now: dt.datetime,
-    targets: ReservationTargets,
-) -> Reservation:
-    account_id = targets.account_id
-    if account_id is None:
-        # Perhaps created since the targets were read (a first grant): look again.
-        account_id = CreditAccount.objects.filter(organization_id=organization_id).values_list(
-            "pk", flat=True
-        ).first()
-    if account_id is None:
-        raise InsufficientCredits(0)
-    quotas = targets.quotas
-    counters = [_counter_for(quota, now) for quota in quotas]
-    holds = [
-        [counter_id, tokens if quota.metric == Quota.Metric.CHAT_TOKENS else amount]
-        for quota, counter_id in zip(quotas, counters, strict=True)
-    ]
-    # Everything that takes no shared lock comes first; the row locks (quota
-    # counters by counter id, then the credit account) are the last statements
-    # before commit, so concurrent requests of one organization queue for as
-    # short a time as possible. The order is the same on every path
-    # (settlement claims its own reservation, then counters by id, then the
-    # account), so they wait for each other but never deadlock. Counter ids do
-    # not follow quota ids (a daily quota gets a new counter every day).
-    reservation = Reservation.objects.create(
-        request_id=request_id,
-        account_id=account_id,
-        api_key_id=api_key_id,
-        amount=amount,
-        tokens=tokens,
-        quota_holds=holds,
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
-    )
-    for quota, (counter_id, held) in sorted(zip(quotas, holds, strict=True),
-                                            key=lambda pair: pair[1][0]):
-        _hold_counter(quota, counter_id, held)
-    # The conditional update is the whole check: it matches only while the
-    # unreserved balance covers the amount, and takes the row lock as it does.
+def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
+                         ) -> list[Reservation]:
+    """Reserve for many requests in one transaction: all of them, or none (it raises).
+
+    The gateway reserves the requests that arrive together this way (a group
+    commit, completions/group_commit.py). Statements: one INSERT of every
+    reservation, then one conditional UPDATE per quota counter and one per
+    credit account with the group's holds summed. When any of them refuses
+    (a balance or a quota that cannot cover the whole group, a request id
+    already reserved) the transaction rolls back and the error is raised;
+    the caller then reserves each request alone, which refuses exactly the
+    ones that do not fit.
+
+    Everything that takes no shared lock comes first; the row locks (quota
+    counters by counter id, then credit accounts by id) are the last
+    statements before commit, so concurrent requests of one organization
+    queue for as short a time as possible. Settlement takes them in the same
+    order (its reservations, then counters by id, then accounts by id), so
+    they wait for each other but never deadlock. Counter ids do not follow
+    quota ids (a daily quota gets a new counter every day).
+    """
+    if any(hold.amount < 0 or hold.tokens < 0 for hold in holds):
+        raise ValueError("a reservation cannot be negative")
+    if not holds:
+        return []
+    now = now or timezone.now()
+    expires_at = now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
+    counter_of: dict[int, int] = {}  # quota id -> this period's counter id
+    counter_holds: dict[int, tuple[Quota, int]] = {}  # counter id -> (quota, summed hold)
+    account_holds: dict[int, int] = {}  # account id -> summed amount
+    rows = []
+    with transaction.atomic():
+        for hold in holds:
+            targets = hold.targets or reservation_targets(
+                organization_id=hold.organization_id, api_key_id=hold.api_key_id)
+            account_id = targets.account_id or _account_id(hold.organization_id)
+            if account_id is None:
+                raise InsufficientCredits(0)
+            quota_holds = []
+            for quota in targets.quotas:
+                if quota.pk not in counter_of:
+                    counter_of[quota.pk] = _counter_for(quota, now)
+                counter_id = counter_of[quota.pk]
+                held = hold.tokens if quota.metric == Quota.Metric.CHAT_TOKENS else hold.amount
+                quota_holds.append([counter_id, held])
+                counter_holds[counter_id] = (quota, counter_holds.get(counter_id, (quota, 0))[1]
+                                             + held)
+            account_holds[account_id] = account_holds.get(account_id, 0) + hold.amount
+            rows.append(Reservation(
+                request_id=hold.request_id, account_id=account_id, api_key_id=hold.api_key_id,
+                amount=hold.amount, tokens=hold.tokens, quota_holds=quota_holds,
+                created_at=now, expires_at=expires_at,
+            ))
+        reservations = Reservation.objects.bulk_create(rows)
+        for counter_id in sorted(counter_holds):
+            quota, held = counter_holds[counter_id]
+            _hold_counter(quota, counter_id, held)
+        for account_id in sorted(account_holds):
+            _hold_credits(account_id, account_holds[account_id])
+    return reservations
+
+
+def _account_id(organization_id: int) -> int | None:
+    """The organization's credit account, perhaps created since the targets were read
+    (a first grant)."""
+    return CreditAccount.objects.filter(organization_id=organization_id).values_list(
+        "pk", flat=True
+    ).first()
+
+
+def _hold_credits(account_id: int, amount: int) -> None:
+    """Hold `amount` of an account's unreserved balance, or raise InsufficientCredits.
+
+    The conditional update is the whole check: it matches only while the
+    unreserved balance covers the amount, and takes the row lock as it does.
+    """
     updated = CreditAccount.objects.filter(
         pk=account_id, balance__gte=F("reserved") + amount
     ).update(reserved=F("reserved") + amount)
     if updated != 1:
         row = CreditAccount.objects.filter(pk=account_id).values_list("balance", "reserved")[0]
         raise InsufficientCredits(row[0] - row[1])
-    return reservation
 
 
 @dataclass(frozen=True, slots=True)

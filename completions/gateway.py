@@ -30,8 +30,9 @@ from django.http import HttpResponse, StreamingHttpResponse
 from accounts.auth import KeyContext
 from accounts.ratelimit import rate_limit_acquire, rate_limit_release
 from billing.pricing import Price, price_request
-from billing.services import Settlement, credits_reserve
+from billing.services import Hold, Settlement
 from completions.catalog import ModelInfo, Route, catalog_cache
+from completions.group_commit import reserve_in_group, settle_in_group
 from completions.models import UsageRecord
 from completions.schemas import ChatCompletionRequest
 from completions.services import (
@@ -40,7 +41,6 @@ from completions.services import (
     request_settle_retrying,
     tokens_remaining_estimate,
 )
-from completions.settling import settle_in_group
 from completions.tokens import count_text, estimate_prompt_tokens
 from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
 from novakit import metrics
@@ -251,19 +251,21 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
 async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
     """Reserve the worst case; if the client leaves meanwhile, give the reservation back.
 
-    The reservation is written in a thread that cancelling the await does not
-    stop: it may commit after the request is gone. Once it has, it is settled
-    as a cancelled request (released, nothing charged) instead of holding the
-    credits until the expiry job finds it.
+    The reservation is written with the requests arriving meanwhile (one
+    transaction for the group, completions/group_commit.py), in a task that
+    cancelling the await does not stop: it may commit after the request is
+    gone. Once it has, it is settled as a cancelled request (released,
+    nothing charged) instead of holding the credits until the expiry job
+    finds it.
     """
-    task = asyncio.ensure_future(db_async(credits_reserve)(
+    task = asyncio.ensure_future(reserve_in_group(Hold(
         organization_id=admitted.key.organization_id,
         api_key_id=admitted.key.key_id,
         request_id=admitted.request_id,
         amount=admitted.reserved.total,
         tokens=tokens,
         targets=admitted.key.reservation_targets,
-    ))
+    )))
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:

@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from billing.models import LedgerEntry, Quota
 from billing.pricing import price_request
 from billing.services import quota_set
-from completions import settling
+from completions import group_commit
 from completions.models import UsageRecord
 from tests.completions.helpers import assert_books_balance, post_chat
 
@@ -25,13 +25,13 @@ async def test_given_requests_finishing_together_then_they_are_settled_in_groups
     tenant, fake_upstream, async_client_for, monkeypatch
 ):
     groups: list[int] = []
-    settle_group = settling.requests_settle_retrying
+    settle_group = group_commit.settlements.many
 
-    def recorded(*, outcomes: list[Any]) -> Any:
+    def recorded(outcomes: list[Any]) -> Any:
         groups.append(len(outcomes))
-        return settle_group(outcomes=outcomes)
+        return settle_group(outcomes)
 
-    monkeypatch.setattr(settling, "requests_settle_retrying", recorded)
+    monkeypatch.setattr(group_commit.settlements, "many", recorded)
     client = async_client_for(tenant)
     balance_before = (await sync_to_async(tenant.refresh_account)()).balance
 
