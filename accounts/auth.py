@@ -12,7 +12,9 @@ How fast a revocation or a suspension reaches every process:
   counter (one GET) and trusts a cached lookup only if it was made under the
   current epoch, so the next request in any process reads the key again. The
   epoch is read *before* the database, so a lookup that raced a revocation is
-  filed under the old epoch and thrown away.
+  filed under the old epoch and thrown away. On the event loop, requests
+  arriving together share one GET, each one a GET that began after it
+  arrived (novakit/batching.py), so none can miss a bump made before it came.
 - Without Redis, or while Redis is unreachable (the bump or the read fails),
   and for changes made around those services (a raw ORM update, the admin's
   plain edit form): within `API_KEY_CACHE_SECONDS`, which always applies.
@@ -34,6 +36,7 @@ from django.utils import timezone
 from accounts import keys
 from accounts.models import APIKey
 from novakit import redis as shared_redis
+from novakit.batching import Batch, Batches, resolve
 from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
 
@@ -152,7 +155,20 @@ def _epoch_key() -> str:
 
 
 async def _aepoch() -> int | None:
-    """The key cache's epoch in Redis; None without Redis or when it does not answer."""
+    """The key cache's epoch in Redis; None without Redis or when it does not answer.
+
+    One read for the requests waiting at the same time (see the module docstring).
+    """
+    return await _epoch_reads.submit(None)
+
+
+async def _read_epoch(batch: Batch[None, int | None]) -> None:
+    epoch = await _aepoch_now()
+    for _, future in batch:
+        resolve(future, epoch)
+
+
+async def _aepoch_now() -> int | None:
     client = shared_redis.async_client()
     if client is None:
         return None
@@ -162,6 +178,10 @@ async def _aepoch() -> int | None:
         shared_redis.failed("key_cache", exc)
         return None
     return int(value or 0)
+
+
+# Everyone waiting shares the read: it costs the same for one or for all of them.
+_epoch_reads: Batches[None, int | None] = Batches(_read_epoch, max_size=1_000_000)
 
 
 def _epoch() -> int | None:

@@ -54,6 +54,7 @@ import redis
 from django.conf import settings
 
 from novakit import redis as shared_redis
+from novakit.batching import Batch, Batches, resolve
 from novakit.errors import ApiError, invalid_request
 from novakit.metrics import RATE_LIMIT_REFUSALS
 
@@ -409,12 +410,45 @@ return 1
 _SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RELEASE)}  # noqa: S324 (Redis names scripts by SHA-1)
 
 
+# One script call: the client, the script, its keys and its arguments.
+ScriptCall = tuple["Redis", str, list[str], list[object]]
+
+
 async def _evaluate(client: Redis, script: str, keys: list[str], args: list[object]) -> object:
-    """EVALSHA, loading the script on a Redis that has not seen it (new or restarted)."""
-    try:
-        return await client.evalsha(_SHA[script], len(keys), *keys, *args)  # type: ignore[arg-type]
-    except redis.exceptions.NoScriptError:
-        return await client.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type]
+    """EVALSHA, sent with the calls waiting at the same time in one pipeline (one round trip).
+
+    Each call's batch starts after the call was made (novakit/batching.py) and
+    Redis runs each script on its own, in order, so batching changes no result.
+    """
+    return await _script_calls.submit((client, script, keys, args))
+
+
+async def _run_script_calls(batch: Batch[ScriptCall, object]) -> None:
+    by_client: dict[int, Batch[ScriptCall, object]] = {}
+    for call in batch:
+        by_client.setdefault(id(call[0][0]), []).append(call)
+    for calls in by_client.values():
+        client = calls[0][0][0]
+        try:
+            async with client.pipeline(transaction=False) as pipe:
+                for (_, script, keys, args), _ in calls:
+                    pipe.evalsha(_SHA[script], len(keys), *keys, *args)  # type: ignore[arg-type]
+                results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # the connection failed: no call in it has an answer
+            for _, future in calls:
+                resolve(future, exc)
+            continue
+        for ((_, script, keys, args), future), result in zip(calls, results, strict=True):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                # A Redis that has not seen the script (new or restarted): send it whole.
+                try:
+                    result = await client.eval(script, len(keys), *keys, *args)  # type: ignore[arg-type]
+                except Exception as exc:
+                    result = exc
+            resolve(future, result)
+
+
+_script_calls: Batches[ScriptCall, object] = Batches(_run_script_calls, max_size=500)
 
 
 class RedisLimiter:

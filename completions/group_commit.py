@@ -9,22 +9,19 @@ being written waits for the next one, which writes everyone who waited
 meanwhile in one transaction: the account and each quota counter are
 updated once per group with the summed amounts.
 
-Nothing waits on a timer: alone, a request is written at once, exactly as
-before; under load the groups grow by themselves. Each request still waits
-for its own commit, so the guarantees do not change: a request runs only
-once its reservation has committed, each is charged exactly once (the
-claim in `credits_close_many`), and one whose process dies first is
-released by the expiry job. When a group fails as a whole (one request
+Nothing waits on a timer (novakit/batching.py): alone, a request is
+written at once, exactly as before; under load the groups grow by
+themselves. Each request still waits for its own commit, so the guarantees
+do not change: a request runs only once its reservation has committed,
+each is charged exactly once (the claim in `credits_close_many`), and one
+whose process dies first is released by the expiry job. When a group fails as a whole (one request
 short of credits, a database error in one settlement), each of its
 requests is written alone, so only the ones at fault fail.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -44,6 +41,7 @@ from completions.services import (
     request_settle_retrying,
     requests_settle_retrying,
 )
+from novakit.batching import Batch, Batches, resolve
 from novakit.db import db_async
 from novakit.errors import is_database_outage
 
@@ -57,7 +55,7 @@ Out = TypeVar("Out")
 
 
 class GroupCommit(Generic[In, Out]):
-    """Items written in groups, one event loop's queue at a time.
+    """Items written in groups (novakit/batching.py), one event loop's queue at a time.
 
     `many` writes a group in one transaction and returns one result per item,
     in order; `one` writes a single item. Both are plain functions run on the
@@ -77,71 +75,31 @@ class GroupCommit(Generic[In, Out]):
         self.many = many
         self.one = one
         self.refusals = refusals
-        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[In, Out]] = (
-            weakref.WeakKeyDictionary())
+        self._batches: Batches[In, Out] = Batches(self._write, max_size=GROUP_MAX)
 
     async def submit(self, item: In) -> Out:
         """Write `item` in the next group of this event loop; its result once committed."""
-        loop = asyncio.get_running_loop()
-        queue = self._queues.get(loop)
-        if queue is None:
-            queue = self._queues[loop] = _Queue(self)
-        return await queue.submit(item)
+        return await self._batches.submit(item)
 
-    async def write(self, group: list[tuple[In, asyncio.Future[Out]]]) -> None:
+    async def _write(self, group: Batch[In, Out]) -> None:
         try:
             results = await db_async(self.many)([item for item, _ in group])
         except Exception as exc:
             if len(group) == 1 or is_database_outage(exc):
                 for _, future in group:
-                    _resolve(future, exc)
+                    resolve(future, exc)
                 return
             if not isinstance(exc, self.refusals):
                 logger.warning("%s a group of %d failed; each alone now", self.what, len(group),
                                exc_info=True)
             for item, future in group:
                 try:
-                    _resolve(future, await db_async(self.one)(item))
+                    resolve(future, await db_async(self.one)(item))
                 except Exception as alone:
-                    _resolve(future, alone)
+                    resolve(future, alone)
             return
         for (_, future), result in zip(group, results, strict=True):
-            _resolve(future, result)
-
-
-class _Queue(Generic[In, Out]):
-    """The items of one event loop waiting to be written, and the task writing them."""
-
-    def __init__(self, groups: GroupCommit[In, Out]) -> None:
-        self.groups = groups
-        self.waiting: list[tuple[In, asyncio.Future[Out]]] = []
-        self.writing: asyncio.Task[None] | None = None
-
-    async def submit(self, item: In) -> Out:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Out] = loop.create_future()
-        self.waiting.append((item, future))
-        if self.writing is None:
-            # A context of its own: not the first request's (its request id in the logs).
-            self.writing = loop.create_task(self._drain(), context=contextvars.Context())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                group, self.waiting = self.waiting[:GROUP_MAX], self.waiting[GROUP_MAX:]
-                await self.groups.write(group)
-        finally:
-            self.writing = None
-
-
-def _resolve(future: asyncio.Future[Out], result: Out | BaseException) -> None:
-    if future.done():  # its waiter is gone (the loop is closing): nothing to tell
-        return
-    if isinstance(result, BaseException):
-        future.set_exception(result)
-    else:
-        future.set_result(result)
+            resolve(future, result)
 
 
 def _reserve_one(hold: Hold) -> Reservation:

@@ -1,0 +1,82 @@
+"""Batches of work from the requests of one event loop, formed by arrival, never by a timer.
+
+The first item starts a batch at once; every item that arrives while a
+batch runs waits for the next one, which takes all of them. Alone, an item
+runs at once, exactly as without batching; under load the batches grow by
+themselves. Every item's batch starts after the item arrived, so it sees
+everything that had happened before it was submitted: a batched database
+write or Redis read answers each caller as its own call would have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+# One batch's items with the futures their callers wait on; the runner resolves each.
+Batch = list[tuple[In, "asyncio.Future[Out]"]]
+
+
+class Batches(Generic[In, Out]):
+    """Items handed to `run` in batches of at most `max_size`, one queue per event loop.
+
+    `run` must resolve every future of its batch (`resolve` does it safely).
+    """
+
+    def __init__(self, run: Callable[[Batch[In, Out]], Awaitable[None]], *, max_size: int) -> None:
+        self.run = run
+        self.max_size = max_size
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue[In, Out]] = (
+            weakref.WeakKeyDictionary())
+
+    async def submit(self, item: In) -> Out:
+        """`item`'s result, once the batch that takes it has run."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue(self)
+        future: asyncio.Future[Out] = loop.create_future()
+        queue.waiting.append((item, future))
+        if queue.running is None:
+            # A context of its own: not the first caller's (its request id in the logs).
+            queue.running = loop.create_task(queue.drain(), context=contextvars.Context())
+        return await future
+
+
+class _Queue(Generic[In, Out]):
+    """The items of one event loop waiting for a batch, and the task running batches."""
+
+    def __init__(self, batches: Batches[In, Out]) -> None:
+        self.batches = batches
+        self.waiting: Batch[In, Out] = []
+        self.running: asyncio.Task[None] | None = None
+
+    async def drain(self) -> None:
+        try:
+            while self.waiting:
+                size = self.batches.max_size
+                batch, self.waiting = self.waiting[:size], self.waiting[size:]
+                try:
+                    await self.batches.run(batch)
+                except BaseException as exc:  # a runner's bug must not leave callers waiting
+                    for _, future in batch:
+                        resolve(future, exc)
+                    raise
+        finally:
+            self.running = None
+
+
+def resolve(future: asyncio.Future[Out], result: Out | BaseException) -> None:
+    """Give a caller its result (or error), unless it stopped waiting (its loop is closing)."""
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
