@@ -49,6 +49,10 @@ async def _startup() -> None:
     global _beat_task
     from django.conf import settings
 
+    from completions import tokens
+
+    tokens.load()  # before the first request, not during it
+
     if settings.IN_PROCESS_BEAT:
         from novakit.scheduler import run_forever
 
