@@ -718,9 +718,10 @@ class _Relay:
 class _StreamBody:
     """The body of a streaming response: iterated by Django, and closed by it in every case.
 
-    Django calls `close()` (from a worker thread) once it is done with the
-    response; the finaliser covers a response dropped before Django got it.
-    Either way a stream not yet settled is settled on the event loop.
+    Django calls `close()` once it is done with the response (from a worker
+    thread, or on the event loop in novakit/asgi.py's inference handler); the
+    finaliser covers a response dropped before Django got it. Either way a
+    stream not yet settled is settled on the event loop.
     """
 
     def __init__(self, relay: _Relay) -> None:

@@ -7,12 +7,16 @@ is left half-billed) and closes the pooled upstream client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
 
+from django.core import signals
 from django.core.asgi import get_asgi_application
-from django.core.handlers.asgi import ASGIHandler
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.urls import set_script_prefix
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "novakit.settings")
 
@@ -36,6 +40,70 @@ class InferenceHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = everything
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from django.conf import settings
+
+        if not settings.DB_THREADS:
+            # Database work runs in the request's own thread (novakit/db.py): Django's
+            # way, whose signals close that thread's connections.
+            await super().__call__(scope, receive, send)
+            return
+        await self._handle_on_the_loop(scope, receive, send)
+
+    async def _handle_on_the_loop(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Django's `handle`, with `request_started` and `request_finished` sent on the loop.
+
+        Django sends both through `sync_to_async`, in a thread it starts for
+        each request: two thread hops and a thread start per completion, about
+        a tenth of the gateway's CPU (bench/results/CHANGES.md). Their only
+        receivers close and reset the database connections of the thread they
+        run in; here the database is used only from novakit/db.py's threads,
+        which look after their own connections, so on the event loop they
+        find nothing to do and cost nothing. Disconnects are handled as Django
+        does: a client that leaves cancels the view.
+        """
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                await self.send_response(error_response, send)
+                error_response.close()
+                return
+            response = await self._respond_unless_gone(request, receive, send)
+            if response is None:
+                signals.request_finished.send(sender=self.__class__)
+            else:
+                response.close()  # sends request_finished
+        finally:
+            body_file.close()
+
+    async def _respond_unless_gone(self, request: Any, receive: Any, send: Any) -> Any:
+        """The response once sent, or None when the client left first (the view is cancelled)."""
+
+        async def respond() -> Any:
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client left mid-send
+                await self.send_response(response, send)
+            return response
+
+        listening = asyncio.create_task(self.listen_for_disconnect(receive))
+        responding = asyncio.create_task(respond())
+        await asyncio.wait([listening, responding], return_when=asyncio.FIRST_COMPLETED)
+        for task in (listening, responding):
+            if task.done():
+                with contextlib.suppress(RequestAborted):  # the client left: expected
+                    task.result()
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        return None if responding.cancelled() else responding.result()
 
 
 inference_application = InferenceHandler()

@@ -1,0 +1,75 @@
+"""The inference API's handler: Django's request signals still fire once per request, on the
+event loop when the database has its own threads, in a thread of Django's own otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from django.core import signals
+
+from novakit.asgi import application
+
+MESSAGES = [{"role": "user", "content": "Tell me a short story"}]
+
+
+@pytest.fixture
+def fired() -> Iterator[list[tuple[str, bool, str]]]:
+    """Each request signal as it fires: (signal, on an event loop, thread name)."""
+    seen: list[tuple[str, bool, str]] = []
+
+    def recorder(name: str):  # type: ignore[no-untyped-def]
+        def receive(**_: object) -> None:
+            try:
+                asyncio.get_running_loop()
+                on_loop = True
+            except RuntimeError:
+                on_loop = False
+            seen.append((name, on_loop, threading.current_thread().name))
+        return receive
+
+    started, finished = recorder("started"), recorder("finished")
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    yield seen
+    signals.request_started.disconnect(started)
+    signals.request_finished.disconnect(finished)
+
+
+def test_given_database_threads_then_a_completion_fires_each_signal_once_on_the_loop(
+    tenant, fake_upstream, client_for, fired
+):
+    answer = client_for(tenant).chat.completions.create(
+        model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+
+    assert answer.choices[0].message.content
+    assert [(name, on_loop) for name, on_loop, _ in fired] == [
+        ("started", True), ("finished", True)]
+
+
+def test_given_database_threads_then_a_stream_fires_finished_once_it_is_over(
+    tenant, fake_upstream, client_for, fired
+):
+    stream = client_for(tenant).chat.completions.create(
+        model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5, stream=True)
+    chunks = list(stream)
+
+    assert chunks[-1].usage is not None
+    assert [(name, on_loop) for name, on_loop, _ in fired] == [
+        ("started", True), ("finished", True)]
+
+
+async def test_without_database_threads_then_django_sends_the_signals_from_a_thread(
+    settings, fired
+):
+    settings.DB_THREADS = 0
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answer = await client.post("/api/v1/chat/completions", json={"model": "x"})
+
+    assert answer.status_code == 401  # refused before any database work
+    assert [(name, on_loop) for name, on_loop, _ in fired] == [
+        ("started", False), ("finished", False)]
