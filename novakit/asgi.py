@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 class InferenceHandler(ASGIHandler):
     """Django's ASGI handler with the inference API's short middleware chain.
 
-    Same URLs, views and error handling; only `settings.INFERENCE_MIDDLEWARE`
-    runs instead of `settings.MIDDLEWARE` (read once, when the chain is built).
+    Same views and error handling; only `settings.INFERENCE_MIDDLEWARE` runs
+    instead of `settings.MIDDLEWARE` (read once, when the chain is built), and
+    paths resolve against the inference API's URLs alone
+    (novakit/inference_urls.py).
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
@@ -40,6 +42,12 @@ class InferenceHandler(ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = everything
+
+    def create_request(self, scope: dict[str, Any], body_file: Any) -> tuple[Any, Any]:
+        request, error_response = super().create_request(scope, body_file)
+        if request is not None:
+            request.urlconf = "novakit.inference_urls"  # the inference API's URLs only
+        return request, error_response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         from django.conf import settings

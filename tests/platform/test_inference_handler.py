@@ -73,3 +73,13 @@ async def test_without_database_threads_then_django_sends_the_signals_from_a_thr
     assert answer.status_code == 401  # refused before any database work
     assert [(name, on_loop) for name, on_loop, _ in fired] == [
         ("started", False), ("finished", False)]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/chat/complete", "/api/v1/chat/", "/api/v1/modelsx"])
+def test_given_an_unknown_inference_path_then_a_404_in_the_api_error_shape(
+    live_gateway, path: str
+):
+    answer = httpx.post(f"{live_gateway.url}{path}", json={}, timeout=10)
+
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "not_found"
