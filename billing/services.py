@@ -488,21 +488,22 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
         return []
     now = now or timezone.now()
     expires_at = now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
-    counter_of: dict[int, int] = {}  # quota id -> this period's counter id
     counter_holds: dict[int, tuple[Quota, int]] = {}  # counter id -> (quota, summed hold)
     account_holds: dict[int, int] = {}  # account id -> summed amount
     rows = []
     with transaction.atomic():
-        for hold in holds:
-            targets = hold.targets or reservation_targets(
-                organization_id=hold.organization_id, api_key_id=hold.api_key_id)
+        targets_of = [hold.targets or reservation_targets(
+            organization_id=hold.organization_id, api_key_id=hold.api_key_id) for hold in holds]
+        # This period's counters, created (if new) in quota order: two groups that both
+        # create counters at a period's start wait for each other, never deadlock.
+        quotas = {quota.pk: quota for targets in targets_of for quota in targets.quotas}
+        counter_of = {pk: _counter_for(quotas[pk], now) for pk in sorted(quotas)}
+        for hold, targets in zip(holds, targets_of, strict=True):
             account_id = targets.account_id or _account_id(hold.organization_id)
             if account_id is None:
                 raise InsufficientCredits(0)
             quota_holds = []
             for quota in targets.quotas:
-                if quota.pk not in counter_of:
-                    counter_of[quota.pk] = _counter_for(quota, now)
                 counter_id = counter_of[quota.pk]
                 held = hold.tokens if quota.metric == Quota.Metric.CHAT_TOKENS else hold.amount
                 quota_holds.append([counter_id, held])

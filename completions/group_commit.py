@@ -21,6 +21,7 @@ requests is written alone, so only the ones at fault fail.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -92,11 +93,12 @@ class GroupCommit(Generic[In, Out]):
             if not isinstance(exc, self.refusals):
                 logger.warning("%s a group of %d failed; each alone now", self.what, len(group),
                                exc_info=True)
-            for item, future in group:
-                try:
-                    resolve(future, await db_async(self.one)(item))
-                except Exception as alone:
-                    resolve(future, alone)
+            # Side by side on the database threads: a group refused for one request's
+            # sake must not make everyone else on this loop wait in line.
+            results = await asyncio.gather(*[db_async(self.one)(item) for item, _ in group],
+                                           return_exceptions=True)
+            for (_, future), result in zip(group, results, strict=True):
+                resolve(future, result)
             return
         for (_, future), result in zip(group, results, strict=True):
             resolve(future, result)

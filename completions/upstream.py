@@ -177,7 +177,7 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
             async with session.post(
                 f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
-                headers=_headers(route), timeout=_timeout(),
+                headers=_headers(route), timeout=_timeout(), allow_redirects=False,
             ) as response:
                 status = response.status
                 body = await response.read()
@@ -254,35 +254,47 @@ async def _received_bytes(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
         yield data
 
 
+async def _lines(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body's lines without their endings (LF, CRLF or a lone CR), the last one included."""
+    pending = b""  # the start of a line whose end has not arrived yet
+    after_cr = False  # the last piece ended on CR: an LF opening the next one belongs to it
+    async for received in _received_bytes(body):
+        if after_cr and received.startswith(b"\n"):
+            received = received[1:]
+        lines = (pending + received).splitlines(keepends=True)
+        pending = b""
+        after_cr = bool(lines) and lines[-1].endswith(b"\r")
+        if lines and not lines[-1].endswith((b"\n", b"\r")):
+            pending = lines.pop()
+        for line in lines:
+            yield line.rstrip(b"\r\n")
+    if pending:
+        yield pending
+
+
 async def _sse_events(
     response: aiohttp.ClientResponse, provider: str
 ) -> AsyncIterator[dict[str, Any]]:
     """Parsed `data:` events until `[DONE]`; comments and keep-alives are skipped."""
     data_lines: list[bytes] = []
-    pending = b""  # the start of a line whose end has not arrived yet
     try:
-        async for received in _received_bytes(response.content):
-            lines = (pending + received).splitlines(keepends=True)
-            # The last line may be incomplete; a lone CR may still be followed by LF.
-            pending = b"" if lines[-1].endswith(b"\n") else lines.pop()
-            for raw_line in lines:
-                line = raw_line.rstrip(b"\r\n")
-                if line.startswith(b"data:"):
-                    data_lines.append(line[5:].strip())
-                    continue
-                if line.startswith(b":") or line.strip() or not data_lines:
-                    continue  # comment / other field / blank line with no event pending
-                data = b"\n".join(data_lines)
-                data_lines = []
-                if data == b"[DONE]":
-                    return
-                try:
-                    event = orjson.loads(data)
-                except orjson.JSONDecodeError:
-                    raise _malformed(provider, "stream event") from None
-                if not isinstance(event, dict) or not _well_formed(event, "delta"):
-                    raise _malformed(provider, "stream event")
-                yield event
+        async for line in _lines(response.content):
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].strip())
+                continue
+            if line.startswith(b":") or line.strip() or not data_lines:
+                continue  # comment / other field / blank line with no event pending
+            data = b"\n".join(data_lines)
+            data_lines = []
+            if data == b"[DONE]":
+                return
+            try:
+                event = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise _malformed(provider, "stream event") from None
+            if not isinstance(event, dict) or not _well_formed(event, "delta"):
+                raise _malformed(provider, "stream event")
+            yield event
     except TimeoutError:
         raise _timeout_failure(provider, "gap between chunks") from None
     except (aiohttp.ClientError, OSError):  # the connection dropped, or an undecodable body
@@ -307,6 +319,7 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
             response = await session.post(
                 f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
                 headers={**_headers(route), "Accept": "text/event-stream"}, timeout=_timeout(),
+                allow_redirects=False,
             )
             if response.status != 200:
                 body = await response.read()

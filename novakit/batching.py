@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -58,16 +61,22 @@ class _Queue(Generic[In, Out]):
         self.running: asyncio.Task[None] | None = None
 
     async def drain(self) -> None:
+        batch: Batch[In, Out] = []
         try:
             while self.waiting:
                 size = self.batches.max_size
                 batch, self.waiting = self.waiting[:size], self.waiting[size:]
                 try:
                     await self.batches.run(batch)
-                except BaseException as exc:  # a runner's bug must not leave callers waiting
+                except Exception as exc:  # a runner's bug: its callers get the error, and
+                    logger.exception("a batch of %d failed", len(batch))  # the queue goes on
                     for _, future in batch:
                         resolve(future, exc)
-                    raise
+        except BaseException:  # cancelled (the loop is closing): nobody is left waiting
+            for _, future in [*batch, *self.waiting]:
+                future.cancel()
+            self.waiting = []
+            raise
         finally:
             self.running = None
 
