@@ -488,7 +488,7 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
         return []
     now = now or timezone.now()
     expires_at = now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
-    counter_holds: dict[int, tuple[Quota, int]] = {}  # counter id -> (quota, summed hold)
+    quota_holds_sum: dict[int, int] = {}  # quota id -> the group's summed hold
     account_holds: dict[int, int] = {}  # account id -> summed amount
     rows = []
     with transaction.atomic():
@@ -507,8 +507,7 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
                 counter_id = counter_of[quota.pk]
                 held = hold.tokens if quota.metric == Quota.Metric.CHAT_TOKENS else hold.amount
                 quota_holds.append([counter_id, held])
-                counter_holds[counter_id] = (quota, counter_holds.get(counter_id, (quota, 0))[1]
-                                             + held)
+                quota_holds_sum[quota.pk] = quota_holds_sum.get(quota.pk, 0) + held
             account_holds[account_id] = account_holds.get(account_id, 0) + hold.amount
             rows.append(Reservation(
                 request_id=hold.request_id, account_id=account_id, api_key_id=hold.api_key_id,
@@ -516,9 +515,8 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
                 created_at=now, expires_at=expires_at,
             ))
         reservations = Reservation.objects.bulk_create(rows)
-        for counter_id in sorted(counter_holds):
-            quota, held = counter_holds[counter_id]
-            _hold_counter(quota, counter_id, held)
+        for quota_id in sorted(quota_holds_sum, key=counter_of.__getitem__):  # counter id order
+            _hold_counter(quotas[quota_id], counter_of[quota_id], quota_holds_sum[quota_id])
         for account_id in sorted(account_holds):
             _hold_credits(account_id, account_holds[account_id])
     return reservations

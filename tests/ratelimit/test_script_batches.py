@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 import redis
 
 from accounts import ratelimit
 from accounts.ratelimit import rate_limit_acquire, rate_limit_release
+from completions.gateway import new_request_id as new_id
 from novakit.errors import ApiError
 from tests.ratelimit.conftest import key_context
-
-
-def new_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 @pytest.fixture
