@@ -7,7 +7,7 @@ client abandoned, an upstream that omits `usage`).
 tiktoken would download its ranks file on first use, which cannot work
 offline; the same file ships inside the bpe-openai package, and is read
 from there. bpe-openai itself is not imported: its tokenizer keeps ~140 MB
-of tables in every process, tiktoken's the same ranks in ~70 MB
+of tables in every process, tiktoken's the same ranks in ~50 MB
 (bench/results/REPORT.md, idle worker memory). Both count alike: the same
 ranks, the same pre-tokenising pattern.
 """
@@ -68,8 +68,14 @@ def load() -> None:
 
 @functools.lru_cache(maxsize=1)
 def _encoding() -> tiktoken.Encoding:
-    return tiktoken.Encoding("o200k_base", pat_str=_O200K_PATTERN,
-                             mergeable_ranks=_read_ranks(_ranks_file()), special_tokens={})
+    ranks = _read_ranks(_ranks_file())
+    encoding = tiktoken.Encoding("o200k_base", pat_str=_O200K_PATTERN,
+                                 mergeable_ranks=ranks, special_tokens={})
+    # The Rust core has copied the ranks; tiktoken keeps this dict only to
+    # pickle the encoding, which nothing here does. Emptying it frees ~23 MB
+    # per worker (200,000 bytes objects).
+    ranks.clear()
+    return encoding
 
 
 def count_text(text: str) -> int:
