@@ -73,9 +73,9 @@ def table(runs: list[list[dict[str, object]]], concurrency: int, duration: float
            "column with its lowest and highest run" if rounds > 1 else
            "; the commits measured once each, in turn")
         + ". CPU is the gateway process's own; PostgreSQL work is from pg_stat_database.", "",
-        "| commit | change | req/s | p50 ms | CPU ms/request | commits/request "
+        "| commit | change | req/s | p50 ms | p99 ms | CPU ms/request | commits/request "
         "| rows fetched/request |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for measured in runs:
         first = measured[0]
@@ -89,6 +89,7 @@ def table(runs: list[list[dict[str, object]]], concurrency: int, duration: float
             f"| `{first['sha']}` | {first['subject']} | "
             f"{median(lambda r: r['req_per_s']):,.0f} | "
             f"{median(lambda r: r['latency_ms']['p50']):.1f} | "
+            f"{median(lambda r: r['latency_ms']['p99']):.1f} | "
             f"{_median(cpus):.2f}{spread} | "
             f"{median(lambda r: r['postgres_per_request']['commits']):.2f} | "
             f"{median(lambda r: r['postgres_per_request']['fetched']):.1f} |")
