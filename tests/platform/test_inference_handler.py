@@ -93,3 +93,14 @@ def test_given_an_unknown_inference_path_then_a_404_in_the_api_error_shape(
 
     assert answer.status_code == 404
     assert answer.json()["error"]["code"] == "not_found"
+
+
+def test_start_up_leaves_what_it_built_out_of_the_collectors_walks(live_gateway):
+    import gc
+
+    from completions import tokens
+
+    tokenizer = tokens._encoding()  # built by the gateway's start-up, before it froze
+
+    assert gc.get_freeze_count() > 0
+    assert all(tracked is not tokenizer for tracked in gc.get_objects())
