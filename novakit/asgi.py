@@ -105,13 +105,18 @@ class InferenceHandler(ASGIHandler):
         responding = asyncio.create_task(respond())
         await asyncio.wait([listening, responding], return_when=asyncio.FIRST_COMPLETED)
         for task in (listening, responding):
-            if task.done():
-                with contextlib.suppress(RequestAborted):  # the client left: expected
-                    task.result()
-            else:
+            if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait([task])
+        # Outcomes are read, never raised and caught here: a caught exception
+        # holds this frame in its traceback, the frame holds the task, the task
+        # the exception. That cycle, with the request and response in it, was
+        # left for the garbage collector on every request (the listener ends
+        # with RequestAborted once the response is out).
+        for task in (listening, responding):
+            failure = None if task.cancelled() else task.exception()
+            if failure is not None and not isinstance(failure, RequestAborted):
+                raise failure
         return None if responding.cancelled() else responding.result()
 
 

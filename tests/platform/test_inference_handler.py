@@ -104,3 +104,26 @@ def test_start_up_leaves_what_it_built_out_of_the_collectors_walks(live_gateway)
 
     assert gc.get_freeze_count() > 0
     assert all(tracked is not tokenizer for tracked in gc.get_objects())
+
+
+def test_a_served_completion_leaves_no_cycle_for_the_garbage_collector(
+    tenant, fake_upstream, client_for
+):
+    import gc
+
+    from django.core.handlers.asgi import ASGIRequest
+
+    client = client_for(tenant)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage, for reading
+    try:
+        for _ in range(3):
+            client.chat.completions.create(
+                model="openai/gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+        gc.collect()
+        stranded = [found for found in gc.garbage if isinstance(found, ASGIRequest)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+    assert stranded == []
