@@ -97,6 +97,7 @@ def main() -> int:
         print(json.dumps({
             "concurrency": args.concurrency, "ok": result["ok"], "errors": result["errors"],
             "req_per_s": result.get("throughput_rps"), "latency_ms": result.get("latency_ms"),
+            "ttft_ms": result.get("ttft_ms") if args.mode == "stream" else None,
             "cpu_ms_per_request": result.get("cpu_ms_per_request"),
             "postgres_per_request": per_request,
         }, indent=2))
