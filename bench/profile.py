@@ -42,6 +42,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--mode", default="chat", choices=["chat", "stream"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn workers (py-spy follows only the first process)")
     parser.add_argument("--db-name", default="novakit_profile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--py-spy", metavar="OUT",
@@ -68,6 +70,7 @@ def main() -> int:
         gateway = harness.start("novakit", [
             str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
             "--host", harness.HOST, "--port", str(port), "--no-access-log",
+            *(["--workers", str(args.workers)] if args.workers > 1 else []),
             *harness.uvicorn_speedups()], env, raw_dir)
         servers.append(gateway)
         url = f"http://{harness.HOST}:{port}/api/v1/chat/completions"
