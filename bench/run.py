@@ -7,7 +7,7 @@ What it does, in order:
 1. starts the fake upstream (bench/fake_upstream.py) on a loopback port;
 2. recreates the PostgreSQL database, empties its Redis database, migrates,
    creates an organization with plenty of credits and an API key;
-3. starts NovaKit (uvicorn, 2 workers) and
+3. starts NovaKit (novakit.serve, 2 workers) and
    LiteLLM's proxy (2 workers) from its own virtual environment, and checks
    each answers before measuring it;
 4. runs every scenario with the targets interleaved (A B C A B C ...),
@@ -1066,7 +1066,7 @@ def main() -> int:
         how, secret = recreate_database(args.db_name, env)
         log(f"database {args.db_name} {how}; org 'bench' and its key created")
         novakit_notes.insert(0, f"PostgreSQL database `{args.db_name}` (recreated), Redis "
-                                f"`{args.redis_url}` (emptied), `DEBUG=0`, `{WORKERS}` uvicorn "
+                                f"`{args.redis_url}` (emptied), `DEBUG=0`, `{WORKERS}` "
                                 "workers, org `bench` with 1,000,000,000 credits, one key with "
                                 "scopes chat,models.")
         ctx["novakit_notes"] = novakit_notes
@@ -1078,18 +1078,18 @@ def main() -> int:
                                         notes=["no gateway: the physical limit"])]
         port = free_port()
         server = start("novakit", [
-            str(ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
-            "--workers", str(WORKERS), "--host", HOST, "--port", str(port),
-            "--no-access-log", "--log-level", "warning",
-            "--timeout-worker-healthcheck", str(WORKER_HEALTHCHECK_S), *speedups,
+            str(VENV_PYTHON), "-m", "novakit.serve", "--workers", str(WORKERS),
+            "--host", HOST, "--port", str(port), "--log-level", "warning",
         ], env, raw_dir)
         servers.append(server)
         targets.append(Target(name="novakit", label="NovaKit",
                               url=f"http://{HOST}:{port}/api/v1/chat/completions",
                               key=secret, server=server,
-                              notes=[f"uvicorn {WORKERS} workers "
-                                     f"{' '.join(speedups) or '(default loop)'} "
-                                     f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_S}"]))
+                              notes=[f"`python -m novakit.serve --workers {WORKERS}` (its "
+                                     "production server, platform/serve): uvicorn workers, each "
+                                     "listening on its own SO_REUSEPORT socket; "
+                                     f"{' '.join(speedups) or '(default loop)'} (uvicorn's "
+                                     "automatic choice when installed)"]))
         ctx["headline"] = "novakit"
         for target in targets:
             if target.server is not None:

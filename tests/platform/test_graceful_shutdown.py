@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 
 import httpx
+import pytest
 
 from billing.models import Reservation
 from completions.models import UsageRecord
@@ -15,13 +16,14 @@ from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
 )
 
 
+@pytest.mark.parametrize("workers", [None, 2], ids=["uvicorn", "novakit.serve"])
 def test_sigterm_lets_an_open_stream_finish_and_settles_it(
-    tenant, fake_upstream, gateway_processes, monkeypatch  # noqa: F811
+    tenant, fake_upstream, gateway_processes, monkeypatch, workers  # noqa: F811
 ):
     # The gateway process reads its upstream from the environment.
     monkeypatch.setenv("OPENROUTER_BASE_URL", fake_upstream.url)
     monkeypatch.setenv("OPENROUTER_API_KEY", "fake-upstream-key")
-    [gateway] = gateway_processes(1)
+    [gateway] = gateway_processes(1, workers=workers)
     body = {"model": "openai/gpt-4o-mini", "stream": True,
             "messages": [{"role": "user", "content": "take your time [[fault:slow:0.25]]"}]}
 
@@ -38,7 +40,8 @@ def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     assert first.startswith("data: {")
     assert rest[-1] == "data: [DONE]"  # the stream was allowed to finish
     assert '"credits_used"' in rest[-2]
-    # It exits on its own once the stream is done (uvicorn re-raises the signal it got).
+    # It exits on its own once the stream is done (uvicorn re-raises the signal it got;
+    # novakit.serve's supervisor exits 0 once its workers have).
     assert gateway.process.wait(30) in (0, -signal.SIGTERM)
     record = UsageRecord.objects.get(request_id=request_id)
     assert record.status == "ok" and record.credits > 0

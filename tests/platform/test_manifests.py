@@ -85,6 +85,8 @@ def _assert_command_exists(argv: list[str]) -> None:
         assert (ROOT / "platform" / "serve").stat().st_mode & 0o111
     elif program.endswith("python") and argv[1] == "manage.py":
         assert argv[2] in get_commands(), argv
+    elif program.endswith("python") and argv[1:3] == ["-m", "novakit.serve"]:
+        assert (ROOT / "novakit" / "serve.py").exists()
     elif program.endswith("celery"):
         assert argv[1:3] == ["-A", "novakit"] and argv[3] in ("worker", "beat"), argv
     elif program.endswith("uvicorn"):

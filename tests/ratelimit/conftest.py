@@ -153,12 +153,12 @@ def database_url() -> str:
 
 @pytest.fixture
 def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp_path: Path,
-                      settings) -> Iterator[Callable[[int], list[GatewayProcess]]]:  # type: ignore[no-untyped-def]
+                      settings) -> Iterator[Callable[..., list[GatewayProcess]]]:  # type: ignore[no-untyped-def]
     """Start N real gateways (`uvicorn novakit.asgi:application`) as separate processes on the
     test database and this test's Redis keys. Tests see committed data only (transactional_db)."""
     started: list[GatewayProcess] = []
 
-    def start(count: int) -> list[GatewayProcess]:
+    def start(count: int, *, workers: int | None = None) -> list[GatewayProcess]:
         env = {
             **os.environ,
             "DATABASE_URL": database_url(),
@@ -172,7 +172,7 @@ def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp
             "LOG_LEVEL": "WARNING",
         }
         # All spawned first, then waited for: they start side by side.
-        batch = [gateway_spawn(env=env, log=tmp_path / f"gateway-{number}.log")
+        batch = [gateway_spawn(env=env, log=tmp_path / f"gateway-{number}.log", workers=workers)
                  for number in range(count)]
         started.extend(batch)
         for gateway in batch:

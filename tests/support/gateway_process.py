@@ -62,12 +62,20 @@ class GatewayProcess:
                 self.process.wait(5)
 
 
-def gateway_spawn(*, env: dict[str, str], log: Path) -> GatewayProcess:
-    """Start a gateway process; `wait_until_healthy()` before sending it requests."""
+def gateway_spawn(*, env: dict[str, str], log: Path, workers: int | None = None
+                  ) -> GatewayProcess:
+    """Start a gateway process; `wait_until_healthy()` before sending it requests.
+
+    Plain uvicorn, one process; with `workers`, the production server
+    (novakit/serve.py): a supervisor and that many worker processes.
+    """
     port = free_port()
+    if workers is None:
+        command = [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application"]
+    else:
+        command = [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--workers", str(workers)]
     process = subprocess.Popen(
-        [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )
     return GatewayProcess(process=process, port=port, log=log)

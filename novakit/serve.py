@@ -1,0 +1,171 @@
+"""NovaKit's web server: uvicorn workers that each listen on a socket of their own.
+
+    python -m novakit.serve --host 0.0.0.0 --port 8000 --workers 2
+
+uvicorn's own `--workers` shares one listening socket between its worker
+processes, and the kernel gives each new connection to whichever worker
+wakes first, which under load is the one already awake. In the benchmark
+one of two workers took nine connections in ten; connections are kept alive
+(load balancers and SDKs keep them), so it kept them, and two workers served
+no more than one (bench/results/CHANGES.md). Here every worker binds the
+address itself with SO_REUSEPORT, and the kernel spreads new connections
+over the workers by a hash of each connection's addresses (Linux).
+
+The supervisor (this process) starts the workers and starts a new one when
+one dies. On SIGTERM or SIGINT it passes the signal on to each worker once
+and waits: a worker stops accepting, finishes its open requests and streams
+within --timeout-graceful-shutdown, settles what is pending (the lifespan
+shutdown, novakit/asgi.py) and exits. A worker whose supervisor is gone
+shuts itself down the same way. A worker that cannot start (the port is
+taken, the settings are wrong) stops everything: starting it again would
+fail again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
+
+logger = logging.getLogger("novakit.serve")
+
+APP = "novakit.asgi:application"
+STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
+
+
+@dataclass(frozen=True)
+class Options:
+    host: str
+    port: int
+    workers: int
+    timeout_keep_alive: int
+    timeout_graceful_shutdown: int | None
+    limit_concurrency: int | None
+    forwarded_allow_ips: str
+    access_log: bool
+    log_level: str
+
+
+def parse(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m novakit.serve",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--timeout-keep-alive", type=int, default=5)
+    parser.add_argument("--timeout-graceful-shutdown", type=int, default=None)
+    parser.add_argument("--limit-concurrency", type=int, default=None)
+    parser.add_argument("--forwarded-allow-ips", default="127.0.0.1",
+                        help="proxies whose X-Forwarded-* headers are trusted")
+    parser.add_argument("--access-log", action="store_true")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return Options(**vars(args))
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) that other workers may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _serve(options: Options, supervisor: int) -> None:
+    """One worker: uvicorn on its own socket. Runs in a process of its own."""
+    import uvicorn
+
+    # Its own process group: a terminal's Ctrl+C reaches the supervisor only,
+    # which passes it on once (a second signal would cut uvicorn's graceful shutdown).
+    os.setpgrp()
+    try:
+        sock = listening_socket(options.host, options.port)
+    except OSError as exc:
+        print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        sys.exit(STARTUP_FAILURE)
+    config = uvicorn.Config(
+        APP, host=options.host, port=options.port, lifespan="on",
+        timeout_keep_alive=options.timeout_keep_alive,
+        timeout_graceful_shutdown=options.timeout_graceful_shutdown,
+        limit_concurrency=options.limit_concurrency,
+        proxy_headers=True, forwarded_allow_ips=options.forwarded_allow_ips,
+        access_log=options.access_log, log_level=options.log_level,
+    )
+    threading.Thread(target=_stop_when_orphaned, args=(supervisor,), daemon=True).start()
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _stop_when_orphaned(supervisor: int) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown, as if told to
+
+
+class Supervisor:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[BaseProcess] = []
+        self.stop = threading.Event()
+        self.stop_signal = signal.SIGTERM
+        self.failed = False
+
+    def start_worker(self) -> BaseProcess:
+        worker = self.context.Process(target=_serve, args=(self.options, os.getpid()),
+                                      name="novakit-web")
+        worker.start()
+        logger.info("started worker %s", worker.pid)
+        return worker
+
+    def on_signal(self, signum: int, _frame: object) -> None:
+        self.stop_signal = signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT
+        self.stop.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        self.workers = [self.start_worker() for _ in range(self.options.workers)]
+        while not self.stop.wait(0.5):
+            self.replace_the_dead()
+        for worker in self.workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, self.stop_signal)
+        for worker in self.workers:
+            worker.join()
+        logger.info("all workers stopped")
+        return 1 if self.failed else 0
+
+    def replace_the_dead(self) -> None:
+        for index, worker in enumerate(self.workers):
+            if worker.is_alive():
+                continue
+            if worker.exitcode == STARTUP_FAILURE:
+                logger.error("worker %s could not start; stopping", worker.pid)
+                self.failed = True
+                self.stop.set()
+                return
+            logger.warning("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
+            self.workers[index] = self.start_worker()
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s "
+                        "%(name)s [supervisor %(process)d] %(message)s")
+    return Supervisor(options).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

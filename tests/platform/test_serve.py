@@ -1,0 +1,134 @@
+"""The production server (novakit/serve.py): workers on sockets of their own, supervised."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
+    gateway_processes,
+    redis_url,
+    use_redis,
+)
+from tests.support.gateway_process import GatewayProcess
+
+CONNECTIONS = 64
+
+
+def workers_of(gateway: GatewayProcess) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == gateway.process.pid and b"resource_tracker" not in command:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def sockets_per_worker(gateway: GatewayProcess, workers: list[int], state: str) -> dict[int, int]:
+    """How many sockets on the gateway's port in `state` each worker holds (from /proc):
+    "01" established connections, "0A" listening sockets."""
+    inodes: dict[str, int] = {}
+    for pid in workers:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[len("socket:["):-1]] = pid
+    held = dict.fromkeys(workers, 0)
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == gateway.port and fields[3] == state and fields[9] in inodes:
+            held[inodes[fields[9]]] += 1
+    return held
+
+
+def health_check_on(connection: socket.socket) -> bytes:
+    connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return connection.recv(4096)
+
+
+def wait_for_workers(gateway: GatewayProcess, count: int, timeout: float = 60) -> list[int]:
+    """The workers, once `count` of them listen (each starts on its own, in its own time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = workers_of(gateway)
+        listening = sockets_per_worker(gateway, workers, "0A")
+        if len(workers) == count and all(listening.values()):
+            return workers
+        time.sleep(0.1)
+    raise AssertionError(f"{count} listening workers expected, found {workers_of(gateway)}")
+
+
+def test_connections_reach_every_worker_even_one_busy_when_they_arrive(
+    gateway_processes,  # noqa: F811
+):
+    """Connections are kept alive (by load balancers, by SDKs): whichever worker accepts
+    one serves it for as long as it lasts. With one socket shared by all workers, a
+    worker busy when a burst of connections arrived (here: stopped for the moment)
+    got none of them, and the other kept them all."""
+    [gateway] = gateway_processes(1, workers=2)
+    workers = wait_for_workers(gateway, 2)
+
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        connections = [socket.create_connection(("127.0.0.1", gateway.port), timeout=30)
+                       for _ in range(CONNECTIONS)]
+        time.sleep(0.5)  # time enough for the other worker to take them all, if it could
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
+    try:
+        answers = [health_check_on(connection) for connection in connections]
+        held = sockets_per_worker(gateway, workers, "01")  # while the connections are open
+    finally:
+        for connection in connections:
+            connection.close()
+
+    assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers)
+    assert sum(held.values()) == CONNECTIONS
+    # The kernel spreads connections by a hash of their addresses: fewer than 13 of
+    # 64 on one of two workers has a chance of about one in a million.
+    assert min(held.values()) >= 13, held
+
+
+def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(
+    gateway_processes,  # noqa: F811
+):
+    [gateway] = gateway_processes(1, workers=2)
+    first, second = wait_for_workers(gateway, 2)
+
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while first in workers_of(gateway):
+        assert time.monotonic() < deadline, workers_of(gateway)
+        time.sleep(0.1)
+    replacement = next(pid for pid in wait_for_workers(gateway, 2) if pid != second)
+    answers = [httpx.get(f"{gateway.url}/healthz").status_code for _ in range(20)]
+
+    assert replacement != first
+    assert second in workers_of(gateway)
+    assert answers == [200] * 20
+
+
+def test_sigterm_stops_the_workers_and_then_the_supervisor(gateway_processes):  # noqa: F811
+    [gateway] = gateway_processes(1, workers=2)
+    workers = wait_for_workers(gateway, 2)
+
+    gateway.process.send_signal(signal.SIGTERM)
+
+    assert gateway.process.wait(60) == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
