@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--mode", default="chat", choices=["chat", "stream"])
     parser.add_argument("--workers", type=int, default=1,
-                        help="uvicorn workers (py-spy follows only the first process)")
+                        help="more than one: novakit.serve's workers (py-spy cannot follow them)")
     parser.add_argument("--db-name", default="novakit_profile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--py-spy", metavar="OUT",
@@ -67,11 +67,14 @@ def main() -> int:
         harness.flush_redis(args.redis_url)
         _, secret = harness.recreate_database(args.db_name, env)
         port = harness.free_port()
-        gateway = harness.start("novakit", [
-            str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
-            "--host", harness.HOST, "--port", str(port), "--no-access-log",
-            *(["--workers", str(args.workers)] if args.workers > 1 else []),
-            *harness.uvicorn_speedups()], env, raw_dir)
+        if args.workers == 1:  # the worker itself, so py-spy can follow it
+            command = [str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
+                       "--no-access-log", *harness.uvicorn_speedups()]
+        else:  # the production server, as the benchmark runs it
+            command = [str(harness.VENV_PYTHON), "-m", "novakit.serve",
+                       "--workers", str(args.workers)]
+        gateway = harness.start("novakit", [*command, "--host", harness.HOST, "--port", str(port)],
+                                env, raw_dir)
         servers.append(gateway)
         url = f"http://{harness.HOST}:{port}/api/v1/chat/completions"
         target = harness.Target(name="novakit", label="NovaKit", url=url, key=secret,
