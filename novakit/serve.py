@@ -3,22 +3,23 @@
     python -m novakit.serve --host 0.0.0.0 --port 8000 --workers 2
 
 uvicorn's own `--workers` shares one listening socket between its worker
-processes, and the kernel gives each new connection to whichever worker
-wakes first, which under load is the one already awake. In the benchmark
-one of two workers took nine connections in ten; connections are kept alive
-(load balancers and SDKs keep them), so it kept them, and two workers served
-no more than one (bench/results/CHANGES.md). Here every worker binds the
-address itself with SO_REUSEPORT, and the kernel spreads new connections
-over the workers by a hash of each connection's addresses (Linux).
+processes: whichever worker is awake when connections arrive accepts them,
+and a kept-alive connection (load balancers and SDKs keep them) stays where
+it landed. In the benchmark one of two workers ended up holding all 64 of
+the load generator's connections, and two workers served no more than one
+(bench/results/CHANGES.md). Here every worker binds the address itself
+with SO_REUSEPORT, and the kernel spreads new connections over the workers
+by a hash of each connection's addresses (Linux).
 
 The supervisor (this process) starts the workers and starts a new one when
-one dies. On SIGTERM or SIGINT it passes the signal on to each worker once
-and waits: a worker stops accepting, finishes its open requests and streams
+one dies. On SIGTERM or SIGINT it passes the signal on to each worker and
+waits: a worker stops accepting, finishes its open requests and streams
 within --timeout-graceful-shutdown, settles what is pending (the lifespan
-shutdown, novakit/asgi.py) and exits. A worker whose supervisor is gone
-shuts itself down the same way. A worker that cannot start (the port is
-taken, the settings are wrong) stops everything: starting it again would
-fail again.
+shutdown, novakit/asgi.py) and exits. After a second signal, of either
+kind, the workers stop waiting for open requests. A worker whose supervisor
+is gone shuts itself down the same way. A worker that cannot start (the
+port is taken, the settings are wrong) stops everything: starting it again
+would fail again.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ def _serve(options: Options, supervisor: int) -> None:
     """One worker: uvicorn on its own socket. Runs in a process of its own."""
     import uvicorn
 
-    # Its own process group: a terminal's Ctrl+C reaches the supervisor only,
-    # which passes it on once (a second signal would cut uvicorn's graceful shutdown).
+    # Its own process group: a terminal's Ctrl+C reaches the supervisor only, which
+    # passes it on. Reaching both, it would be two signals here, and uvicorn takes a
+    # second one as "stop waiting for open requests".
     os.setpgrp()
     try:
         sock = listening_socket(options.host, options.port)
@@ -119,7 +121,7 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
         self.stop = threading.Event()
-        self.stop_signal = signal.SIGTERM
+        self.stop_signal: int = signal.SIGTERM
         self.failed = False
 
     def start_worker(self) -> BaseProcess:
@@ -130,8 +132,18 @@ class Supervisor:
         return worker
 
     def on_signal(self, signum: int, _frame: object) -> None:
-        self.stop_signal = signal.SIGTERM if signum == signal.SIGTERM else signal.SIGINT
+        if self.stop.is_set():
+            # A second signal: the workers stop waiting for open requests. uvicorn
+            # takes that from a SIGINT after the first signal, not from a SIGTERM.
+            self.signal_workers(signal.SIGINT)
+            return
+        self.stop_signal = signum
         self.stop.set()
+
+    def signal_workers(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, signum)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -139,9 +151,7 @@ class Supervisor:
         self.workers = [self.start_worker() for _ in range(self.options.workers)]
         while not self.stop.wait(0.5):
             self.replace_the_dead()
-        for worker in self.workers:
-            if worker.pid is not None and worker.exitcode is None:
-                os.kill(worker.pid, self.stop_signal)
+        self.signal_workers(self.stop_signal)
         for worker in self.workers:
             worker.join()
         logger.info("all workers stopped")
