@@ -104,6 +104,7 @@ class InferenceHandler(ASGIHandler):
         listening = asyncio.create_task(self.listen_for_disconnect(receive))
         responding = asyncio.create_task(respond())
         await asyncio.wait([listening, responding], return_when=asyncio.FIRST_COMPLETED)
+        stopped = not responding.done()  # the client left before the response was out
         for task in (listening, responding):
             if not task.done():
                 task.cancel()
@@ -117,7 +118,9 @@ class InferenceHandler(ASGIHandler):
             failure = None if task.cancelled() else task.exception()
             if failure is not None and not isinstance(failure, RequestAborted):
                 raise failure
-        return None if responding.cancelled() else responding.result()
+        # None only for a view this cancelled; one that finished all the same (the
+        # cancel came mid-send) still has its response closed by the caller.
+        return None if stopped and responding.cancelled() else responding.result()
 
 
 inference_application = InferenceHandler()
@@ -144,8 +147,8 @@ async def _startup() -> None:
 
 
 def _freeze_what_start_up_built() -> None:
-    """Keep the objects start-up made (modules, the URLconf, the tokenizer) out of garbage
-    collection.
+    """Keep the objects start-up made (modules, the inference API, the tokenizer) out of
+    garbage collection.
 
     A full collection walks every tracked object, ~140,000 of them after
     start-up: ~40 ms with the event loop stopped. Under load one came every
