@@ -54,10 +54,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 MODEL = "openai/gpt-4o-mini"
 HOST = "127.0.0.1"
 WORKERS = 2
-# uvicorn's supervisor kills a worker that does not answer its health check in
-# 5 s and starts another. A cold LiteLLM worker imports for longer than that on
-# a busy 2-core machine, so it was restarted forever; both gateways get the
-# same, longer timeout.
+# uvicorn's supervisor (LiteLLM's proxy runs under it) kills a worker that does
+# not answer its health check in 5 s and starts another. A cold LiteLLM worker
+# imports for longer than that on a busy 2-core machine, so it was restarted
+# forever. (NovaKit's own server, novakit.serve, replaces only workers that exit.)
 WORKER_HEALTHCHECK_S = 120
 
 # The targets the issue sets; printed next to what was measured.

@@ -16,10 +16,12 @@ one dies. On SIGTERM or SIGINT it passes the signal on to each worker and
 waits: a worker stops accepting, finishes its open requests and streams
 within --timeout-graceful-shutdown, settles what is pending (the lifespan
 shutdown, novakit/asgi.py) and exits. After a second signal, of either
-kind, the workers stop waiting for open requests. A worker whose supervisor
-is gone shuts itself down the same way. A worker that cannot start (the
-port is taken, the settings are wrong) stops everything: starting it again
-would fail again.
+kind, the workers stop waiting for open requests and skip the lifespan
+shutdown (settlements still running are left to the expiry job). A worker whose supervisor
+is gone shuts itself down the same way, and stops waiting after the
+graceful-shutdown time (60 s when none is set). A worker that cannot start
+(bad settings, a failing start-up) stops everything: starting it again
+would fail again; so does a port something else already listens on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,10 @@ from multiprocessing.process import BaseProcess
 logger = logging.getLogger("novakit.serve")
 
 APP = "novakit.asgi:application"
-STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that could not start
+STARTUP_FAILURE = 3  # a worker that could not start (uvicorn's code for it, too)
+# How long a worker whose supervisor was killed lets open requests finish, when
+# --timeout-graceful-shutdown does not say.
+ORPHAN_GRACE_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Options:
     timeout_keep_alive: int
     timeout_graceful_shutdown: int | None
     limit_concurrency: int | None
-    forwarded_allow_ips: str
+    forwarded_allow_ips: str | None
     access_log: bool
     log_level: str
 
@@ -64,10 +69,12 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--timeout-keep-alive", type=int, default=5)
     parser.add_argument("--timeout-graceful-shutdown", type=int, default=None)
     parser.add_argument("--limit-concurrency", type=int, default=None)
-    parser.add_argument("--forwarded-allow-ips", default="127.0.0.1",
-                        help="proxies whose X-Forwarded-* headers are trusted")
+    parser.add_argument("--forwarded-allow-ips", default=None,
+                        help="proxies whose X-Forwarded-* headers are trusted (uvicorn's "
+                             "default: $FORWARDED_ALLOW_IPS, else 127.0.0.1)")
     parser.add_argument("--access-log", action="store_true")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -105,14 +112,26 @@ def _serve(options: Options, supervisor: int) -> None:
         proxy_headers=True, forwarded_allow_ips=options.forwarded_allow_ips,
         access_log=options.access_log, log_level=options.log_level,
     )
-    threading.Thread(target=_stop_when_orphaned, args=(supervisor,), daemon=True).start()
-    uvicorn.Server(config).run(sockets=[sock])
+    threading.Thread(target=_stop_when_orphaned, args=(supervisor, options), daemon=True).start()
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    except Exception:
+        if server.started:
+            raise
+        logger.exception("the worker could not start")
+        sys.exit(STARTUP_FAILURE)
+    if not server.started:  # the application's start-up failed (uvicorn logged why)
+        sys.exit(STARTUP_FAILURE)
 
 
-def _stop_when_orphaned(supervisor: int) -> None:
+def _stop_when_orphaned(supervisor: int, options: Options) -> None:
+    """Shut down as if told to once the supervisor is gone (killed: nobody else will)."""
     while os.getppid() == supervisor:
         time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown, as if told to
+    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
+    time.sleep(options.timeout_graceful_shutdown or ORPHAN_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGINT)  # then stop waiting for open requests
 
 
 class Supervisor:
@@ -120,8 +139,9 @@ class Supervisor:
         self.options = options
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
-        self.stop = threading.Event()
-        self.stop_signal: int = signal.SIGTERM
+        # Signals as they arrive. The handler only appends: the main loop acts on them
+        # (setting a threading.Event from a handler can deadlock with its waiter).
+        self.received: list[int] = []
         self.failed = False
 
     def start_worker(self) -> BaseProcess:
@@ -132,13 +152,7 @@ class Supervisor:
         return worker
 
     def on_signal(self, signum: int, _frame: object) -> None:
-        if self.stop.is_set():
-            # A second signal: the workers stop waiting for open requests. uvicorn
-            # takes that from a SIGINT after the first signal, not from a SIGTERM.
-            self.signal_workers(signal.SIGINT)
-            return
-        self.stop_signal = signum
-        self.stop.set()
+        self.received.append(signum)
 
     def signal_workers(self, signum: int) -> None:
         for worker in self.workers:
@@ -148,26 +162,50 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
+        if not port_is_free(self.options.host, self.options.port):
+            logger.error("%s:%s is taken: another server (or its workers) listens there",
+                         self.options.host, self.options.port)
+            return 1
         self.workers = [self.start_worker() for _ in range(self.options.workers)]
-        while not self.stop.wait(0.5):
+        while not self.received and not self.failed:
+            time.sleep(0.2)
             self.replace_the_dead()
-        self.signal_workers(self.stop_signal)
-        for worker in self.workers:
-            worker.join()
+        self.signal_workers(self.received[0] if self.received else signal.SIGTERM)
+        forced = False
+        while any(worker.is_alive() for worker in self.workers):
+            if len(self.received) > 1 and not forced:
+                # A second signal: the workers stop waiting for open requests. uvicorn
+                # takes that from a SIGINT after the first signal, not from a SIGTERM.
+                self.signal_workers(signal.SIGINT)
+                forced = True
+            time.sleep(0.1)
         logger.info("all workers stopped")
         return 1 if self.failed else 0
 
     def replace_the_dead(self) -> None:
         for index, worker in enumerate(self.workers):
-            if worker.is_alive():
+            if worker.is_alive() or self.received:
                 continue
             if worker.exitcode == STARTUP_FAILURE:
                 logger.error("worker %s could not start; stopping", worker.pid)
                 self.failed = True
-                self.stop.set()
                 return
             logger.warning("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
             self.workers[index] = self.start_worker()
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether nothing listens on (host, port). Binding without SO_REUSEPORT fails if
+    anything does, even another server's SO_REUSEPORT workers, which the workers'
+    own binds would otherwise join, splitting the traffic with them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -163,7 +163,7 @@ def _topology_env(*, store: TopologyRedis, upstream: FakeUpstream, beat_schedule
         "OPENROUTER_BASE_URL": upstream.url,
         "OPENROUTER_API_KEY": UPSTREAM_KEY,
         "HOST": "127.0.0.1",
-        "WEB_CONCURRENCY": "1",  # one process per web instance: two instances, two processes
+        "WEB_CONCURRENCY": "1",  # one worker per web instance: two instances, two workers
         "WORKER_CONCURRENCY": "1",
         "BEAT_SCHEDULE_FILE": str(beat_schedule),
         "USAGE_ROLLUP_INTERVAL_SECONDS": str(ROLLUP_INTERVAL_SECONDS),

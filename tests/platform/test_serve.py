@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     redis_url,
     use_redis,
 )
-from tests.support.gateway_process import GatewayProcess
+from tests.support.gateway_process import ROOT, GatewayProcess, gateway_spawn
 
 CONNECTIONS = 64
 
@@ -41,7 +42,11 @@ def sockets_per_worker(gateway: GatewayProcess, workers: list[int], state: str) 
     "01" established connections, "0A" listening sockets."""
     inodes: dict[str, int] = {}
     for pid in workers:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the worker exited meanwhile
+            continue
+        for fd in descriptors:
             try:
                 target = os.readlink(fd)
             except OSError:
@@ -92,8 +97,12 @@ def test_connections_reach_every_worker_even_one_busy_when_they_arrive(
     finally:
         os.kill(workers[0], signal.SIGCONT)
     try:
+        deadline = time.monotonic() + 30
+        held = sockets_per_worker(gateway, workers, "01")
+        while sum(held.values()) < CONNECTIONS and time.monotonic() < deadline:
+            time.sleep(0.05)  # the stopped worker accepts its share once it runs again
+            held = sockets_per_worker(gateway, workers, "01")
         answers = [health_check_on(connection) for connection in connections]
-        held = sockets_per_worker(gateway, workers, "01")  # while the connections are open
     finally:
         for connection in connections:
             connection.close()
@@ -159,3 +168,25 @@ def test_a_second_sigterm_stops_the_workers_without_waiting_for_open_streams(
 
     assert "data: [DONE]" not in rest
     assert gateway.process.wait(30) == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path):
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "DB_THREADS": "many"}  # the settings refuse to load
+    gateway = gateway_spawn(env=env, log=log, workers=2)
+
+    assert gateway.process.wait(120) == 1
+    assert "could not start" in log.read_text()
+
+
+def test_a_port_something_already_listens_on_is_refused(tmp_path: Path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.run(
+            [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--port", str(port),
+             "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+    assert process.returncode == 1
+    assert "is taken" in process.stderr
