@@ -116,6 +116,8 @@ def _serve(options: Options, supervisor: int) -> None:
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it has shut down for
+        return
     except Exception:
         if server.started:
             raise
