@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from completions.models import IdempotentRequest
@@ -67,12 +68,11 @@ def idempotency_claim(*, organization_id: int, key: str, fingerprint: str,
     Raises 409 while an earlier request with the key runs, 422 if it had another body.
     """
     now = timezone.now()
-    # Forget expired answers and abandoned claims first, so their keys can be reused.
-    IdempotentRequest.objects.filter(organization_id=organization_id, key=key,
-                                     expires_at__lte=now).delete()
+    # Forget an expired answer or an abandoned claim first, so its key can be reused.
     IdempotentRequest.objects.filter(
-        organization_id=organization_id, key=key, status=IdempotentRequest.Status.RUNNING,
-        created_at__lte=now - _STALE_RUNNING,
+        Q(expires_at__lte=now)
+        | Q(status=IdempotentRequest.Status.RUNNING, created_at__lte=now - _STALE_RUNNING),
+        organization_id=organization_id, key=key,
     ).delete()
     try:
         with transaction.atomic():

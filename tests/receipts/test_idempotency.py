@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import httpx
+import pytest
+from django.utils import timezone
 
 from billing.models import LedgerEntry
-from completions.models import UsageRecord
+from completions.idempotency import idempotency_claim
+from completions.models import IdempotentRequest, UsageRecord
+from novakit.errors import ApiError
 
 
 def _post(live_gateway, tenant, body, key, **kwargs) -> httpx.Response:
@@ -91,3 +97,33 @@ def test_a_malformed_key_is_400(tenant, fake_upstream, live_gateway):
     response = _post(live_gateway, tenant, BODY, "x" * 300)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "Idempotency-Key"
+
+
+def _claim(tenant, fingerprint: str = "body-a"):  # type: ignore[no-untyped-def]
+    return idempotency_claim(organization_id=tenant.org.id, key="retry-1",
+                             fingerprint=fingerprint, streamed=False)
+
+
+def test_an_expired_answer_frees_its_key(tenant):
+    IdempotentRequest.objects.create(
+        organization=tenant.org, key="retry-1", fingerprint="body-a",
+        status=IdempotentRequest.Status.COMPLETED, response_status=200,
+        expires_at=timezone.now() - dt.timedelta(seconds=1))
+
+    assert _claim(tenant, fingerprint="body-b") is None  # claimed afresh, another body allowed
+    claim = IdempotentRequest.objects.get(organization=tenant.org, key="retry-1")
+    assert claim.status == IdempotentRequest.Status.RUNNING and claim.fingerprint == "body-b"
+
+
+def test_a_claim_abandoned_long_ago_is_taken_over_and_a_recent_one_is_409(tenant):
+    later = timezone.now() + dt.timedelta(hours=1)
+    abandoned = IdempotentRequest.objects.create(
+        organization=tenant.org, key="retry-1", fingerprint="body-a", expires_at=later,
+        created_at=timezone.now() - dt.timedelta(minutes=16))
+
+    assert _claim(tenant) is None
+    taken_over = IdempotentRequest.objects.get(organization=tenant.org, key="retry-1")
+    assert taken_over.pk != abandoned.pk
+    with pytest.raises(ApiError) as refused:
+        _claim(tenant)
+    assert refused.value.status == 409
