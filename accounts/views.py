@@ -205,7 +205,7 @@ def organization_switch(request: HttpRequest, member: PortalMember) -> HttpRespo
 def home(request: HttpRequest, member: PortalMember) -> HttpResponse:
     organization_id = member.membership.organization_id
     start, end = usage.usage_range(granularity="day", start=None, end=None)
-    report = usage.usage_report(organization_id=organization_id, granularity="day", start=start,
+    totals = usage.usage_totals(organization_id=organization_id, granularity="day", start=start,
                                 end=end)
     now = timezone.now()
     active_keys = APIKey.objects.filter(organization_id=organization_id).exclude(
@@ -213,7 +213,7 @@ def home(request: HttpRequest, member: PortalMember) -> HttpResponse:
     return portal_render(request, member, "portal/home.html", {
         "section": "home",
         "credits": credit_summary(organization_id=organization_id),
-        "totals": report["totals"],
+        "totals": totals,
         "active_keys": active_keys,
         "base_url": request.build_absolute_uri("/api/v1"),
     })

@@ -55,6 +55,14 @@ def _totals(rows: QuerySet[UsageRollup]) -> dict[str, int]:
     return {name: sums[name] or 0 for name in _SUMS}
 
 
+def usage_totals(
+    *, organization_id: int, granularity: str, start: dt.datetime, end: dt.datetime
+) -> dict[str, int]:
+    """The organization's totals over the range, without the report's series and breakdowns."""
+    return _totals(_rollups(organization_id=organization_id, granularity=granularity,
+                            start=start, end=end))
+
+
 def usage_report(
     *,
     organization_id: int | None,

@@ -132,3 +132,17 @@ def test_the_ledger_exports_as_csv(owner, tenant, other_tenant):
     assert [int(row["amount"]) for row in rows] == [5, 1_000_000]
     assert rows[0]["balance_after"] == "1000005"
     assert dt.datetime.fromisoformat(rows[0]["created_at"]).tzinfo is not None
+
+
+def test_the_home_page_shows_this_organizations_last_30_days(viewer, tenant, other_tenant):
+    usage_record(tenant, model="openai/gpt-4o-mini", credits=10)
+    usage_record(tenant, model="anthropic/claude-3-haiku", credits=30)
+    usage_record(other_tenant, model="openai/gpt-4o-mini", credits=777)
+    usage_rollup()
+
+    html = viewer.get("/portal/").content.decode()
+
+    stats = dict(re.findall(
+        r'<div class="label">([^<]+)</div><div class="value">([^<]+)</div>', html))
+    assert stats["Requests, 30 days"] == "2"
+    assert stats["Credits used, 30 days"] == "40"
