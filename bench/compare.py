@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,12 +56,6 @@ def measure(ref: str, concurrency: int, duration: float) -> dict[str, object]:
     return {"sha": sha, "subject": subject, **result}
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def table(runs: list[list[dict[str, object]]], concurrency: int, duration: float) -> str:
     rounds = len(runs[0])
     lines = [
@@ -81,7 +76,7 @@ def table(runs: list[list[dict[str, object]]], concurrency: int, duration: float
         first = measured[0]
 
         def median(read, measured=measured) -> float:  # type: ignore[no-untyped-def]
-            return _median([float(read(row)) for row in measured])
+            return statistics.median([float(read(row)) for row in measured])
 
         cpus = [float(row["cpu_ms_per_request"]) for row in measured]  # type: ignore[arg-type]
         spread = f" ({min(cpus):.2f}-{max(cpus):.2f})" if len(cpus) > 1 else ""
@@ -90,7 +85,7 @@ def table(runs: list[list[dict[str, object]]], concurrency: int, duration: float
             f"{median(lambda r: r['req_per_s']):,.0f} | "
             f"{median(lambda r: r['latency_ms']['p50']):.1f} | "
             f"{median(lambda r: r['latency_ms']['p99']):.1f} | "
-            f"{_median(cpus):.2f}{spread} | "
+            f"{statistics.median(cpus):.2f}{spread} | "
             f"{median(lambda r: r['postgres_per_request']['commits']):.2f} | "
             f"{median(lambda r: r['postgres_per_request']['fetched']):.1f} |")
     return "\n".join(lines) + "\n"
