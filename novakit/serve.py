@@ -81,11 +81,16 @@ def parse(argv: list[str] | None = None) -> Options:
     return Options(**vars(args))
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    """A TCP socket for `host` (IPv6 when it is written with colons), TIME_WAIT no obstacle."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     """A socket bound to (host, port) that other workers may bind too (SO_REUSEPORT)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = _tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     return sock
@@ -200,9 +205,7 @@ def port_is_free(host: str, port: int) -> bool:
     """Whether nothing listens on (host, port). Binding without SO_REUSEPORT fails if
     anything does, even another server's SO_REUSEPORT workers, which the workers'
     own binds would otherwise join, splitting the traffic with them."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with _tcp_socket(host) as probe:
         try:
             probe.bind((host, port))
         except OSError:
