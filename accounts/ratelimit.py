@@ -424,11 +424,11 @@ async def _evaluate(client: Redis, script: str, keys: list[str], args: list[obje
 
 
 async def _run_script_calls(batch: Batch[ScriptCall, object]) -> None:
-    by_client: dict[int, Batch[ScriptCall, object]] = {}
+    by_client: dict[int, tuple[Redis, Batch[ScriptCall, object]]] = {}
     for call in batch:
-        by_client.setdefault(id(call[0][0]), []).append(call)
-    for calls in by_client.values():
-        client = calls[0][0][0]
+        (client, *_), _ = call
+        by_client.setdefault(id(client), (client, []))[1].append(call)
+    for client, calls in by_client.values():
         try:
             async with client.pipeline(transaction=False) as pipe:
                 for (_, script, keys, args), _ in calls:
