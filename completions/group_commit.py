@@ -14,9 +14,10 @@ written at once, exactly as before; under load the groups grow by
 themselves. Each request still waits for its own commit, so the guarantees
 do not change: a request runs only once its reservation has committed,
 each is charged exactly once (the claim in `credits_close_many`), and one
-whose process dies first is released by the expiry job. When a group fails as a whole (one request
-short of credits, a database error in one settlement), each of its
-requests is written alone, so only the ones at fault fail.
+whose process dies first is released by the expiry job. When a group fails
+as a whole (one request short of credits, a database error in one
+settlement), each of its requests is written alone, so only the ones at
+fault fail.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ event loop when the database has its own threads, in a thread of Django's own ot
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from django.core import signals
+from django.core.handlers.asgi import ASGIRequest
 
+from completions import tokens
 from novakit.asgi import application
 
 MESSAGES = [{"role": "user", "content": "Tell me a short story"}]
@@ -96,10 +99,6 @@ def test_given_an_unknown_inference_path_then_a_404_in_the_api_error_shape(
 
 
 def test_start_up_leaves_what_it_built_out_of_the_collectors_walks(live_gateway):
-    import gc
-
-    from completions import tokens
-
     tokenizer = tokens._encoding()  # built by the gateway's start-up, before it froze
 
     assert gc.get_freeze_count() > 0
@@ -109,10 +108,6 @@ def test_start_up_leaves_what_it_built_out_of_the_collectors_walks(live_gateway)
 def test_a_served_completion_leaves_no_cycle_for_the_garbage_collector(
     tenant, fake_upstream, client_for
 ):
-    import gc
-
-    from django.core.handlers.asgi import ASGIRequest
-
     client = client_for(tenant)
     gc.collect()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage, for reading
