@@ -154,8 +154,9 @@ def database_url() -> str:
 @pytest.fixture
 def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp_path: Path,
                       settings) -> Iterator[Callable[..., list[GatewayProcess]]]:  # type: ignore[no-untyped-def]
-    """Start N real gateways (`uvicorn novakit.asgi:application`) as separate processes on the
-    test database and this test's Redis keys. Tests see committed data only (transactional_db)."""
+    """Start N real gateways (`uvicorn novakit.asgi:application`, or `novakit.serve` with
+    `workers=`) as separate processes on the test database and this test's Redis keys. Tests
+    see committed data only (transactional_db)."""
     started: list[GatewayProcess] = []
 
     def start(count: int, *, workers: int | None = None) -> list[GatewayProcess]:
