@@ -9,6 +9,7 @@ Invariants these functions keep, and the tests check:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from django.utils import timezone
 from accounts.models import APIKey, Organization
 from accounts.services import audit_record
 from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
+from novakit.db import execute_prepared
 from novakit.errors import ApiError
 
 Kind = LedgerEntry.Kind
@@ -487,13 +489,15 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
     if not holds:
         return []
     now = now or timezone.now()
-    expires_at = now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS)
+    targets_of = [hold.targets or reservation_targets(
+        organization_id=hold.organization_id, api_key_id=hold.api_key_id) for hold in holds]
+    if (connection.vendor == "postgresql" and all(t.account_id for t in targets_of)
+            and not any(t.quotas for t in targets_of)):
+        return _reserve_credits_in_one_statement(holds, targets_of, now=now)
     quota_holds_sum: dict[int, int] = {}  # quota id -> the group's summed hold
     account_holds: dict[int, int] = {}  # account id -> summed amount
     rows = []
     with transaction.atomic():
-        targets_of = [hold.targets or reservation_targets(
-            organization_id=hold.organization_id, api_key_id=hold.api_key_id) for hold in holds]
         # This period's counters, created (if new) in quota order: two groups that both
         # create counters at a period's start wait for each other, never deadlock.
         quotas = {quota.pk: quota for targets in targets_of for quota in targets.quotas}
@@ -509,17 +513,91 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
                 quota_holds.append([counter_id, held])
                 quota_holds_sum[quota.pk] = quota_holds_sum.get(quota.pk, 0) + held
             account_holds[account_id] = account_holds.get(account_id, 0) + hold.amount
-            rows.append(Reservation(
-                request_id=hold.request_id, account_id=account_id, api_key_id=hold.api_key_id,
-                amount=hold.amount, tokens=hold.tokens, quota_holds=quota_holds,
-                created_at=now, expires_at=expires_at,
-            ))
+            rows.append(_reservation(hold, account_id, quota_holds, now=now))
         reservations = Reservation.objects.bulk_create(rows)
         for quota_id in sorted(quota_holds_sum, key=counter_of.__getitem__):  # counter id order
             _hold_counter(quotas[quota_id], counter_of[quota_id], quota_holds_sum[quota_id])
         for account_id in sorted(account_holds):
             _hold_credits(account_id, account_holds[account_id])
     return reservations
+
+
+def _reservation(hold: Hold, account_id: int, quota_holds: list[list[int]], *,
+                 now: dt.datetime) -> Reservation:
+    return Reservation(
+        request_id=hold.request_id, account_id=account_id, api_key_id=hold.api_key_id,
+        amount=hold.amount, tokens=hold.tokens, quota_holds=quota_holds, created_at=now,
+        expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
+    )
+
+
+def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[ReservationTargets],
+                                      *, now: dt.datetime) -> list[Reservation]:
+    """`credits_reserve_many` for holds against credits only, in one PostgreSQL statement.
+
+    Most requests hold no quota, and the gateway reserves them this way: one
+    prepared statement that commits on its own, where the general path takes
+    a transaction of four round trips and plans each statement afresh
+    (bench/results/CHANGES.md). The statement locks the group's credit
+    accounts in id order (as the general path and settlement do), checks
+    that each covers its summed holds, and only then holds them and inserts
+    the reservations: one account short and nothing is written, and
+    InsufficientCredits is raised as before.
+    """
+    account_holds: dict[int, int] = {}
+    rows = []
+    for hold, targets in zip(holds, targets_of, strict=True):
+        assert targets.account_id is not None
+        account_holds[targets.account_id] = account_holds.get(targets.account_id, 0) + hold.amount
+        rows.append(_reservation(hold, targets.account_id, [], now=now))
+    # In a caller's transaction (a test, a direct credits_reserve), a savepoint keeps
+    # a refused insert (a request id reserved already) from breaking it.
+    with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+        made = dict(execute_prepared(_RESERVE_CREDITS, [
+            list(account_holds), list(account_holds.values()),
+            Reservation.Status.OPEN, now, rows[0].expires_at,
+            [r.request_id for r in rows], [r.account_id for r in rows],
+            [r.api_key_id for r in rows], [r.amount for r in rows], [r.tokens for r in rows],
+        ]))
+    if not made:
+        # Refused: report the first account that could not cover its holds.
+        for account_id, amount in sorted(account_holds.items()):
+            balance, reserved = CreditAccount.objects.filter(pk=account_id).values_list(
+                "balance", "reserved")[0]
+            if balance - reserved < amount:
+                raise InsufficientCredits(balance - reserved)
+        raise InsufficientCredits(0)  # fits by now (a race): the caller tries each alone
+    for row in rows:
+        row.pk = made[row.request_id]
+        row._state.adding = False
+    return rows
+
+
+# Its columns are Reservation's (billing/models.py): a column added there needs adding here.
+_RESERVE_CREDITS = """
+WITH hold AS (
+    SELECT * FROM unnest(%s::bigint[], %s::bigint[]) AS h (account_id, amount)
+), locked AS (
+    SELECT a.id, a.balance - a.reserved >= hold.amount AS fits
+    FROM billing_creditaccount a JOIN hold ON hold.account_id = a.id
+    ORDER BY a.id FOR UPDATE OF a
+), verdict AS (
+    SELECT count(*) = (SELECT count(*) FROM hold) AND coalesce(bool_and(fits), false) AS fits
+    FROM locked
+), held AS (
+    UPDATE billing_creditaccount a SET reserved = a.reserved + hold.amount
+    FROM hold WHERE a.id = hold.account_id AND (SELECT fits FROM verdict)
+)
+INSERT INTO billing_reservation
+    (request_id, account_id, api_key_id, amount, tokens, quota_holds, status, created_at,
+     expires_at)
+SELECT r.request_id, r.account_id, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
+       %s::varchar, %s::timestamptz, %s::timestamptz
+FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
+     AS r (request_id, account_id, api_key_id, amount, tokens)
+WHERE (SELECT fits FROM verdict)
+RETURNING request_id, id
+"""
 
 
 def _account_id(organization_id: int) -> int | None:
@@ -569,7 +647,9 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     credit account with the group's deltas summed, one insert of the ledger
     entries. Row locks are taken in a fixed order (reservations, counters by
     id, accounts by id), the order reservation takes them too, so concurrent
-    groups wait for each other but never deadlock.
+    groups wait for each other but never deadlock. On PostgreSQL the
+    reservations that hold no quota (most) are closed first, all of them in
+    one prepared statement that does the same (`_close_credit_only_in_one_statement`).
     """
     if any(c.credits < 0 or c.tokens < 0 for c in closings):
         raise ValueError("usage cannot be negative")
@@ -579,8 +659,14 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     if not closings:
         return []
     now = now or timezone.now()
-    claimed = {row.request_id: row for row in _claim(closings, now=now)}
-    fresh = [(c, claimed[c.request_id]) for c in closings if c.request_id in claimed]
+    settlements: dict[str, Settlement] = {}
+    if connection.vendor == "postgresql":
+        settlements = _close_credit_only_in_one_statement(closings, now=now)
+        if len(settlements) == len(closings):
+            return [settlements[c.request_id] for c in closings]
+    rest = [c for c in closings if c.request_id not in settlements]
+    claimed = {row.request_id: row for row in _claim(rest, now=now)}
+    fresh = [(c, claimed[c.request_id]) for c in rest if c.request_id in claimed]
 
     rooms = _release_holds_many(fresh)
     balances: dict[int, tuple[int, int]] = {}
@@ -601,24 +687,96 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
                 running -= row.charged
                 entries.append(LedgerEntry(
                     account_id=account_id, kind=Kind.USAGE, amount=-row.charged,
-                    balance_after=running, reason="chat completion", request_id=row.request_id,
-                    api_key_id=row.api_key_id, actor_label="api",
+                    balance_after=running, reason=_USAGE_REASON, request_id=row.request_id,
+                    api_key_id=row.api_key_id, actor_label=_USAGE_ACTOR,
                 ))
     LedgerEntry.objects.bulk_create(entries)
 
-    settlements = []
-    for closing in closings:
+    for closing in rest:
         row = claimed.get(closing.request_id)
         if row is None:
-            settlements.append(_already_closed(closing.request_id))
+            settlements[closing.request_id] = _already_closed(closing.request_id)
             continue
         balance, reserved = balances[row.account_id]
-        settlements.append(Settlement(
+        settlements[closing.request_id] = Settlement(
             request_id=row.request_id, status=closing.status, charged=row.charged,
             reserved=row.amount, available=balance - reserved,
             quota_tokens_remaining=rooms.get(row.request_id),
-        ))
-    return settlements
+        )
+    return [settlements[c.request_id] for c in closings]
+
+
+_USAGE_REASON = "chat completion"
+_USAGE_ACTOR = "api"
+
+
+def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
+                                        ) -> dict[str, Settlement]:
+    """Close the still-open reservations among `closings` that hold no quota, in one
+    PostgreSQL statement; their Settlements by request id.
+
+    What the general path does for them, in one prepared statement instead of
+    one planned statement per step: claim each (only if still open, so it
+    closes once), charge and release each credit account once for the group
+    (accounts locked in id order, after the reservations, as everywhere
+    else), and write a ledger entry per charge, with the balance after it
+    in closing order. Reservations holding quota, and ones already closed,
+    are left to the general path.
+    """
+    rows = execute_prepared(_CLOSE_CREDIT_ONLY, [
+        [c.request_id for c in closings], [c.status for c in closings],
+        [max(0, c.credits) for c in closings], list(range(len(closings))),
+        now, Reservation.Status.OPEN, Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
+    ])
+    status_of = {c.request_id: c.status for c in closings}
+    return {
+        request_id: Settlement(
+            request_id=request_id, status=status_of[request_id], charged=charged,
+            reserved=amount, available=balance - reserved, quota_tokens_remaining=None,
+        )
+        for request_id, amount, charged, balance, reserved in rows
+    }
+
+
+# Its columns are Reservation's, CreditAccount's and LedgerEntry's (billing/models.py).
+_CLOSE_CREDIT_ONLY = """
+WITH closing AS (
+    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::int[])
+        AS c (request_id, status, credits, position)
+), claimed AS (
+    UPDATE billing_reservation r
+    SET status = closing.status, closed_at = %s::timestamptz,
+        charged = LEAST(closing.credits, r.amount)
+    FROM closing
+    WHERE r.request_id = closing.request_id AND r.status = %s::varchar
+      AND r.quota_holds = '[]'::jsonb
+    RETURNING r.request_id, r.account_id, r.api_key_id, r.amount, r.charged, closing.position
+), totals AS (
+    SELECT account_id, sum(charged) AS charged, sum(amount) AS amount
+    FROM claimed GROUP BY account_id
+), locked AS (
+    SELECT a.id FROM billing_creditaccount a
+    WHERE a.id IN (SELECT account_id FROM totals) ORDER BY a.id FOR UPDATE
+), accounts AS (
+    UPDATE billing_creditaccount a
+    SET balance = a.balance - totals.charged, reserved = a.reserved - totals.amount
+    FROM totals
+    WHERE a.id = totals.account_id AND (SELECT count(*) FROM locked) > 0
+    RETURNING a.id, a.balance, a.reserved, totals.charged AS charged
+), ledger AS (
+    INSERT INTO billing_ledgerentry
+        (account_id, kind, amount, balance_after, request_id, api_key_id, actor_label, reason,
+         created_at)
+    SELECT c.account_id, %s::varchar, -c.charged,
+           a.balance + a.charged
+               - sum(c.charged) OVER (PARTITION BY c.account_id ORDER BY c.position),
+           c.request_id, c.api_key_id, %s::varchar, %s::text, %s::timestamptz
+    FROM claimed c JOIN accounts a ON a.id = c.account_id
+    WHERE c.charged > 0
+)
+SELECT c.request_id, c.amount, c.charged, a.balance, a.reserved
+FROM claimed c JOIN accounts a ON a.id = c.account_id
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -285,6 +285,16 @@ if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresq
         # stream's last chunk waits for its settlement to fail.
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
     }
+# The billing statements of the hot path are prepared once per connection
+# and planned once (novakit/db.py `execute_prepared`); Django's own queries
+# never are prepared, so the plan cache setting only concerns those. Set 0
+# behind a pooler that cannot keep prepared statements (PgBouncer in
+# transaction mode before 1.21, or without max_prepared_statements).
+if (DATABASES["default"]["ENGINE"].endswith("postgresql")
+        and env_bool("DATABASE_PREPARED_STATEMENTS", True)):
+    _options = DATABASES["default"].setdefault("OPTIONS", {})
+    _options["prepare_threshold"] = 5
+    _options["options"] = f"{_options.get('options', '')} -c plan_cache_mode=force_generic_plan"
 
 # Logs: JSON lines in production (one object per line, request id on each),
 # plain text for a developer's terminal.
