@@ -10,6 +10,7 @@ Invariants these functions keep, and the tests check:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -660,8 +661,9 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
         return []
     now = now or timezone.now()
     settlements: dict[str, Settlement] = {}
+    account_of: dict[str, int] = {}  # request id -> account, of those closed in one statement
     if connection.vendor == "postgresql":
-        settlements = _close_credit_only_in_one_statement(closings, now=now)
+        settlements, account_of = _close_credit_only_in_one_statement(closings, now=now)
         if len(settlements) == len(closings):
             return [settlements[c.request_id] for c in closings]
     rest = [c for c in closings if c.request_id not in settlements]
@@ -703,6 +705,11 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
             reserved=row.amount, available=balance - reserved,
             quota_tokens_remaining=rooms.get(row.request_id),
         )
+    for request_id, account_id in account_of.items():
+        if account_id in balances:  # what is available after the whole group, as for the rest
+            balance, reserved = balances[account_id]
+            settlements[request_id] = dataclasses.replace(settlements[request_id],
+                                                          available=balance - reserved)
     return [settlements[c.request_id] for c in closings]
 
 
@@ -711,9 +718,9 @@ _USAGE_ACTOR = "api"
 
 
 def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
-                                        ) -> dict[str, Settlement]:
+                                        ) -> tuple[dict[str, Settlement], dict[str, int]]:
     """Close the still-open reservations among `closings` that hold no quota, in one
-    PostgreSQL statement; their Settlements by request id.
+    PostgreSQL statement; their Settlements and their accounts, by request id.
 
     What the general path does for them, in one prepared statement instead of
     one planned statement per step: claim each (only if still open, so it
@@ -729,13 +736,14 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
         now, Reservation.Status.OPEN, Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
     ])
     status_of = {c.request_id: c.status for c in closings}
-    return {
+    settlements = {
         request_id: Settlement(
             request_id=request_id, status=status_of[request_id], charged=charged,
             reserved=amount, available=balance - reserved, quota_tokens_remaining=None,
         )
-        for request_id, amount, charged, balance, reserved in rows
+        for request_id, _, amount, charged, balance, reserved in rows
     }
+    return settlements, {request_id: account_id for request_id, account_id, *_ in rows}
 
 
 # Its columns are Reservation's, CreditAccount's and LedgerEntry's (billing/models.py).
@@ -774,7 +782,7 @@ WITH closing AS (
     FROM claimed c JOIN accounts a ON a.id = c.account_id
     WHERE c.charged > 0
 )
-SELECT c.request_id, c.amount, c.charged, a.balance, a.reserved
+SELECT c.request_id, c.account_id, c.amount, c.charged, a.balance, a.reserved
 FROM claimed c JOIN accounts a ON a.id = c.account_id
 """
 

@@ -90,3 +90,56 @@ def test_given_one_request_twice_in_a_group_then_the_group_is_refused(tenant):
         credits_close_many([Closing("twice", RELEASED), Closing("twice", RELEASED)], now=NOW)
 
     assert tenant.refresh_account().reserved == 100
+
+
+def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the_books_agree(
+    tenant, other_tenant,
+):
+    """On PostgreSQL the credit-only reservations close in one statement and the quota ones
+    on the general path, in the same transaction; on SQLite all take the general path."""
+    quota_set(organization=tenant.org, limit=500, metric=Quota.Metric.CREDITS,
+              api_key_id=tenant.key.pk)
+    before = {t.org.slug: t.refresh_account().balance for t in (tenant, other_tenant)}
+    reserve(tenant, "quota", amount=100, tokens=10, key=tenant.key)  # held against the quota
+    reserve(tenant, "plain-1", amount=100, tokens=10)
+    reserve(other_tenant, "other", amount=80, tokens=10)
+    reserve(tenant, "plain-2", amount=60, tokens=10)
+    reserve(tenant, "released", amount=30, tokens=10)
+
+    with transaction.atomic():
+        settled = credits_close_many([
+            Closing("plain-2", SETTLED, credits=25, tokens=5),
+            Closing("quota", SETTLED, credits=40, tokens=5),
+            Closing("other", SETTLED, credits=500, tokens=5),  # more than held: capped at 80
+            Closing("released", RELEASED),
+            Closing("plain-1", SETTLED, credits=10, tokens=5),
+        ], now=NOW)
+
+    assert [(s.request_id, s.charged, s.reserved, s.already_closed) for s in settled] == [
+        ("plain-2", 25, 60, False), ("quota", 40, 100, False), ("other", 80, 80, False),
+        ("released", 0, 30, False), ("plain-1", 10, 100, False)]
+    mine, theirs = tenant.refresh_account(), other_tenant.refresh_account()
+    assert (mine.balance, mine.reserved) == (before["acme"] - 75, 0)
+    assert (theirs.balance, theirs.reserved) == (before["globex"] - 80, 0)
+    assert settled[4].available == mine.balance and settled[2].available == theirs.balance
+    # Each account's usage entries make one running balance, whichever path wrote them.
+    for account, start in ((mine, before["acme"]), (theirs, before["globex"])):
+        running = start
+        for amount, balance_after in (LedgerEntry.objects.filter(account=account,
+                                      kind=LedgerEntry.Kind.USAGE)
+                                      .order_by("balance_after").reverse()
+                                      .values_list("amount", "balance_after")):
+            running += amount
+            assert balance_after == running
+        assert running == account.balance
+    assert QuotaCounter.objects.get().used == 40
+    assert dict(Reservation.objects.values_list("request_id", "status")) == {
+        "quota": SETTLED, "plain-1": SETTLED, "plain-2": SETTLED, "other": SETTLED,
+        "released": RELEASED}
+
+    # Closing them all again changes nothing and reports the first outcome.
+    with transaction.atomic():
+        again = credits_close_many([Closing("plain-1", SETTLED, credits=99, tokens=1),
+                                    Closing("quota", SETTLED, credits=99, tokens=1)], now=NOW)
+    assert [(s.charged, s.already_closed) for s in again] == [(10, True), (40, True)]
+    assert tenant.refresh_account().balance == mine.balance

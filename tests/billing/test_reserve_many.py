@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
+from django.test.utils import CaptureQueriesContext
 
 from billing.models import Quota, QuotaCounter, Reservation
 from billing.services import (
@@ -105,3 +106,50 @@ def test_given_negative_holds_then_nothing_is_reserved(tenant):
         credits_reserve_many([hold(tenant, "a", amount=10), hold(tenant, "b", amount=-1)])
     assert credits_reserve_many([]) == []
     assert not Reservation.objects.exists()
+
+
+def test_given_a_group_of_two_organizations_one_short_then_neither_holds_anything(
+    tenant_factory,
+):
+    rich = tenant_factory("rich", credits=1_000)
+    poor = tenant_factory("poor", credits=0)
+    credits_grant(account=poor.account, amount=50, reason="test", actor_label="test")
+    group = [hold(rich, "r1", amount=300, key=False), hold(poor, "p1", amount=100, key=False),
+             hold(rich, "r2", amount=300, key=False)]
+
+    with pytest.raises(InsufficientCredits) as refused:
+        credits_reserve_many(group, now=NOW)
+
+    # The account that fits is not held either: the group is all or nothing.
+    assert refused.value.extras == {"remaining": 50}
+    assert not Reservation.objects.exists()
+    assert (rich.refresh_account().reserved, poor.refresh_account().reserved) == (0, 0)
+    # Without the short one, both of the other organization's requests fit, summed.
+    made = credits_reserve_many([group[0], group[2]], now=NOW)
+    assert [(r.request_id, r.amount, r.pk is not None) for r in made] == [
+        ("r1", 300, True), ("r2", 300, True)]
+    assert rich.refresh_account().reserved == 600
+    assert set(Reservation.objects.values_list("request_id", "expires_at")) == {
+        ("r1", made[0].expires_at), ("r2", made[0].expires_at)}
+
+
+def test_given_credit_only_holds_then_postgresql_reserves_them_in_one_prepared_statement(
+    tenant,
+):
+    """The fast path is really taken where it exists (PostgreSQL), and nowhere else."""
+    credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
+    with CaptureQueriesContext(connection) as queries:
+        credits_reserve_many([hold(tenant, "a", amount=100, key=False)], now=NOW)
+        credits_reserve_many([hold(tenant, "b", amount=100, key=False)], now=NOW)
+    ours = [q["sql"] for q in queries.captured_queries if "billing_reservation" in q["sql"]]
+    assert Reservation.objects.count() == 2
+    assert tenant.refresh_account().reserved == 200
+    if connection.vendor == "postgresql":
+        assert ours == []  # bound on the server: Django's query log never sees it
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements "
+                           "WHERE statement LIKE '%%INSERT INTO billing_reservation%%'")
+            assert cursor.fetchone()[0] == 1  # prepared once, used twice
+    else:
+        assert len(ours) == 2 and all(q.startswith('INSERT INTO "billing_reservation"')
+                                      for q in ours)
