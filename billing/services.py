@@ -561,13 +561,13 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
             [r.api_key_id for r in rows], [r.amount for r in rows], [r.tokens for r in rows],
         ]))
     if not made:
-        # Refused: report the first account that could not cover its holds.
-        for account_id, amount in sorted(account_holds.items()):
-            balance, reserved = CreditAccount.objects.filter(pk=account_id).values_list(
-                "balance", "reserved")[0]
-            if balance - reserved < amount:
-                raise InsufficientCredits(balance - reserved)
-        raise InsufficientCredits(0)  # fits by now (a race): the caller tries each alone
+        # Refused: report the first account short of its holds (by now, perhaps none is:
+        # the caller then reserves each request alone).
+        remaining = {pk: balance - reserved for pk, balance, reserved in
+                     CreditAccount.objects.filter(pk__in=account_holds)
+                     .values_list("pk", "balance", "reserved")}
+        short = [pk for pk in sorted(account_holds) if remaining.get(pk, 0) < account_holds[pk]]
+        raise InsufficientCredits(remaining.get(short[0] if short else min(account_holds), 0))
     for row in rows:
         row.pk = made[row.request_id]
         row._state.adding = False
@@ -648,9 +648,9 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     credit account with the group's deltas summed, one insert of the ledger
     entries. Row locks are taken in a fixed order (reservations, counters by
     id, accounts by id), the order reservation takes them too, so concurrent
-    groups wait for each other but never deadlock. On PostgreSQL the
-    reservations that hold no quota (most) are closed first, all of them in
-    one prepared statement that does the same (`_close_credit_only_in_one_statement`).
+    groups wait for each other but never deadlock. On PostgreSQL a group
+    whose reservations hold no quota (most) is closed by one prepared
+    statement that does the same (`_close_credit_only_in_one_statement`).
     """
     if any(c.credits < 0 or c.tokens < 0 for c in closings):
         raise ValueError("usage cannot be negative")
@@ -727,13 +727,17 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
     closes once), charge and release each credit account once for the group
     (accounts locked in id order, after the reservations, as everywhere
     else), and write a ledger entry per charge, with the balance after it
-    in closing order. Reservations holding quota, and ones already closed,
-    are left to the general path.
+    in closing order. Ones already closed are left to the general path (to
+    report), and so is the whole group when any of its open reservations
+    holds quota: closing some here would lock their accounts before the
+    general path locks the rest's reservations and quota counters, against
+    the order every transaction keeps, and two groups could deadlock.
     """
     rows = execute_prepared(_CLOSE_CREDIT_ONLY, [
         [c.request_id for c in closings], [c.status for c in closings],
         [max(0, c.credits) for c in closings], list(range(len(closings))),
-        now, Reservation.Status.OPEN, Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
+        now, Reservation.Status.OPEN, Reservation.Status.OPEN,
+        Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
     ])
     status_of = {c.request_id: c.status for c in closings}
     settlements = {
@@ -757,7 +761,9 @@ WITH closing AS (
         charged = LEAST(closing.credits, r.amount)
     FROM closing
     WHERE r.request_id = closing.request_id AND r.status = %s::varchar
-      AND r.quota_holds = '[]'::jsonb
+      AND NOT EXISTS (
+          SELECT 1 FROM billing_reservation held JOIN closing mine USING (request_id)
+          WHERE held.status = %s::varchar AND held.quota_holds <> '[]'::jsonb)
     RETURNING r.request_id, r.account_id, r.api_key_id, r.amount, r.charged, closing.position
 ), totals AS (
     SELECT account_id, sum(charged) AS charged, sum(amount) AS amount
