@@ -10,7 +10,6 @@ Invariants these functions keep, and the tests check:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -541,9 +540,14 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
     a transaction of four round trips and plans each statement afresh
     (bench/results/CHANGES.md). The statement locks the group's credit
     accounts in id order (as the general path and settlement do), checks
-    that each covers its summed holds, and only then holds them and inserts
-    the reservations: one account short and nothing is written, and
-    InsufficientCredits is raised as before.
+    that each covers its summed holds and that no request id of the group
+    is reserved already, and only then holds them and inserts the
+    reservations: one account short and nothing is written, and
+    InsufficientCredits is raised as before (IntegrityError for a request id
+    reserved already, as the general path's insert raises). One exception to
+    the lock order: a twin of a request id still in flight makes the insert
+    wait on the unique index after the accounts are locked; request ids are
+    the gateway's own, so only a bug makes twins.
     """
     account_holds: dict[int, int] = {}
     rows = []
@@ -555,12 +559,15 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
     # a refused insert (a request id reserved already) from breaking it.
     with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
         made = dict(execute_prepared(_RESERVE_CREDITS, [
-            list(account_holds), list(account_holds.values()),
+            list(account_holds), list(account_holds.values()), [r.request_id for r in rows],
             Reservation.Status.OPEN, now, rows[0].expires_at,
             [r.request_id for r in rows], [r.account_id for r in rows],
             [r.api_key_id for r in rows], [r.amount for r in rows], [r.tokens for r in rows],
         ]))
     if not made:
+        if Reservation.objects.filter(request_id__in=[r.request_id for r in rows]).exists():
+            # As the general path's insert would: `credits_reserve` then returns the first.
+            raise IntegrityError("a request id of the group is reserved already")
         # Refused: report the first account short of its holds (by now, perhaps none is:
         # the caller then reserves each request alone).
         remaining = {pk: balance - reserved for pk, balance, reserved in
@@ -570,7 +577,7 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
         raise InsufficientCredits(remaining.get(short[0] if short else min(account_holds), 0))
     for row in rows:
         row.pk = made[row.request_id]
-        row._state.adding = False
+        row._state.adding, row._state.db = False, connection.alias
     return rows
 
 
@@ -583,7 +590,9 @@ WITH hold AS (
     FROM billing_creditaccount a JOIN hold ON hold.account_id = a.id
     ORDER BY a.id FOR UPDATE OF a
 ), verdict AS (
-    SELECT count(*) = (SELECT count(*) FROM hold) AND coalesce(bool_and(fits), false) AS fits
+    SELECT count(*) = (SELECT count(*) FROM hold) AND coalesce(bool_and(fits), false)
+           AND NOT EXISTS (SELECT 1 FROM billing_reservation WHERE request_id = ANY(%s::varchar[]))
+           AS fits
     FROM locked
 ), held AS (
     UPDATE billing_creditaccount a SET reserved = a.reserved + hold.amount
@@ -660,10 +669,11 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     if not closings:
         return []
     now = now or timezone.now()
+    if connection.get_autocommit():
+        raise RuntimeError("credits_close_many must run inside a transaction")
     settlements: dict[str, Settlement] = {}
-    account_of: dict[str, int] = {}  # request id -> account, of those closed in one statement
     if connection.vendor == "postgresql":
-        settlements, account_of = _close_credit_only_in_one_statement(closings, now=now)
+        settlements = _close_credit_only_in_one_statement(closings, now=now)
         if len(settlements) == len(closings):
             return [settlements[c.request_id] for c in closings]
     rest = [c for c in closings if c.request_id not in settlements]
@@ -690,7 +700,7 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
                 entries.append(LedgerEntry(
                     account_id=account_id, kind=Kind.USAGE, amount=-row.charged,
                     balance_after=running, reason=_USAGE_REASON, request_id=row.request_id,
-                    api_key_id=row.api_key_id, actor_label=_USAGE_ACTOR,
+                    api_key_id=row.api_key_id, actor_label=_USAGE_ACTOR, created_at=now,
                 ))
     LedgerEntry.objects.bulk_create(entries)
 
@@ -705,11 +715,6 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
             reserved=row.amount, available=balance - reserved,
             quota_tokens_remaining=rooms.get(row.request_id),
         )
-    for request_id, account_id in account_of.items():
-        if account_id in balances:  # what is available after the whole group, as for the rest
-            balance, reserved = balances[account_id]
-            settlements[request_id] = dataclasses.replace(settlements[request_id],
-                                                          available=balance - reserved)
     return [settlements[c.request_id] for c in closings]
 
 
@@ -718,9 +723,9 @@ _USAGE_ACTOR = "api"
 
 
 def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
-                                        ) -> tuple[dict[str, Settlement], dict[str, int]]:
-    """Close the still-open reservations among `closings` that hold no quota, in one
-    PostgreSQL statement; their Settlements and their accounts, by request id.
+                                        ) -> dict[str, Settlement]:
+    """Close the still-open reservations among `closings` in one PostgreSQL statement,
+    unless one of them holds quota; their Settlements by request id.
 
     What the general path does for them, in one prepared statement instead of
     one planned statement per step: claim each (only if still open, so it
@@ -740,14 +745,13 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
         Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
     ])
     status_of = {c.request_id: c.status for c in closings}
-    settlements = {
+    return {
         request_id: Settlement(
             request_id=request_id, status=status_of[request_id], charged=charged,
             reserved=amount, available=balance - reserved, quota_tokens_remaining=None,
         )
-        for request_id, _, amount, charged, balance, reserved in rows
+        for request_id, amount, charged, balance, reserved in rows
     }
-    return settlements, {request_id: account_id for request_id, account_id, *_ in rows}
 
 
 # Its columns are Reservation's, CreditAccount's and LedgerEntry's (billing/models.py).
@@ -788,7 +792,7 @@ WITH closing AS (
     FROM claimed c JOIN accounts a ON a.id = c.account_id
     WHERE c.charged > 0
 )
-SELECT c.request_id, c.account_id, c.amount, c.charged, a.balance, a.reserved
+SELECT c.request_id, c.amount, c.charged, a.balance, a.reserved
 FROM claimed c JOIN accounts a ON a.id = c.account_id
 """
 

@@ -28,6 +28,7 @@ import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
+from psycopg.types.numeric import Int8Dumper
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -123,5 +124,8 @@ def execute_prepared(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        # Every int as int8: psycopg would pick int2, int4 or int8 by value, and a
+        # statement is prepared once per combination of parameter types.
+        cursor.adapters.register_dumper(int, Int8Dumper)
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchall() if cursor.description else []

@@ -286,10 +286,11 @@ if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresq
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
     }
 # The billing statements of the hot path are prepared once per connection
-# and planned once (novakit/db.py `execute_prepared`); Django's own queries
-# never are prepared, so the plan cache setting only concerns those. Set 0
-# behind a pooler that cannot keep prepared statements (PgBouncer in
-# transaction mode before 1.21, or without max_prepared_statements).
+# and planned once (novakit/db.py `execute_prepared`). Django's own queries
+# are bound on the client and never prepared, so neither the threshold (any
+# number: only "not None" matters, it allows `prepare=True`) nor the plan
+# cache mode touches them. Set 0 behind PgBouncer: it refuses the startup
+# option, and before 1.21 cannot keep prepared statements.
 if (DATABASES["default"]["ENGINE"].endswith("postgresql")
         and env_bool("DATABASE_PREPARED_STATEMENTS", True)):
     _options = DATABASES["default"].setdefault("OPTIONS", {})
