@@ -166,6 +166,7 @@ def _freeze_what_start_up_built() -> None:
 async def _shutdown() -> None:
     from completions.gateway import pending_settlements
     from completions.upstream import upstream_client
+    from novakit.db import close_database_threads
 
     _beat_stop.set()
     if _beat_task is not None:
@@ -175,6 +176,7 @@ async def _shutdown() -> None:
         logger.info("waiting for %d settlement(s) before exit", len(pending_settlements))
         await asyncio.wait(list(pending_settlements), timeout=30)
     await upstream_client.aclose()
+    await asyncio.get_running_loop().run_in_executor(None, close_database_threads)
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -20,14 +20,15 @@ import asyncio
 import contextvars
 import functools
 import select
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
 import psycopg
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from psycopg.types.numeric import Int8Dumper
 
 P = ParamSpec("P")
@@ -109,6 +110,31 @@ def db_async(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         return await asyncio.get_running_loop().run_in_executor(_executor(size), work)
 
     return call
+
+
+def close_database_threads() -> None:
+    """Close the connection each database thread keeps, and stop the threads (at shutdown).
+
+    Django's connections belong to their thread, so each thread closes its
+    own: one closing call per thread, each held at a barrier until all have
+    started, so that no thread takes two. Left open, the connections outlive
+    the server's shutdown until the process exits (and a test run could not
+    drop its database). A later `db_async` call starts a new pool. The
+    thread Django's own `sync_to_async` uses (DB_THREADS=0) closes its
+    connections too; that thread stays, as asgiref keeps it.
+    """
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+    while _executors:
+        size, executor = _executors.popitem()
+        barrier = threading.Barrier(size)
+
+        def close_mine(barrier: threading.Barrier = barrier) -> None:
+            barrier.wait(timeout=10)
+            connection.close()
+
+        for future in [executor.submit(close_mine) for _ in range(size)]:
+            future.result()
+        executor.shutdown(wait=True)
 
 
 def execute_prepared(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

@@ -20,6 +20,7 @@ from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
 from completions.upstream import upstream_client
 from novakit import redis as shared_redis
+from novakit.db import close_database_threads
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.live_server import LiveGateway
 
@@ -141,6 +142,14 @@ def live_gateway_server(django_db_setup: None) -> Iterator[LiveGateway]:
     server = LiveGateway().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _database_threads_closed_at_the_end(django_db_setup: None) -> Iterator[None]:
+    """The database threads' connections, closed before the test database is dropped
+    (else PostgreSQL refuses: "being accessed by other users")."""
+    yield
+    close_database_threads()
 
 
 @pytest.fixture(autouse=True)
