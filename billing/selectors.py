@@ -132,10 +132,14 @@ def admission_check(
     available = (account.balance - account.reserved) if account else 0
     if available < credits:
         return {"admitted": False, "reason": "Insufficient credits", "available": available}
-    for quota in applicable_quotas(organization_id=organization_id, api_key_id=api_key_id):
+    quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
+    this_period = Q(pk__in=[])  # matches nothing: the start of an OR of one term per quota
+    for quota in quotas:
+        this_period |= Q(quota=quota, period_start=period_start(quota.period, now))
+    counters = {c.quota_id: c for c in QuotaCounter.objects.filter(this_period)} if quotas else {}
+    for quota in quotas:
         need = tokens if quota.metric == Quota.Metric.CHAT_TOKENS else credits
-        counter = QuotaCounter.objects.filter(
-            quota=quota, period_start=period_start(quota.period, now)).first()
+        counter = counters.get(quota.pk)
         room = quota.limit - ((counter.used + counter.reserved) if counter else 0)
         if room < need:
             return {"admitted": False, "reason": f"Quota exceeded for {quota.metric}",

@@ -6,10 +6,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from accounts.services import api_key_create
 from billing.models import Quota, QuotaCounter
-from billing.selectors import credit_summary
+from billing.selectors import admission_check, credit_summary
 from billing.services import (
     InsufficientCredits,
     QuotaExceeded,
@@ -207,3 +209,25 @@ def test_given_quotas_then_the_credit_summary_reports_their_use(tenant):
 def test_given_a_negative_quota_then_it_is_refused(tenant, limit):
     with pytest.raises(ValueError):
         quota_set(organization=tenant.org, limit=limit)
+
+
+def test_given_several_quotas_then_an_admission_check_reads_their_counters_in_one_query(tenant):
+    """What a quote answers (billing.selectors.admission_check), from one read per table."""
+    quota_set(organization=tenant.org, limit=1_000)  # chat tokens, the organization's
+    quota_set(organization=tenant.org, limit=300, metric=Quota.Metric.CREDITS,
+              api_key_id=tenant.key.pk)  # credits, the key's
+    credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk, request_id="r",
+                    amount=200, tokens=600)  # holds 600 tokens and 200 credits
+
+    def check(credits: int, tokens: int) -> dict[str, object]:
+        return admission_check(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                               credits=credits, tokens=tokens)
+
+    with CaptureQueriesContext(connection) as queries:
+        fits = check(100, 400)
+    assert fits["admitted"] is True
+    assert len(queries.captured_queries) == 3  # the account, the quotas, their counters
+    assert check(100, 401) == {"admitted": False, "reason": "Quota exceeded for chat_tokens",
+                               "available": fits["available"], "quota_remaining": 400}
+    assert check(101, 10) == {"admitted": False, "reason": "Quota exceeded for credits",
+                              "available": fits["available"], "quota_remaining": 100}
