@@ -315,6 +315,11 @@ def _note_failure(admitted: Admitted, route: Route, exc: UpstreamFailure, *,
 
 
 async def _settle(outcome: RequestOutcome) -> Settlement:
+    # The request is over: free its concurrency slot and correct its tokens to the usage
+    # (Redis) while the settlement is written (PostgreSQL); both are done before the answer.
+    released = asyncio.ensure_future(rate_limit_release(
+        request_id=outcome.request_id,
+        tokens_used=outcome.prompt_tokens + outcome.completion_tokens))
     try:
         try:
             settlement = await settle_in_group(outcome)
@@ -326,9 +331,7 @@ async def _settle(outcome: RequestOutcome) -> Settlement:
             metrics.record_outcome(outcome, charged=settlement.charged)
         return settlement
     finally:
-        # The request is over: free its concurrency slot, correct its tokens to the usage.
-        await rate_limit_release(request_id=outcome.request_id,
-                                 tokens_used=outcome.prompt_tokens + outcome.completion_tokens)
+        await released
 
 
 def _settle_when_back(outcome: RequestOutcome) -> None:
