@@ -22,11 +22,19 @@ is gone shuts itself down the same way, and stops waiting after the
 graceful-shutdown time (60 s when none is set). A worker that cannot start
 (bad settings, a failing start-up) stops everything: starting it again
 would fail again; so does a port something else already listens on.
+
+A worker whose event loop stops turning (code that blocks it, a deadlock)
+still holds its listening socket, so the kernel would go on handing it a
+share of new connections that nobody answers. Each worker's loop stamps a
+heartbeat every tenth of a second; one silent for --worker-timeout seconds
+(30) is killed and replaced. Its requests in flight are lost with it; the
+expiry job releases their reservations.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -58,6 +66,7 @@ class Options:
     forwarded_allow_ips: str | None
     access_log: bool
     log_level: str
+    worker_timeout: float
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -75,9 +84,14 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--worker-timeout", type=float, default=30.0,
+                        help="seconds a worker's event loop may stay unresponsive before the "
+                             "worker is killed and replaced")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.worker_timeout <= 0:
+        parser.error("--worker-timeout must be positive")
     return Options(**vars(args))
 
 
@@ -96,9 +110,15 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(options: Options, supervisor: int) -> None:
+def _serve(options: Options, supervisor: int, heartbeat: ctypes.c_double) -> None:
     """One worker: uvicorn on its own socket. Runs in a process of its own."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        async def on_tick(self, counter: int) -> bool:
+            # uvicorn's main loop calls this every 0.1 s, on the event loop.
+            heartbeat.value = time.monotonic()
+            return await super().on_tick(counter)
 
     # Its own process group: a terminal's Ctrl+C reaches the supervisor only, which
     # passes it on. Reaching both, it would be two signals here, and uvicorn takes a
@@ -118,7 +138,7 @@ def _serve(options: Options, supervisor: int) -> None:
         access_log=options.access_log, log_level=options.log_level,
     )
     threading.Thread(target=_stop_when_orphaned, args=(supervisor, options), daemon=True).start()
-    server = uvicorn.Server(config)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it has shut down for
@@ -146,17 +166,23 @@ class Supervisor:
         self.options = options
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
+        # Per worker, when its event loop last turned (time.monotonic(); 0 until it runs),
+        # in memory shared with it. Without a lock: a worker killed while holding one
+        # would leave the supervisor waiting for it forever; an aligned double is
+        # written and read whole.
+        self.heartbeats: list[ctypes.c_double] = []
         # Signals as they arrive. The handler only appends: the main loop acts on them
         # (setting a threading.Event from a handler can deadlock with its waiter).
         self.received: list[int] = []
         self.failed = False
 
-    def start_worker(self) -> BaseProcess:
-        worker = self.context.Process(target=_serve, args=(self.options, os.getpid()),
+    def start_worker(self) -> tuple[BaseProcess, ctypes.c_double]:
+        heartbeat = self.context.Value("d", 0.0, lock=False)
+        worker = self.context.Process(target=_serve, args=(self.options, os.getpid(), heartbeat),
                                       name="novakit-web")
         worker.start()
         logger.info("started worker %s", worker.pid)
-        return worker
+        return worker, heartbeat
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
@@ -173,9 +199,13 @@ class Supervisor:
             logger.error("%s:%s is taken: another server (or its workers) listens there",
                          self.options.host, self.options.port)
             return 1
-        self.workers = [self.start_worker() for _ in range(self.options.workers)]
+        for _ in range(self.options.workers):
+            worker, heartbeat = self.start_worker()
+            self.workers.append(worker)
+            self.heartbeats.append(heartbeat)
         while not self.received and not self.failed:
             time.sleep(0.2)
+            self.kill_the_unresponsive()
             self.replace_the_dead()
         self.signal_workers(self.received[0] if self.received else signal.SIGTERM)
         forced = False
@@ -189,6 +219,16 @@ class Supervisor:
         logger.info("all workers stopped")
         return 1 if self.failed else 0
 
+    def kill_the_unresponsive(self) -> None:
+        now = time.monotonic()
+        for worker, heartbeat in zip(self.workers, self.heartbeats, strict=True):
+            last = heartbeat.value
+            if last and now - last > self.options.worker_timeout and worker.is_alive():
+                logger.error("worker %s has not run its event loop for %.0f s; killing it",
+                             worker.pid, now - last)
+                worker.kill()
+                worker.join(timeout=5)
+
     def replace_the_dead(self) -> None:
         for index, worker in enumerate(self.workers):
             if worker.is_alive() or self.received:
@@ -198,7 +238,7 @@ class Supervisor:
                 self.failed = True
                 return
             logger.warning("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
-            self.workers[index] = self.start_worker()
+            self.workers[index], self.heartbeats[index] = self.start_worker()
 
 
 def port_is_free(host: str, port: int) -> bool:

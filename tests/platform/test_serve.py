@@ -163,3 +163,24 @@ def test_a_port_something_already_listens_on_is_refused(tmp_path: Path):
 
     assert process.returncode == 1
     assert "is taken" in process.stderr
+
+
+def test_a_worker_whose_event_loop_stops_is_killed_and_replaced(gateway_processes):  # noqa: F811
+    """Stopped, a worker still holds its socket and the kernel still hands it connections
+    that nobody answers; the supervisor hears no heartbeat from it and replaces it."""
+    [gateway] = gateway_processes(1, workers=2, serve_args=("--worker-timeout", "2"))
+    stuck, other = wait_for_workers(gateway, 2)
+    time.sleep(3)  # longer than the timeout: a worker that runs is not touched
+
+    assert workers_of(gateway) == [stuck, other]
+    os.kill(stuck, signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    while stuck in workers_of(gateway):
+        assert time.monotonic() < deadline, workers_of(gateway)
+        time.sleep(0.1)
+    replacement = next(pid for pid in wait_for_workers(gateway, 2) if pid != other)
+    answers = [httpx.get(f"{gateway.url}/healthz").status_code for _ in range(20)]
+
+    assert replacement != stuck and other in workers_of(gateway)
+    assert answers == [200] * 20
+    assert "has not run its event loop" in gateway.log.read_text()

@@ -159,7 +159,8 @@ def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp
     see committed data only (transactional_db)."""
     started: list[GatewayProcess] = []
 
-    def start(count: int, *, workers: int | None = None) -> list[GatewayProcess]:
+    def start(count: int, *, workers: int | None = None, serve_args: tuple[str, ...] = (),
+              ) -> list[GatewayProcess]:
         env = {
             **os.environ,
             "DATABASE_URL": database_url(),
@@ -173,7 +174,8 @@ def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp
             "LOG_LEVEL": "WARNING",
         }
         # All spawned first, then waited for: they start side by side.
-        batch = [gateway_spawn(env=env, log=tmp_path / f"gateway-{number}.log", workers=workers)
+        batch = [gateway_spawn(env=env, log=tmp_path / f"gateway-{number}.log", workers=workers,
+                               serve_args=serve_args)
                  for number in range(count)]
         started.extend(batch)
         for gateway in batch:

@@ -62,18 +62,20 @@ class GatewayProcess:
                 self.process.wait(5)
 
 
-def gateway_spawn(*, env: dict[str, str], log: Path, workers: int | None = None
-                  ) -> GatewayProcess:
+def gateway_spawn(*, env: dict[str, str], log: Path, workers: int | None = None,
+                  serve_args: tuple[str, ...] = ()) -> GatewayProcess:
     """Start a gateway process; `wait_until_healthy()` before sending it requests.
 
     Plain uvicorn, one process; with `workers`, the production server
-    (novakit/serve.py): a supervisor and that many worker processes.
+    (novakit/serve.py): a supervisor and that many worker processes, given
+    `serve_args` too.
     """
     port = free_port()
     if workers is None:
         command = [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application"]
     else:
-        command = [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--workers", str(workers)]
+        command = [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--workers", str(workers),
+                   *serve_args]
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
