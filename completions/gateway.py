@@ -315,11 +315,6 @@ def _note_failure(admitted: Admitted, route: Route, exc: UpstreamFailure, *,
 
 
 async def _settle(outcome: RequestOutcome) -> Settlement:
-    # The request is over: free its concurrency slot and correct its tokens to the usage
-    # (Redis) while the settlement is written (PostgreSQL); both are done before the answer.
-    released = asyncio.ensure_future(rate_limit_release(
-        request_id=outcome.request_id,
-        tokens_used=outcome.prompt_tokens + outcome.completion_tokens))
     try:
         try:
             settlement = await settle_in_group(outcome)
@@ -331,7 +326,9 @@ async def _settle(outcome: RequestOutcome) -> Settlement:
             metrics.record_outcome(outcome, charged=settlement.charged)
         return settlement
     finally:
-        await released
+        # The request is over: free its concurrency slot, correct its tokens to the usage.
+        await rate_limit_release(request_id=outcome.request_id,
+                                 tokens_used=outcome.prompt_tokens + outcome.completion_tokens)
 
 
 def _settle_when_back(outcome: RequestOutcome) -> None:
