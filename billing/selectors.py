@@ -133,7 +133,7 @@ def admission_check(
     if available < credits:
         return {"admitted": False, "reason": "Insufficient credits", "available": available}
     quotas = applicable_quotas(organization_id=organization_id, api_key_id=api_key_id)
-    this_period = Q(pk__in=[])  # matches nothing: the start of an OR of one term per quota
+    this_period = Q()
     for quota in quotas:
         this_period |= Q(quota=quota, period_start=period_start(quota.period, now))
     counters = {c.quota_id: c for c in QuotaCounter.objects.filter(this_period)} if quotas else {}

@@ -172,9 +172,12 @@ async def _shutdown() -> None:
     if _beat_task is not None:
         await asyncio.wait([_beat_task], timeout=10)
 
-    if pending_settlements:
+    # Settlements can start while others are awaited (a request cancelled at the graceful
+    # timeout settles as it goes): wait until none is left, at most 30 s in all.
+    deadline = asyncio.get_running_loop().time() + 30
+    while pending_settlements and (left := deadline - asyncio.get_running_loop().time()) > 0:
         logger.info("waiting for %d settlement(s) before exit", len(pending_settlements))
-        await asyncio.wait(list(pending_settlements), timeout=30)
+        await asyncio.wait(list(pending_settlements), timeout=left)
     await upstream_client.aclose()
     await asyncio.get_running_loop().run_in_executor(None, close_database_threads)
 

@@ -17,6 +17,7 @@ after every call instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import select
@@ -35,11 +36,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _executors: dict[int, ThreadPoolExecutor] = {}
+_THREAD_PREFIX = "novakit-db"
 
 
 def _executor(size: int) -> ThreadPoolExecutor:
     if size not in _executors:
-        _executors[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="novakit-db")
+        _executors[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=_THREAD_PREFIX)
     return _executors[size]
 
 
@@ -117,24 +119,30 @@ def close_database_threads() -> None:
 
     Django's connections belong to their thread, so each thread closes its
     own: one closing call per thread, each held at a barrier until all have
-    started, so that no thread takes two. Left open, the connections outlive
-    the server's shutdown until the process exits (and a test run could not
-    drop its database). A later `db_async` call starts a new pool. The
-    thread Django's own `sync_to_async` uses (DB_THREADS=0) closes its
-    connections too; that thread stays, as asgiref keeps it.
+    started, so that no idle thread takes two. A thread still busy (a
+    settlement that outlived the graceful wait) breaks the barrier after
+    10 s; the others close theirs all the same, and it closes its own if a
+    closing call is left when it is done. Left open, the connections would
+    outlive the server's shutdown until the process exits (and a test run
+    could not drop its database). A `db_async` call made after this starts
+    a new pool. The thread Django's own `sync_to_async` uses (DB_THREADS=0)
+    closes its connections too; that thread stays, as asgiref keeps it.
     """
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result()
+    if threading.current_thread().name.startswith(_THREAD_PREFIX):
+        raise RuntimeError("a database thread cannot close the database threads")
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
     while _executors:
         size, executor = _executors.popitem()
         barrier = threading.Barrier(size)
 
         def close_mine(barrier: threading.Barrier = barrier) -> None:
-            barrier.wait(timeout=10)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=10)
             connection.close()
 
-        for future in [executor.submit(close_mine) for _ in range(size)]:
-            future.result()
-        executor.shutdown(wait=True)
+        for _ in range(size):
+            executor.submit(close_mine)
+        executor.shutdown(wait=True)  # calls still running finish first
 
 
 def execute_prepared(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:

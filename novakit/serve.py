@@ -28,7 +28,9 @@ still holds its listening socket, so the kernel would go on handing it a
 share of new connections that nobody answers. Each worker's loop stamps a
 heartbeat every tenth of a second; one silent for --worker-timeout seconds
 (30) is killed and replaced. Its requests in flight are lost with it; the
-expiry job releases their reservations.
+expiry job releases their reservations. Not checked: a worker still
+starting (it has not ticked yet) and one shutting down (told to by a
+signal, its own or the supervisor's).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ STARTUP_FAILURE = 3  # a worker that could not start (uvicorn's code for it, too
 # How long a worker whose supervisor was killed lets open requests finish, when
 # --timeout-graceful-shutdown does not say.
 ORPHAN_GRACE_SECONDS = 60
+SHUTTING_DOWN = -1.0  # a worker's heartbeat while it drains (0: not started yet)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,11 @@ def _serve(options: Options, supervisor: int, heartbeat: ctypes.c_double) -> Non
             # uvicorn's main loop calls this every 0.1 s, on the event loop.
             heartbeat.value = time.monotonic()
             return await super().on_tick(counter)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # The main loop (and its ticks) has ended: draining is not hanging.
+            heartbeat.value = SHUTTING_DOWN
+            await super().shutdown(sockets=sockets)
 
     # Its own process group: a terminal's Ctrl+C reaches the supervisor only, which
     # passes it on. Reaching both, it would be two signals here, and uvicorn takes a
@@ -223,7 +231,7 @@ class Supervisor:
         now = time.monotonic()
         for worker, heartbeat in zip(self.workers, self.heartbeats, strict=True):
             last = heartbeat.value
-            if last and now - last > self.options.worker_timeout and worker.is_alive():
+            if last > 0 and now - last > self.options.worker_timeout and worker.is_alive():
                 logger.error("worker %s has not run its event loop for %.0f s; killing it",
                              worker.pid, now - last)
                 worker.kill()

@@ -144,10 +144,11 @@ def live_gateway_server(django_db_setup: None) -> Iterator[LiveGateway]:
     server.stop()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def _database_threads_closed_at_the_end(django_db_setup: None) -> Iterator[None]:
     """The database threads' connections, closed before the test database is dropped
-    (else PostgreSQL refuses: "being accessed by other users")."""
+    (else PostgreSQL refuses: "being accessed by other users"). Set up by the first
+    test that uses the database (`_database_threads`), so after the database."""
     yield
     close_database_threads()
 
@@ -160,6 +161,9 @@ def _database_threads(request: pytest.FixtureRequest, settings) -> None:  # type
     transactional = "transactional_db" in request.fixturenames or any(
         marker.kwargs.get("transaction") for marker in request.node.iter_markers("django_db"))
     settings.DB_THREADS = 8 if transactional else 0
+    if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
+            request.fixturenames):
+        request.getfixturevalue("_database_threads_closed_at_the_end")
 
 
 @pytest.fixture

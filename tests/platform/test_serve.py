@@ -11,6 +11,10 @@ from pathlib import Path
 
 import httpx
 
+from tests.platform.test_graceful_shutdown import (  # noqa: F401 (a fixture)
+    slow_stream,
+    upstream_in_env,
+)
 from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     gateway_processes,
     redis_url,
@@ -168,9 +172,9 @@ def test_a_port_something_already_listens_on_is_refused(tmp_path: Path):
 def test_a_worker_whose_event_loop_stops_is_killed_and_replaced(gateway_processes):  # noqa: F811
     """Stopped, a worker still holds its socket and the kernel still hands it connections
     that nobody answers; the supervisor hears no heartbeat from it and replaces it."""
-    [gateway] = gateway_processes(1, workers=2, serve_args=("--worker-timeout", "2"))
+    [gateway] = gateway_processes(1, workers=2, serve_args=("--worker-timeout", "5"))
     stuck, other = wait_for_workers(gateway, 2)
-    time.sleep(3)  # longer than the timeout: a worker that runs is not touched
+    time.sleep(6)  # longer than the timeout: a worker that runs is not touched
 
     assert workers_of(gateway) == [stuck, other]
     os.kill(stuck, signal.SIGSTOP)
@@ -184,3 +188,26 @@ def test_a_worker_whose_event_loop_stops_is_killed_and_replaced(gateway_processe
     assert replacement != stuck and other in workers_of(gateway)
     assert answers == [200] * 20
     assert "has not run its event loop" in gateway.log.read_text()
+
+
+def test_a_worker_draining_its_streams_is_not_taken_for_a_stopped_one(
+    tenant, upstream_in_env, gateway_processes,  # noqa: F811
+):
+    """Told to stop (here by a signal of its own), a worker's loop no longer ticks while
+    it lets open streams finish; that is a shutdown, not a hang, however long it takes."""
+    [gateway] = gateway_processes(1, workers=1, serve_args=("--worker-timeout", "1"))
+    [worker] = wait_for_workers(gateway, 1)
+
+    with httpx.Client(timeout=30) as client, slow_stream(client, gateway, tenant, 0.25) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+        os.kill(worker, signal.SIGTERM)
+        started = time.monotonic()
+        rest = [line for line in lines if line.startswith("data:")]
+        drained_for = time.monotonic() - started
+
+    assert drained_for > 2  # well past the worker timeout
+    assert rest[-1] == "data: [DONE]"
+    replacement = wait_for_workers(gateway, 1)  # it exited; the supervisor started another
+    assert replacement != [worker]
+    assert "has not run its event loop" not in gateway.log.read_text()
