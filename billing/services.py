@@ -491,8 +491,8 @@ def credits_reserve_many(holds: list[Hold], *, now: dt.datetime | None = None,
     now = now or timezone.now()
     targets_of = [hold.targets or reservation_targets(
         organization_id=hold.organization_id, api_key_id=hold.api_key_id) for hold in holds]
-    if (connection.vendor == "postgresql" and all(t.account_id for t in targets_of)
-            and not any(t.quotas for t in targets_of)):
+    if (connection.vendor == "postgresql" and not any(t.quotas for t in targets_of)
+            and len({t.account_id for t in targets_of}) == 1 and targets_of[0].account_id):
         return _reserve_credits_in_one_statement(holds, targets_of, now=now)
     quota_holds_sum: dict[int, int] = {}  # quota id -> the group's summed hold
     account_holds: dict[int, int] = {}  # account id -> summed amount
@@ -533,48 +533,48 @@ def _reservation(hold: Hold, account_id: int, quota_holds: list[list[int]], *,
 
 def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[ReservationTargets],
                                       *, now: dt.datetime) -> list[Reservation]:
-    """`credits_reserve_many` for holds against credits only, in one PostgreSQL statement.
+    """`credits_reserve_many` for holds against one credit account and no quota, in one
+    PostgreSQL statement.
 
-    Most requests hold no quota, and the gateway reserves them this way: one
-    prepared statement that commits on its own, where the general path takes
-    a transaction of four round trips and plans each statement afresh
-    (bench/results/CHANGES.md). The statement locks the group's credit
-    accounts in id order (as the general path and settlement do), checks
-    that each covers its summed holds and that no request id of the group
-    is reserved already, and only then holds them and inserts the
-    reservations: one account short and nothing is written, and
+    Most groups are that (one organization's requests, no quota), and the
+    gateway reserves them this way: one prepared statement that commits on
+    its own, where the general path takes a transaction of four round trips
+    and plans each statement afresh (bench/results/CHANGES.md). The
+    statement holds the summed amount with one conditional UPDATE (it
+    matches only while the unreserved balance covers it, re-checked on the
+    newest row version by PostgreSQL, so concurrent groups cannot overdraw)
+    and only if it matched, and no request id of the group exists yet,
+    inserts the reservations. Refused, nothing is written and
     InsufficientCredits is raised as before (IntegrityError for a request id
-    reserved already, as the general path's insert raises). One exception to
-    the lock order: a twin of a request id still in flight makes the insert
-    wait on the unique index after the accounts are locked; request ids are
-    the gateway's own, so only a bug makes twins.
+    reserved already, as the general path's insert raises). Groups over
+    several accounts take the general path: one statement cannot update
+    one account and then undo it when another falls short.
+
+    One exception to the lock order: a twin of a request id still in flight
+    makes the insert wait on the unique index after the account is locked;
+    request ids are the gateway's own, so only a bug makes twins.
     """
-    account_holds: dict[int, int] = {}
-    rows = []
-    for hold, targets in zip(holds, targets_of, strict=True):
-        assert targets.account_id is not None
-        account_holds[targets.account_id] = account_holds.get(targets.account_id, 0) + hold.amount
-        rows.append(_reservation(hold, targets.account_id, [], now=now))
+    account_id = targets_of[0].account_id
+    assert account_id is not None
+    rows = [_reservation(hold, account_id, [], now=now) for hold in holds]
+    amount = sum(hold.amount for hold in holds)
+    request_ids = [r.request_id for r in rows]
     # In a caller's transaction (a test, a direct credits_reserve), a savepoint keeps
     # a refused insert (a request id reserved already) from breaking it.
     with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
         made = dict(execute_prepared(_RESERVE_CREDITS, [
-            list(account_holds), list(account_holds.values()), [r.request_id for r in rows],
-            Reservation.Status.OPEN, now, rows[0].expires_at,
-            [r.request_id for r in rows], [r.account_id for r in rows],
-            [r.api_key_id for r in rows], [r.amount for r in rows], [r.tokens for r in rows],
+            amount, account_id, amount, request_ids,
+            account_id, Reservation.Status.OPEN, now, rows[0].expires_at,
+            request_ids, [r.api_key_id for r in rows], [r.amount for r in rows],
+            [r.tokens for r in rows],
         ]))
     if not made:
-        if Reservation.objects.filter(request_id__in=[r.request_id for r in rows]).exists():
+        if Reservation.objects.filter(request_id__in=request_ids).exists():
             # As the general path's insert would: `credits_reserve` then returns the first.
             raise IntegrityError("a request id of the group is reserved already")
-        # Refused: report the first account short of its holds (by now, perhaps none is:
-        # the caller then reserves each request alone).
-        remaining = {pk: balance - reserved for pk, balance, reserved in
-                     CreditAccount.objects.filter(pk__in=account_holds)
-                     .values_list("pk", "balance", "reserved")}
-        short = [pk for pk in sorted(account_holds) if remaining.get(pk, 0) < account_holds[pk]]
-        raise InsufficientCredits(remaining.get(short[0] if short else min(account_holds), 0))
+        balance, reserved = CreditAccount.objects.filter(pk=account_id).values_list(
+            "balance", "reserved")[0]
+        raise InsufficientCredits(balance - reserved)
     for row in rows:
         row.pk = made[row.request_id]
         row._state.adding, row._state.db = False, connection.alias
@@ -583,29 +583,20 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
 
 # Its columns are Reservation's (billing/models.py): a column added there needs adding here.
 _RESERVE_CREDITS = """
-WITH hold AS (
-    SELECT * FROM unnest(%s::bigint[], %s::bigint[]) AS h (account_id, amount)
-), locked AS (
-    SELECT a.id, a.balance - a.reserved >= hold.amount AS fits
-    FROM billing_creditaccount a JOIN hold ON hold.account_id = a.id
-    ORDER BY a.id FOR UPDATE OF a
-), verdict AS (
-    SELECT count(*) = (SELECT count(*) FROM hold) AND coalesce(bool_and(fits), false)
-           AND NOT EXISTS (SELECT 1 FROM billing_reservation WHERE request_id = ANY(%s::varchar[]))
-           AS fits
-    FROM locked
-), held AS (
-    UPDATE billing_creditaccount a SET reserved = a.reserved + hold.amount
-    FROM hold WHERE a.id = hold.account_id AND (SELECT fits FROM verdict)
+WITH held AS (
+    UPDATE billing_creditaccount SET reserved = reserved + %s::bigint
+    WHERE id = %s::bigint AND balance - reserved >= %s::bigint
+      AND NOT EXISTS (SELECT 1 FROM billing_reservation WHERE request_id = ANY(%s::varchar[]))
+    RETURNING id
 )
 INSERT INTO billing_reservation
     (request_id, account_id, api_key_id, amount, tokens, quota_holds, status, created_at,
      expires_at)
-SELECT r.request_id, r.account_id, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
+SELECT r.request_id, %s::bigint, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
        %s::varchar, %s::timestamptz, %s::timestamptz
-FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bigint[])
-     AS r (request_id, account_id, api_key_id, amount, tokens)
-WHERE (SELECT fits FROM verdict)
+FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[])
+     AS r (request_id, api_key_id, amount, tokens)
+WHERE EXISTS (SELECT 1 FROM held)
 RETURNING request_id, id
 """
 
