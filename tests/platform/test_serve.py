@@ -83,6 +83,15 @@ def wait_for_workers(gateway: GatewayProcess, count: int, timeout: float = 60) -
     raise AssertionError(f"{count} listening workers expected, found {workers_of(gateway)}")
 
 
+def replacement_of(gateway: GatewayProcess, gone: int, *, beside: int) -> int:
+    """The worker started in place of `gone`, once `gone` has left (the other one stays)."""
+    deadline = time.monotonic() + 60
+    while gone in workers_of(gateway):
+        assert time.monotonic() < deadline, workers_of(gateway)
+        time.sleep(0.1)
+    return next(pid for pid in wait_for_workers(gateway, 2) if pid != beside)
+
+
 def test_connections_reach_every_worker_even_one_busy_when_they_arrive(
     gateway_processes,  # noqa: F811
 ):
@@ -125,11 +134,7 @@ def test_a_worker_that_dies_is_replaced_and_the_others_keep_serving(
     first, second = wait_for_workers(gateway, 2)
 
     os.kill(first, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while first in workers_of(gateway):
-        assert time.monotonic() < deadline, workers_of(gateway)
-        time.sleep(0.1)
-    replacement = next(pid for pid in wait_for_workers(gateway, 2) if pid != second)
+    replacement = replacement_of(gateway, first, beside=second)
     answers = [httpx.get(f"{gateway.url}/healthz").status_code for _ in range(20)]
 
     assert replacement != first
@@ -178,11 +183,7 @@ def test_a_worker_whose_event_loop_stops_is_killed_and_replaced(gateway_processe
 
     assert workers_of(gateway) == [stuck, other]
     os.kill(stuck, signal.SIGSTOP)
-    deadline = time.monotonic() + 60
-    while stuck in workers_of(gateway):
-        assert time.monotonic() < deadline, workers_of(gateway)
-        time.sleep(0.1)
-    replacement = next(pid for pid in wait_for_workers(gateway, 2) if pid != other)
+    replacement = replacement_of(gateway, stuck, beside=other)
     answers = [httpx.get(f"{gateway.url}/healthz").status_code for _ in range(20)]
 
     assert replacement != stuck and other in workers_of(gateway)
