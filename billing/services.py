@@ -562,12 +562,12 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
     # In a caller's transaction (a test, a direct credits_reserve), a savepoint keeps
     # a refused insert (a request id reserved already) from breaking it.
     with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-        made = dict(execute_prepared(_RESERVE_CREDITS, [
-            amount, account_id, amount, request_ids,
-            account_id, Reservation.Status.OPEN, now, rows[0].expires_at,
-            request_ids, [r.api_key_id for r in rows], [r.amount for r in rows],
-            [r.tokens for r in rows],
-        ]))
+        made = dict(execute_prepared(_RESERVE_CREDITS, {
+            "account": account_id, "amount": amount, "request_ids": request_ids,
+            "api_key_ids": [r.api_key_id for r in rows], "amounts": [r.amount for r in rows],
+            "tokens": [r.tokens for r in rows], "status": Reservation.Status.OPEN,
+            "created_at": now, "expires_at": rows[0].expires_at,
+        }))
     if not made:
         if Reservation.objects.filter(request_id__in=request_ids).exists():
             # As the general path's insert would: `credits_reserve` then returns the first.
@@ -584,18 +584,19 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
 # Its columns are Reservation's (billing/models.py): a column added there needs adding here.
 _RESERVE_CREDITS = """
 WITH held AS (
-    UPDATE billing_creditaccount SET reserved = reserved + %s::bigint
-    WHERE id = %s::bigint AND balance - reserved >= %s::bigint
-      AND NOT EXISTS (SELECT 1 FROM billing_reservation WHERE request_id = ANY(%s::varchar[]))
+    UPDATE billing_creditaccount SET reserved = reserved + %(amount)s::bigint
+    WHERE id = %(account)s::bigint AND balance - reserved >= %(amount)s::bigint
+      AND NOT EXISTS (SELECT 1 FROM billing_reservation
+                      WHERE request_id = ANY(%(request_ids)s::varchar[]))
     RETURNING id
 )
 INSERT INTO billing_reservation
     (request_id, account_id, api_key_id, amount, tokens, quota_holds, status, created_at,
      expires_at)
-SELECT r.request_id, %s::bigint, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
-       %s::varchar, %s::timestamptz, %s::timestamptz
-FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[], %s::bigint[])
-     AS r (request_id, api_key_id, amount, tokens)
+SELECT r.request_id, %(account)s::bigint, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
+       %(status)s::varchar, %(created_at)s::timestamptz, %(expires_at)s::timestamptz
+FROM unnest(%(request_ids)s::varchar[], %(api_key_ids)s::bigint[], %(amounts)s::bigint[],
+            %(tokens)s::bigint[]) AS r (request_id, api_key_id, amount, tokens)
 WHERE EXISTS (SELECT 1 FROM held)
 RETURNING request_id, id
 """
@@ -729,37 +730,40 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
     general path locks the rest's reservations and quota counters, against
     the order every transaction keeps, and two groups could deadlock.
     """
-    rows = execute_prepared(_CLOSE_CREDIT_ONLY, [
-        [c.request_id for c in closings], [c.status for c in closings],
-        [max(0, c.credits) for c in closings], list(range(len(closings))),
-        now, Reservation.Status.OPEN, Reservation.Status.OPEN,
-        Kind.USAGE, _USAGE_ACTOR, _USAGE_REASON, now,
-    ])
-    status_of = {c.request_id: c.status for c in closings}
+    rows = execute_prepared(_CLOSE_CREDIT_ONLY, {
+        "request_ids": [c.request_id for c in closings],
+        "statuses": [c.status for c in closings],
+        "credits": [max(0, c.credits) for c in closings],
+        "positions": list(range(len(closings))),
+        "open": Reservation.Status.OPEN, "now": now,
+        "kind": Kind.USAGE, "actor": _USAGE_ACTOR, "reason": _USAGE_REASON,
+    })
     return {
         request_id: Settlement(
-            request_id=request_id, status=status_of[request_id], charged=charged,
-            reserved=amount, available=balance - reserved, quota_tokens_remaining=None,
+            request_id=request_id, status=status, charged=charged, reserved=amount,
+            available=balance - reserved, quota_tokens_remaining=None,
         )
-        for request_id, amount, charged, balance, reserved in rows
+        for request_id, status, amount, charged, balance, reserved in rows
     }
 
 
 # Its columns are Reservation's, CreditAccount's and LedgerEntry's (billing/models.py).
 _CLOSE_CREDIT_ONLY = """
 WITH closing AS (
-    SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[], %s::int[])
+    SELECT * FROM unnest(%(request_ids)s::varchar[], %(statuses)s::varchar[],
+                         %(credits)s::bigint[], %(positions)s::int[])
         AS c (request_id, status, credits, position)
 ), claimed AS (
     UPDATE billing_reservation r
-    SET status = closing.status, closed_at = %s::timestamptz,
+    SET status = closing.status, closed_at = %(now)s::timestamptz,
         charged = LEAST(closing.credits, r.amount)
     FROM closing
-    WHERE r.request_id = closing.request_id AND r.status = %s::varchar
+    WHERE r.request_id = closing.request_id AND r.status = %(open)s::varchar
       AND NOT EXISTS (
           SELECT 1 FROM billing_reservation held JOIN closing mine USING (request_id)
-          WHERE held.status = %s::varchar AND held.quota_holds <> '[]'::jsonb)
-    RETURNING r.request_id, r.account_id, r.api_key_id, r.amount, r.charged, closing.position
+          WHERE held.status = %(open)s::varchar AND held.quota_holds <> '[]'::jsonb)
+    RETURNING r.request_id, r.status, r.account_id, r.api_key_id, r.amount, r.charged,
+              closing.position
 ), totals AS (
     SELECT account_id, sum(charged) AS charged, sum(amount) AS amount
     FROM claimed GROUP BY account_id
@@ -776,14 +780,15 @@ WITH closing AS (
     INSERT INTO billing_ledgerentry
         (account_id, kind, amount, balance_after, request_id, api_key_id, actor_label, reason,
          created_at)
-    SELECT c.account_id, %s::varchar, -c.charged,
+    SELECT c.account_id, %(kind)s::varchar, -c.charged,
            a.balance + a.charged
                - sum(c.charged) OVER (PARTITION BY c.account_id ORDER BY c.position),
-           c.request_id, c.api_key_id, %s::varchar, %s::text, %s::timestamptz
+           c.request_id, c.api_key_id, %(actor)s::varchar, %(reason)s::text,
+           %(now)s::timestamptz
     FROM claimed c JOIN accounts a ON a.id = c.account_id
     WHERE c.charged > 0
 )
-SELECT c.request_id, c.amount, c.charged, a.balance, a.reserved
+SELECT c.request_id, c.status, c.amount, c.charged, a.balance, a.reserved
 FROM claimed c JOIN accounts a ON a.id = c.account_id
 """
 

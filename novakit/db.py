@@ -22,7 +22,7 @@ import contextvars
 import functools
 import select
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
@@ -145,7 +145,7 @@ def close_database_threads() -> None:
         executor.shutdown(wait=True)  # calls still running finish first
 
 
-def execute_prepared(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+def execute_prepared(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
     """Run one statement on Django's PostgreSQL connection as a prepared statement; its rows.
 
     Django binds parameters on the client, so PostgreSQL plans every statement
@@ -155,6 +155,8 @@ def execute_prepared(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     turn prepared statements off: DATABASE_PREPARED_STATEMENTS). It runs in
     the caller's transaction, or commits by itself outside one. Errors come
     out as Django's (IntegrityError, OperationalError), as from a Django cursor.
+    Parameters go by name (`%(name)s`): a value the statement uses twice is
+    passed once.
     """
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
