@@ -174,12 +174,13 @@ async def _shutdown() -> None:
 
     # Settlements can start while others are awaited (a request cancelled at the graceful
     # timeout settles as it goes): wait until none is left, at most 30 s in all.
-    deadline = asyncio.get_running_loop().time() + 30
-    while pending_settlements and (left := deadline - asyncio.get_running_loop().time()) > 0:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while pending_settlements and (left := deadline - loop.time()) > 0:
         logger.info("waiting for %d settlement(s) before exit", len(pending_settlements))
         await asyncio.wait(list(pending_settlements), timeout=left)
     await upstream_client.aclose()
-    await asyncio.get_running_loop().run_in_executor(None, close_database_threads)
+    await loop.run_in_executor(None, close_database_threads)
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

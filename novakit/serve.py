@@ -169,36 +169,40 @@ def _stop_when_orphaned(supervisor: int, options: Options) -> None:
     os.kill(os.getpid(), signal.SIGINT)  # then stop waiting for open requests
 
 
+@dataclass(frozen=True)
+class Worker:
+    process: BaseProcess
+    # When its event loop last turned (time.monotonic(); 0 until it runs), in memory
+    # shared with it. Without a lock: a worker killed while holding one would leave
+    # the supervisor waiting for it forever; an aligned double is written and read whole.
+    heartbeat: ctypes.c_double
+
+
 class Supervisor:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.context = multiprocessing.get_context("spawn")
-        self.workers: list[BaseProcess] = []
-        # Per worker, when its event loop last turned (time.monotonic(); 0 until it runs),
-        # in memory shared with it. Without a lock: a worker killed while holding one
-        # would leave the supervisor waiting for it forever; an aligned double is
-        # written and read whole.
-        self.heartbeats: list[ctypes.c_double] = []
+        self.workers: list[Worker] = []
         # Signals as they arrive. The handler only appends: the main loop acts on them
         # (setting a threading.Event from a handler can deadlock with its waiter).
         self.received: list[int] = []
         self.failed = False
 
-    def start_worker(self) -> tuple[BaseProcess, ctypes.c_double]:
+    def start_worker(self) -> Worker:
         heartbeat = self.context.Value("d", 0.0, lock=False)
-        worker = self.context.Process(target=_serve, args=(self.options, os.getpid(), heartbeat),
-                                      name="novakit-web")
-        worker.start()
-        logger.info("started worker %s", worker.pid)
-        return worker, heartbeat
+        process = self.context.Process(target=_serve, args=(self.options, os.getpid(), heartbeat),
+                                       name="novakit-web")
+        process.start()
+        logger.info("started worker %s", process.pid)
+        return Worker(process, heartbeat)
 
     def on_signal(self, signum: int, _frame: object) -> None:
         self.received.append(signum)
 
     def signal_workers(self, signum: int) -> None:
         for worker in self.workers:
-            if worker.pid is not None and worker.exitcode is None:
-                os.kill(worker.pid, signum)
+            if worker.process.pid is not None and worker.process.exitcode is None:
+                os.kill(worker.process.pid, signum)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.on_signal)
@@ -207,17 +211,14 @@ class Supervisor:
             logger.error("%s:%s is taken: another server (or its workers) listens there",
                          self.options.host, self.options.port)
             return 1
-        for _ in range(self.options.workers):
-            worker, heartbeat = self.start_worker()
-            self.workers.append(worker)
-            self.heartbeats.append(heartbeat)
+        self.workers = [self.start_worker() for _ in range(self.options.workers)]
         while not self.received and not self.failed:
             time.sleep(0.2)
             self.kill_the_unresponsive()
             self.replace_the_dead()
         self.signal_workers(self.received[0] if self.received else signal.SIGTERM)
         forced = False
-        while any(worker.is_alive() for worker in self.workers):
+        while any(worker.process.is_alive() for worker in self.workers):
             if len(self.received) > 1 and not forced:
                 # A second signal: the workers stop waiting for open requests. uvicorn
                 # takes that from a SIGINT after the first signal, not from a SIGTERM.
@@ -229,24 +230,26 @@ class Supervisor:
 
     def kill_the_unresponsive(self) -> None:
         now = time.monotonic()
-        for worker, heartbeat in zip(self.workers, self.heartbeats, strict=True):
-            last = heartbeat.value
-            if last > 0 and now - last > self.options.worker_timeout and worker.is_alive():
+        for worker in self.workers:
+            last, process = worker.heartbeat.value, worker.process
+            if last > 0 and now - last > self.options.worker_timeout and process.is_alive():
                 logger.error("worker %s has not run its event loop for %.0f s; killing it",
-                             worker.pid, now - last)
-                worker.kill()
-                worker.join(timeout=5)
+                             process.pid, now - last)
+                process.kill()
+                process.join(timeout=5)
 
     def replace_the_dead(self) -> None:
         for index, worker in enumerate(self.workers):
-            if worker.is_alive() or self.received:
+            process = worker.process
+            if process.is_alive() or self.received:
                 continue
-            if worker.exitcode == STARTUP_FAILURE:
-                logger.error("worker %s could not start; stopping", worker.pid)
+            if process.exitcode == STARTUP_FAILURE:
+                logger.error("worker %s could not start; stopping", process.pid)
                 self.failed = True
                 return
-            logger.warning("worker %s exited (%s); starting another", worker.pid, worker.exitcode)
-            self.workers[index], self.heartbeats[index] = self.start_worker()
+            logger.warning("worker %s exited (%s); starting another", process.pid,
+                           process.exitcode)
+            self.workers[index] = self.start_worker()
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -295,7 +295,8 @@ if (DATABASES["default"]["ENGINE"].endswith("postgresql")
         and env_bool("DATABASE_PREPARED_STATEMENTS", True)):
     _options = DATABASES["default"].setdefault("OPTIONS", {})
     _options["prepare_threshold"] = 5
-    _options["options"] = f"{_options.get('options', '')} -c plan_cache_mode=force_generic_plan"
+    _options["options"] = " ".join(filter(None, [_options.get("options"),
+                                                 "-c plan_cache_mode=force_generic_plan"]))
 
 # Logs: JSON lines in production (one object per line, request id on each),
 # plain text for a developer's terminal.
