@@ -57,7 +57,8 @@ WORKERS = 2
 # uvicorn's supervisor (LiteLLM's proxy runs under it) kills a worker that does
 # not answer its health check in 5 s and starts another. A cold LiteLLM worker
 # imports for longer than that on a busy 2-core machine, so it was restarted
-# forever. (NovaKit's own server, novakit.serve, replaces only workers that exit.)
+# forever. (NovaKit's own server, novakit.serve, replaces workers that exit and,
+# after 30 s, ones whose event loop stopped; start-up is not timed.)
 WORKER_HEALTHCHECK_S = 120
 
 # The targets the issue sets; printed next to what was measured.
