@@ -126,10 +126,9 @@ def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the
     # Each account's usage entries make one running balance, whichever path wrote them.
     for account, start in ((mine, before["acme"]), (theirs, before["globex"])):
         running = start
-        for amount, balance_after in (LedgerEntry.objects.filter(account=account,
-                                      kind=LedgerEntry.Kind.USAGE)
-                                      .order_by("balance_after").reverse()
-                                      .values_list("amount", "balance_after")):
+        entries = LedgerEntry.objects.filter(account=account, kind=LedgerEntry.Kind.USAGE)
+        for amount, balance_after in entries.order_by("pk").values_list("amount",
+                                                                       "balance_after"):
             running += amount
             assert balance_after == running
         assert running == account.balance
