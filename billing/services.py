@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 from decimal import Decimal
@@ -634,8 +635,16 @@ class Closing:
     tokens: int = 0
 
 
+def _check_closings(closings: list[Closing]) -> None:
+    if any(c.credits < 0 or c.tokens < 0 for c in closings):
+        raise ValueError("usage cannot be negative")
+    if len({c.request_id for c in closings}) != len(closings):
+        # One claimed row would be paired with both closings: holds given back twice.
+        raise ValueError("a request can be closed only once per group")
+
+
 def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = None,
-                       ) -> list[Settlement]:
+                       one_statement: bool = True) -> list[Settlement]:
     """Close many reservations at once, each exactly once; one Settlement per closing, in order.
 
     Must run inside the caller's transaction. Each reservation is charged what
@@ -651,20 +660,18 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     id, accounts by id), the order reservation takes them too, so concurrent
     groups wait for each other but never deadlock. On PostgreSQL a group
     whose reservations hold no quota (most) is closed by one prepared
-    statement that does the same (`_close_credit_only_in_one_statement`).
+    statement that does the same (`_close_credit_only_in_one_statement`),
+    unless `one_statement` is False: the caller tried that already
+    (`credits_close_credit_only`).
     """
-    if any(c.credits < 0 or c.tokens < 0 for c in closings):
-        raise ValueError("usage cannot be negative")
-    if len({c.request_id for c in closings}) != len(closings):
-        # One claimed row would be paired with both closings: holds given back twice.
-        raise ValueError("a request can be closed only once per group")
+    _check_closings(closings)
     if not closings:
         return []
     now = now or timezone.now()
     if connection.get_autocommit():
         raise RuntimeError("credits_close_many must run inside a transaction")
     settlements: dict[str, Settlement] = {}
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and one_statement:
         settlements = _close_credit_only_in_one_statement(closings, now=now)
         if len(settlements) == len(closings):
             return [settlements[c.request_id] for c in closings]
@@ -714,7 +721,47 @@ _USAGE_REASON = "chat completion"
 _USAGE_ACTOR = "api"
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRecords:
+    """Rows of another table that go with the charges: the usage record of each request.
+
+    The closing statement inserts the row of each reservation it claims, and
+    no other: a charge and its record commit together or not at all, and a
+    request closed before gets no second record. `table` has a unique
+    `request_id` column (a row whose request id is there already is
+    skipped); each row maps `columns` to JSON values PostgreSQL reads as
+    those columns' types.
+    """
+
+    table: str
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]]
+
+
+def credits_close_credit_only(closings: list[Closing], *, now: dt.datetime | None = None,
+                              records: ClaimRecords | None = None) -> dict[str, Settlement]:
+    """Close the still-open reservations among `closings`, with their `records`, in one
+    PostgreSQL statement, unless one of them holds quota; their Settlements by request id.
+
+    Outside a transaction the statement commits on its own, so an account
+    row is locked only while PostgreSQL runs it. In a transaction of claim,
+    usage records and commit it stayed locked over three round trips to the
+    gateway, and under load every other reservation and settlement of the
+    organization waited for them (bench/results/CHANGES.md). What this
+    leaves (closed already; the whole group when one holds quota) is for
+    `credits_close_many`.
+    """
+    if connection.vendor != "postgresql":
+        raise RuntimeError("credits_close_credit_only is PostgreSQL's; use credits_close_many")
+    _check_closings(closings)
+    if not closings:
+        return {}
+    return _close_credit_only_in_one_statement(closings, now=now or timezone.now(),
+                                               records=records)
+
+
 def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
+                                        records: ClaimRecords | None = None,
                                         ) -> dict[str, Settlement]:
     """Close the still-open reservations among `closings` in one PostgreSQL statement,
     unless one of them holds quota; their Settlements by request id.
@@ -730,14 +777,19 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
     general path locks the rest's reservations and quota counters, against
     the order every transaction keeps, and two groups could deadlock.
     """
-    rows = execute_prepared(_CLOSE_CREDIT_ONLY, {
+    params = {
         "request_ids": [c.request_id for c in closings],
         "statuses": [c.status for c in closings],
         "credits": [max(0, c.credits) for c in closings],
         "positions": list(range(len(closings))),
         "open": Reservation.Status.OPEN, "now": now,
         "kind": Kind.USAGE, "actor": _USAGE_ACTOR, "reason": _USAGE_REASON,
-    })
+    }
+    if records is None:
+        rows = execute_prepared(_CLOSE_CREDIT_ONLY + _CLOSED, params)
+    else:
+        params["records"] = json.dumps(records.rows)
+        rows = execute_prepared(_close_recording(records.table, records.columns), params)
     return {
         request_id: Settlement(
             request_id=request_id, status=status, charged=charged, reserved=amount,
@@ -787,10 +839,29 @@ WITH closing AS (
            %(now)s::timestamptz
     FROM claimed c JOIN accounts a ON a.id = c.account_id
     WHERE c.charged > 0
-)
+)"""
+_CLOSED = """
 SELECT c.request_id, c.status, c.amount, c.charged, a.balance, a.reserved
 FROM claimed c JOIN accounts a ON a.id = c.account_id
 """
+
+
+@functools.lru_cache(maxsize=8)
+def _close_recording(table: str, columns: tuple[str, ...]) -> str:
+    """`_CLOSE_CREDIT_ONLY` that also inserts a row of `table` for each claimed request.
+
+    The names are a model's (quoted), never a caller's input; the values go
+    as one parameter, read by PostgreSQL into rows of the table's own type.
+    """
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(column) for column in columns)
+    picked = ", ".join(f"r.{quote(column)}" for column in columns)
+    recorded = (
+        f", recorded AS (INSERT INTO {quote(table)} ({names}) SELECT {picked} "  # noqa: S608
+        f"FROM jsonb_populate_recordset(NULL::{quote(table)}, %(records)s::jsonb) AS r "
+        "WHERE r.request_id IN (SELECT request_id FROM claimed) ON CONFLICT DO NOTHING)"
+    )
+    return _CLOSE_CREDIT_ONLY + recorded + _CLOSED
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,16 @@ hops to the database threads dominated the gateway's time
 (bench/results/CHANGES.md). Here a request that arrives while a group is
 being written waits for the next one, which writes everyone who waited
 meanwhile in one transaction: the account and each quota counter are
-updated once per group with the summed amounts.
+updated once per group with the summed amounts. On PostgreSQL a group
+holding no quota is written by one statement that commits on its own, so
+the account row is locked only while PostgreSQL runs it.
 
 Nothing waits on a timer (novakit/batching.py): alone, a request is
 written at once, exactly as before; under load the groups grow by
 themselves. Each request still waits for its own commit, so the guarantees
 do not change: a request runs only once its reservation has committed,
-each is charged exactly once (the claim in `credits_close_many`), and one
+each is charged exactly once (settlement claims a reservation only while
+it is open: billing/services.py), and one
 whose process dies first is released by the expiry job. When a group fails
 as a whole (one request short of credits, a database error in one
 settlement), each of its requests is written alone, so only the ones at

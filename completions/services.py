@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -15,7 +16,13 @@ from psycopg_pool import PoolTimeout
 
 from billing.models import Reservation
 from billing.pricing import Price, tokens_affordable
-from billing.services import Closing, Settlement, credits_close_many
+from billing.services import (
+    ClaimRecords,
+    Closing,
+    Settlement,
+    credits_close_credit_only,
+    credits_close_many,
+)
 from completions.models import UsageRecord
 
 logger = logging.getLogger(__name__)
@@ -49,35 +56,64 @@ class RequestOutcome:
     release: bool = False
 
 
-@transaction.atomic
 def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
     """Charge (or release) each request's reservation and write its one usage record.
 
-    All of it in one transaction, for one request or for the group the gateway
-    settles together. Idempotent by request id: the billing service closes a
-    reservation at most once, and a request it had already closed gets no
-    second usage record (the record's unique request id backs that up).
+    For one request or for the group the gateway settles together. A
+    request's charge and its usage record commit together. Idempotent by
+    request id: the billing service closes a reservation at most once, and a
+    request it had already closed gets no second usage record (the record's
+    unique request id backs that up).
+
+    On PostgreSQL the requests that hold no quota (most) are settled by one
+    statement that commits on its own: claims, charges, ledger entries and
+    usage records (`credits_close_credit_only`). The rest, and everything on
+    SQLite, in one transaction.
     """
-    closings = [
-        Closing(outcome.request_id, Reservation.Status.RELEASED) if outcome.release
-        else Closing(outcome.request_id, Reservation.Status.SETTLED,
-                     credits=outcome.price.total,
-                     tokens=outcome.prompt_tokens + outcome.completion_tokens)
-        for outcome in outcomes
-    ]
     now = timezone.now()
-    settlements = credits_close_many(closings, now=now)
+    closings = [_closing(outcome) for outcome in outcomes]
+    settled: dict[str, Settlement] = {}
+    if connection.vendor == "postgresql":
+        settled = credits_close_credit_only(closings, now=now, records=_usage_rows(
+            [_usage_record(outcome, _charge(outcome), now=now) for outcome in outcomes]))
+    rest = [(outcome, closing) for outcome, closing in zip(outcomes, closings, strict=True)
+            if closing.request_id not in settled]
+    if rest:
+        settled.update(_settle_in_one_transaction(rest, now=now))
+    return [settled[outcome.request_id] for outcome in outcomes]
+
+
+def _closing(outcome: RequestOutcome) -> Closing:
+    if outcome.release:
+        return Closing(outcome.request_id, Reservation.Status.RELEASED)
+    return Closing(outcome.request_id, Reservation.Status.SETTLED, credits=outcome.price.total,
+                   tokens=outcome.prompt_tokens + outcome.completion_tokens)
+
+
+def _charge(outcome: RequestOutcome) -> int:
+    """What closing the request's reservation charges: its price, at most what it holds
+    (`credits_close_many`'s rule)."""
+    if outcome.release:
+        return 0
+    return min(max(0, outcome.price.total), outcome.credits_reserved)
+
+
+@transaction.atomic
+def _settle_in_one_transaction(pairs: list[tuple[RequestOutcome, Closing]], *, now: dt.datetime,
+                               ) -> dict[str, Settlement]:
+    # Tried in one statement already, on PostgreSQL: these are closed or hold quota.
+    settlements = credits_close_many([closing for _, closing in pairs], now=now,
+                                     one_statement=False)
     UsageRecord.objects.bulk_create(
-        [_usage_record(outcome, settlement, now=now)
-         for outcome, settlement in zip(outcomes, settlements, strict=True)
+        [_usage_record(outcome, settlement.charged, now=now)
+         for (outcome, _), settlement in zip(pairs, settlements, strict=True)
          if not settlement.already_closed],
         ignore_conflicts=True,
     )
-    return settlements
+    return {settlement.request_id: settlement for settlement in settlements}
 
 
-def _usage_record(outcome: RequestOutcome, settlement: Settlement, *, now: dt.datetime,
-                  ) -> UsageRecord:
+def _usage_record(outcome: RequestOutcome, charged: int, *, now: dt.datetime) -> UsageRecord:
     return UsageRecord(
         request_id=outcome.request_id,
         organization_id=outcome.organization_id,
@@ -88,8 +124,8 @@ def _usage_record(outcome: RequestOutcome, settlement: Settlement, *, now: dt.da
         multiplier=outcome.multiplier,
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,
-        credits=settlement.charged,
-        credits_breakdown=charged_breakdown(outcome.price, settlement.charged),
+        credits=charged,
+        credits_breakdown=charged_breakdown(outcome.price, charged),
         credits_reserved=outcome.credits_reserved,
         status=outcome.status,
         http_status=outcome.http_status,
@@ -102,6 +138,25 @@ def _usage_record(outcome: RequestOutcome, settlement: Settlement, *, now: dt.da
         ttft_ms=outcome.ttft_ms,
         started_at=now - dt.timedelta(milliseconds=outcome.latency_ms),
     )
+
+
+def _usage_rows(records: list[UsageRecord]) -> ClaimRecords:
+    """Usage records as the closing statement inserts them: every column but the id, as JSON."""
+    fields = [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
+    return ClaimRecords(
+        table=UsageRecord._meta.db_table,
+        columns=tuple(field.column for field in fields),
+        rows=[{field.column: _json_value(field.pre_save(record, add=True)) for field in fields}
+              for record in records],
+    )
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()  # with its offset: PostgreSQL reads it as timestamptz
+    if isinstance(value, Decimal):
+        return str(value)  # exact, where a JSON number would go through a float
+    return value
 
 
 def request_settle(*, outcome: RequestOutcome) -> Settlement:

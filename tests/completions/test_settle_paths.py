@@ -1,0 +1,121 @@
+"""Settlement writes the same books and the same usage record whichever way it goes: one
+statement that commits on its own (PostgreSQL, requests holding no quota) or one
+transaction (requests holding quota, and everything on SQLite)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from accounts.services import api_key_create
+from billing.models import LedgerEntry, Quota, Reservation
+from billing.pricing import price_request
+from billing.services import credits_reserve, quota_set
+from completions.models import UsageRecord
+from completions.services import RequestOutcome, requests_settle
+
+pytestmark = pytest.mark.django_db
+
+MULTIPLIER = Decimal("1.50")
+NOW = dt.datetime(2031, 3, 10, 12, 0, 0, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+# Everything a usage record keeps but its request id, key and the moment it was written.
+COMPARED = ("organization_id", "end_user", "model", "provider", "multiplier", "prompt_tokens",
+            "completion_tokens", "credits", "credits_breakdown", "credits_reserved", "status",
+            "http_status", "error_code", "streamed", "usage_source", "prompt_rate",
+            "completion_rate", "latency_ms", "ttft_ms")
+
+
+def outcome(tenant, request_id: str, *, key_id: int, reserved: int,  # type: ignore[no-untyped-def]
+            prompt_tokens: int = 1_200, completion_tokens: int = 800) -> RequestOutcome:
+    return RequestOutcome(
+        request_id=request_id, organization_id=tenant.org.pk, api_key_id=key_id,
+        model="openai/gpt-4o-mini", multiplier=MULTIPLIER, credits_reserved=reserved,
+        streamed=True, end_user="user-7", provider="openrouter", prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        price=price_request(multiplier=MULTIPLIER, prompt_tokens=prompt_tokens,
+                            completion_tokens=completion_tokens, web_search=True),
+        latency_ms=1_234, ttft_ms=56,
+    )
+
+
+def test_given_a_request_holding_quota_and_one_not_then_both_get_the_same_books_and_record(
+    tenant, monkeypatch,
+):
+    capped_key, _ = api_key_create(organization=tenant.org, name="capped", created_by=tenant.user)
+    quota_set(organization=tenant.org, limit=100_000, metric=Quota.Metric.CREDITS,
+              api_key_id=capped_key.pk)
+    price = outcome(tenant, "probe", key_id=tenant.key.pk, reserved=0).price
+    assert price.surcharges, "the charge below must cut into a price with a surcharge"
+    reserved = price.total - 1  # it used more than its worst case: the charge is capped
+    balance = tenant.refresh_account().balance
+    for request_id, key in (("plain", tenant.key), ("capped", capped_key)):
+        credits_reserve(organization_id=tenant.org.pk, api_key_id=key.pk, request_id=request_id,
+                        amount=reserved, tokens=3_000)
+
+    monkeypatch.setattr(timezone, "now", lambda: NOW)
+    with CaptureQueriesContext(connection) as through_django:
+        plain, = requests_settle(outcomes=[
+            outcome(tenant, "plain", key_id=tenant.key.pk, reserved=reserved)])
+    capped, = requests_settle(outcomes=[
+        outcome(tenant, "capped", key_id=capped_key.pk, reserved=reserved)])
+
+    if connection.vendor == "postgresql":
+        assert len(through_django) == 0  # its one prepared statement, on the raw connection
+    else:
+        assert len(through_django) > 0
+    assert Reservation.objects.get(request_id="capped").quota_holds  # the general path's
+    for settled in (plain, capped):
+        assert (settled.charged, settled.reserved, settled.already_closed) == (
+            reserved, reserved, False)
+    account = tenant.refresh_account()
+    assert (account.balance, account.reserved) == (balance - 2 * reserved, 0)
+    assert capped.available == account.balance
+    records = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert set(records) == {"plain", "capped"}
+    assert ({name: getattr(records["plain"], name) for name in COMPARED}
+            == {name: getattr(records["capped"], name) for name in COMPARED})
+    record = records["plain"]
+    assert record.credits == reserved and sum(record.credits_breakdown.values()) == reserved
+    assert record.multiplier == MULTIPLIER and record.ttft_ms == 56
+    for record in records.values():  # exact to the microsecond, with the time zone
+        assert record.started_at == NOW - dt.timedelta(milliseconds=1_234)
+    charges = dict(LedgerEntry.objects.filter(kind=LedgerEntry.Kind.USAGE)
+                   .values_list("request_id", "amount"))
+    assert charges == {"plain": -reserved, "capped": -reserved}
+
+
+def test_given_a_group_with_a_request_settled_before_then_it_is_reported_not_recorded_again(
+    tenant,
+):
+    for request_id in ("fresh", "again", "released"):
+        credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                        request_id=request_id, amount=5_000, tokens=3_000)
+    first, = requests_settle(outcomes=[outcome(tenant, "again", key_id=tenant.key.pk,
+                                               reserved=5_000, completion_tokens=10)])
+    balance = tenant.refresh_account().balance
+    released = outcome(tenant, "released", key_id=tenant.key.pk, reserved=5_000)
+    released.release = True
+    released.status, released.http_status, released.error_code = "error", 500, "server_error"
+
+    settled = requests_settle(outcomes=[
+        outcome(tenant, "fresh", key_id=tenant.key.pk, reserved=5_000),
+        outcome(tenant, "again", key_id=tenant.key.pk, reserved=5_000, completion_tokens=900),
+        released,
+    ])
+
+    assert [(s.request_id, s.already_closed) for s in settled] == [
+        ("fresh", False), ("again", True), ("released", False)]
+    assert settled[1].charged == first.charged  # the first settlement's charge, not redone
+    assert settled[2].charged == 0
+    records = {r.request_id: r for r in UsageRecord.objects.all()}
+    assert records["again"].completion_tokens == 10  # the first record, alone
+    assert (records["released"].credits, records["released"].error_code) == (0, "server_error")
+    assert records["fresh"].credits == settled[0].charged > 0
+    account = tenant.refresh_account()
+    assert (account.balance, account.reserved) == (balance - settled[0].charged, 0)
+    assert settled[0].available == account.balance
