@@ -23,10 +23,9 @@ import socket
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-import httpx
 import orjson
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -36,6 +35,9 @@ from django.utils import timezone
 from accounts.models import Organization, WebhookDelivery, WebhookEndpoint
 from accounts.services import audit_record
 from novakit import crypto
+
+if TYPE_CHECKING:
+    import httpx
 
 SIGNATURE_HEADER = "NovaKit-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
@@ -224,6 +226,8 @@ def signature_verify(
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
     """POST, following redirects by hand so every hop's target is checked."""
+    import httpx  # here: only Celery's workers send, and web workers need not hold it (~6 MB)
+
     with httpx.Client(timeout=10, follow_redirects=False) as client:
         for _ in range(_MAX_REDIRECTS + 1):
             target_check(url)
@@ -237,6 +241,8 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
 
 def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
     """One attempt. DeliveryFailed means retry later; an unsafe target fails for good."""
+    import httpx
+
     delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
     if delivery.status == WebhookDelivery.Status.DELIVERED:
         return delivery
