@@ -633,6 +633,10 @@ class Closing:
     status: str
     credits: int = 0
     tokens: int = 0
+    # What the caller takes the reservation to hold, when its record of the charge
+    # depends on it (`credits_close_credit_only`): a reservation holding anything
+    # else is not closed there, and `credits_close_many` charges it from what it holds.
+    held: int | None = None
 
 
 def _check_closings(closings: list[Closing]) -> None:
@@ -649,8 +653,9 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
 
     Must run inside the caller's transaction. Each reservation is charged what
     its request used (at most what it held) and the rest given back, as
-    `credits_settle` does for one; the gateway settles the requests that
-    finish together this way, in one transaction (a group commit).
+    `credits_settle` does for one. The gateway settles the requests that
+    finish together (a group commit) with `credits_close_credit_only` first,
+    and what that leaves this way.
 
     Statements: one claims every reservation (an UPDATE ... RETURNING that
     only matches reservations still open, so a second settle, a release and
@@ -730,7 +735,8 @@ class ClaimRecords:
     request closed before gets no second record. `table` has a unique
     `request_id` column (a row whose request id is there already is
     skipped); each row maps `columns` to JSON values PostgreSQL reads as
-    those columns' types.
+    those columns' types. `table` and `columns` are a model's names: they
+    go into the statement's text.
     """
 
     table: str
@@ -747,17 +753,22 @@ def credits_close_credit_only(closings: list[Closing], *, now: dt.datetime | Non
     row is locked only while PostgreSQL runs it. In a transaction of claim,
     usage records and commit it stayed locked over three round trips to the
     gateway, and under load every other reservation and settlement of the
-    organization waited for them (bench/results/CHANGES.md). What this
-    leaves (closed already; the whole group when one holds quota) is for
-    `credits_close_many`.
+    organization waited for them (bench/results/CHANGES.md). Inside one, it
+    runs in a savepoint: a failure leaves the caller's transaction usable.
+    What this leaves is for `credits_close_many`: requests closed already,
+    a reservation not holding its closing's `held`, and the whole group
+    when one of them holds quota. A record's charge is the caller's to
+    compute (`min(credits, held)`, the rule the claim applies), so give
+    `held` with `records`.
     """
     if connection.vendor != "postgresql":
         raise RuntimeError("credits_close_credit_only is PostgreSQL's; use credits_close_many")
     _check_closings(closings)
     if not closings:
         return {}
-    return _close_credit_only_in_one_statement(closings, now=now or timezone.now(),
-                                               records=records)
+    with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
+        return _close_credit_only_in_one_statement(closings, now=now or timezone.now(),
+                                                   records=records)
 
 
 def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
@@ -772,7 +783,8 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
     (accounts locked in id order, after the reservations, as everywhere
     else), and write a ledger entry per charge, with the balance after it
     in closing order. Ones already closed are left to the general path (to
-    report), and so is the whole group when any of its open reservations
+    report), as are ones not holding their closing's `held`, and so is the
+    whole group when any of its open reservations
     holds quota: closing some here would lock their accounts before the
     general path locks the rest's reservations and quota counters, against
     the order every transaction keeps, and two groups could deadlock.
@@ -782,11 +794,12 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
         "statuses": [c.status for c in closings],
         "credits": [max(0, c.credits) for c in closings],
         "positions": list(range(len(closings))),
+        "held": [c.held for c in closings],
         "open": Reservation.Status.OPEN, "now": now,
         "kind": Kind.USAGE, "actor": _USAGE_ACTOR, "reason": _USAGE_REASON,
     }
     if records is None:
-        rows = execute_prepared(_CLOSE_CREDIT_ONLY + _CLOSED, params)
+        rows = execute_prepared(_CLOSE_CREDIT_ONLY + _CLOSE_RESULT, params)
     else:
         params["records"] = json.dumps(records.rows)
         rows = execute_prepared(_close_recording(records.table, records.columns), params)
@@ -803,14 +816,15 @@ def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.date
 _CLOSE_CREDIT_ONLY = """
 WITH closing AS (
     SELECT * FROM unnest(%(request_ids)s::varchar[], %(statuses)s::varchar[],
-                         %(credits)s::bigint[], %(positions)s::int[])
-        AS c (request_id, status, credits, position)
+                         %(credits)s::bigint[], %(positions)s::int[], %(held)s::bigint[])
+        AS c (request_id, status, credits, position, held)
 ), claimed AS (
     UPDATE billing_reservation r
     SET status = closing.status, closed_at = %(now)s::timestamptz,
         charged = LEAST(closing.credits, r.amount)
     FROM closing
     WHERE r.request_id = closing.request_id AND r.status = %(open)s::varchar
+      AND (closing.held IS NULL OR r.amount = closing.held)
       AND NOT EXISTS (
           SELECT 1 FROM billing_reservation held JOIN closing mine USING (request_id)
           WHERE held.status = %(open)s::varchar AND held.quota_holds <> '[]'::jsonb)
@@ -840,7 +854,7 @@ WITH closing AS (
     FROM claimed c JOIN accounts a ON a.id = c.account_id
     WHERE c.charged > 0
 )"""
-_CLOSED = """
+_CLOSE_RESULT = """
 SELECT c.request_id, c.status, c.amount, c.charged, a.balance, a.reserved
 FROM claimed c JOIN accounts a ON a.id = c.account_id
 """
@@ -859,9 +873,10 @@ def _close_recording(table: str, columns: tuple[str, ...]) -> str:
     recorded = (
         f", recorded AS (INSERT INTO {quote(table)} ({names}) SELECT {picked} "  # noqa: S608
         f"FROM jsonb_populate_recordset(NULL::{quote(table)}, %(records)s::jsonb) AS r "
-        "WHERE r.request_id IN (SELECT request_id FROM claimed) ON CONFLICT DO NOTHING)"
+        "WHERE r.request_id IN (SELECT request_id FROM claimed) "
+        "ON CONFLICT (request_id) DO NOTHING)"
     )
-    return _CLOSE_CREDIT_ONLY + recorded + _CLOSED
+    return _CLOSE_CREDIT_ONLY + recorded + _CLOSE_RESULT
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Write what many requests need written together in one transaction (a group commit).
+"""Write what many requests need written together, at once (a group commit).
 
 Reserving and settling a request are each a short transaction that ends on
 the organization's credit-account row lock; under load every request of an
@@ -20,7 +20,9 @@ it is open: billing/services.py), and one
 whose process dies first is released by the expiry job. When a group fails
 as a whole (one request short of credits, a database error in one
 settlement), each of its requests is written alone, so only the ones at
-fault fail.
+fault fail. (A settlement group may be written partly by then: each
+request's settlement is atomic on its own, and a request settled already
+is reported as such, not charged again.)
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from novakit.errors import is_database_outage
 
 logger = logging.getLogger(__name__)
 
-# The largest group one transaction writes; the rest wait for the next.
+# The largest group written at once; the rest wait for the next.
 GROUP_MAX = 200
 
 In = TypeVar("In")
@@ -62,7 +64,7 @@ Out = TypeVar("Out")
 class GroupCommit(Generic[In, Out]):
     """Items written in groups (novakit/batching.py), one event loop's queue at a time.
 
-    `many` writes a group in one transaction and returns one result per item,
+    `many` writes a group at once and returns one result per item,
     in order; `one` writes a single item. Both are plain functions run on the
     database threads. A group failing with one of `refusals` (an expected
     answer such as a 402, not a fault) is written again item by item without

@@ -84,15 +84,20 @@ def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
 
 
 def _closing(outcome: RequestOutcome) -> Closing:
+    # `held`: the usage record says what was reserved and charges from it (`_charge`).
     if outcome.release:
-        return Closing(outcome.request_id, Reservation.Status.RELEASED)
+        return Closing(outcome.request_id, Reservation.Status.RELEASED,
+                       held=outcome.credits_reserved)
     return Closing(outcome.request_id, Reservation.Status.SETTLED, credits=outcome.price.total,
-                   tokens=outcome.prompt_tokens + outcome.completion_tokens)
+                   tokens=outcome.prompt_tokens + outcome.completion_tokens,
+                   held=outcome.credits_reserved)
 
 
 def _charge(outcome: RequestOutcome) -> int:
-    """What closing the request's reservation charges: its price, at most what it holds
-    (`credits_close_many`'s rule)."""
+    """What closing the request's reservation charges: its price, at most what it holds.
+
+    The billing service's rule; the one statement closes a reservation only
+    if it holds `credits_reserved`, so the record and the ledger agree."""
     if outcome.release:
         return 0
     return min(max(0, outcome.price.total), outcome.credits_reserved)
@@ -167,8 +172,9 @@ def request_settle(*, outcome: RequestOutcome) -> Settlement:
 def requests_settle_retrying(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
     """`requests_settle`, tried again after a database error (a dropped connection, a deadlock).
 
-    Safe because settlement is one transaction and idempotent: an attempt that
-    did commit before its error makes the next one a no-op, never a second charge.
+    Safe because each request's settlement is atomic (one statement, or one
+    transaction) and idempotent: an attempt that did commit before its error
+    makes the next one a no-op for that request, never a second charge.
     A settlement that still fails leaves the reservations to the expiry job.
     """
     for delay in SETTLE_RETRY_DELAYS:

@@ -8,14 +8,21 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+from django.db import DataError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.services import api_key_create
 from billing.models import LedgerEntry, Quota, Reservation
 from billing.pricing import price_request
-from billing.services import credits_reserve, quota_set
+from billing.services import (
+    ClaimRecords,
+    Closing,
+    credits_close_credit_only,
+    credits_reserve,
+    quota_set,
+    reservations_expire,
+)
 from completions.models import UsageRecord
 from completions.services import RequestOutcome, requests_settle
 
@@ -65,7 +72,9 @@ def test_given_a_request_holding_quota_and_one_not_then_both_get_the_same_books_
         outcome(tenant, "capped", key_id=capped_key.pk, reserved=reserved)])
 
     if connection.vendor == "postgresql":
-        assert len(through_django) == 0  # its one prepared statement, on the raw connection
+        # Its one prepared statement, on the raw connection; in this test's transaction, in a
+        # savepoint of its own.
+        assert [q["sql"].split()[0] for q in through_django] == ["SAVEPOINT", "RELEASE"]
     else:
         assert len(through_django) > 0
     assert Reservation.objects.get(request_id="capped").quota_holds  # the general path's
@@ -119,3 +128,61 @@ def test_given_a_group_with_a_request_settled_before_then_it_is_reported_not_rec
     account = tenant.refresh_account()
     assert (account.balance, account.reserved) == (balance - settled[0].charged, 0)
     assert settled[0].available == account.balance
+
+
+def test_given_a_reservation_the_expiry_job_released_then_a_late_settlement_records_nothing(
+    tenant,
+):
+    credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                    request_id="late", amount=5_000, tokens=3_000)
+    assert reservations_expire(now=timezone.now() + dt.timedelta(days=1)) == 1
+    balance = tenant.refresh_account().balance
+
+    settled, = requests_settle(outcomes=[outcome(tenant, "late", key_id=tenant.key.pk,
+                                                 reserved=5_000)])
+
+    assert (settled.status, settled.charged, settled.already_closed) == (
+        Reservation.Status.EXPIRED, 0, True)
+    assert not UsageRecord.objects.exists()  # its record would claim a charge never made
+    assert tenant.refresh_account().balance == balance
+
+
+def test_given_an_outcome_that_misstates_its_reservation_then_record_and_ledger_still_agree(
+    tenant,
+):
+    """The record's charge is computed before the statement from what the outcome says was
+    reserved; a reservation holding something else is charged from what it holds."""
+    credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                    request_id="misstated", amount=500, tokens=3_000)
+    told = outcome(tenant, "misstated", key_id=tenant.key.pk, reserved=5_000)
+    assert 500 < told.price.total < 5_000
+
+    settled, = requests_settle(outcomes=[told])
+
+    assert settled.charged == 500  # capped at what the reservation holds
+    record = UsageRecord.objects.get()
+    assert record.credits == sum(record.credits_breakdown.values()) == 500
+    assert LedgerEntry.objects.get(kind=LedgerEntry.Kind.USAGE).amount == -500
+
+
+def test_given_a_statement_failing_inside_a_callers_transaction_then_that_transaction_goes_on(
+    tenant,
+):
+    credits_reserve(organization_id=tenant.org.pk, api_key_id=tenant.key.pk,
+                    request_id="broken", amount=500, tokens=3_000)
+    closing = Closing("broken", Reservation.Status.SETTLED, credits=100, tokens=10, held=500)
+    # A record PostgreSQL cannot read as the table's row: the statement fails whole.
+    unreadable = ClaimRecords(table=UsageRecord._meta.db_table, columns=("request_id", "credits"),
+                              rows=[{"request_id": "broken", "credits": "not a number"}])
+
+    with transaction.atomic():
+        if connection.vendor != "postgresql":
+            with pytest.raises(RuntimeError, match="PostgreSQL's"):
+                credits_close_credit_only([closing], records=unreadable)
+        else:
+            with pytest.raises(DataError):
+                credits_close_credit_only([closing], records=unreadable)
+        # The caller's transaction is still usable, and nothing of the statement stayed.
+        assert Reservation.objects.get(request_id="broken").status == Reservation.Status.OPEN
+        assert tenant.refresh_account().reserved == 500
+        assert not UsageRecord.objects.exists()
