@@ -638,6 +638,14 @@ class Closing:
     # else is not closed there, and `credits_close_many` charges it from what it holds.
     held: int | None = None
 
+    @property
+    def charge(self) -> int:
+        """What closing a reservation that holds `held` charges: the credits used, at most
+        what it holds (the rule both closing paths apply in SQL)."""
+        if self.held is None:
+            raise ValueError("the charge depends on what the reservation holds: give `held`")
+        return min(max(0, self.credits), self.held)
+
 
 def _check_closings(closings: list[Closing]) -> None:
     if any(c.credits < 0 or c.tokens < 0 for c in closings):
@@ -648,7 +656,7 @@ def _check_closings(closings: list[Closing]) -> None:
 
 
 def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = None,
-                       one_statement: bool = True) -> list[Settlement]:
+                       ) -> list[Settlement]:
     """Close many reservations at once, each exactly once; one Settlement per closing, in order.
 
     Must run inside the caller's transaction. Each reservation is charged what
@@ -663,11 +671,7 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     credit account with the group's deltas summed, one insert of the ledger
     entries. Row locks are taken in a fixed order (reservations, counters by
     id, accounts by id), the order reservation takes them too, so concurrent
-    groups wait for each other but never deadlock. On PostgreSQL a group
-    whose reservations hold no quota (most) is closed by one prepared
-    statement that does the same (`_close_credit_only_in_one_statement`),
-    unless `one_statement` is False: the caller tried that already
-    (`credits_close_credit_only`).
+    groups wait for each other but never deadlock.
     """
     _check_closings(closings)
     if not closings:
@@ -675,14 +679,8 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
     now = now or timezone.now()
     if connection.get_autocommit():
         raise RuntimeError("credits_close_many must run inside a transaction")
-    settlements: dict[str, Settlement] = {}
-    if connection.vendor == "postgresql" and one_statement:
-        settlements = _close_credit_only_in_one_statement(closings, now=now)
-        if len(settlements) == len(closings):
-            return [settlements[c.request_id] for c in closings]
-    rest = [c for c in closings if c.request_id not in settlements]
-    claimed = {row.request_id: row for row in _claim(rest, now=now)}
-    fresh = [(c, claimed[c.request_id]) for c in rest if c.request_id in claimed]
+    claimed = {row.request_id: row for row in _claim(closings, now=now)}
+    fresh = [(c, claimed[c.request_id]) for c in closings if c.request_id in claimed]
 
     rooms = _release_holds_many(fresh)
     balances: dict[int, tuple[int, int]] = {}
@@ -708,18 +706,19 @@ def credits_close_many(closings: list[Closing], *, now: dt.datetime | None = Non
                 ))
     LedgerEntry.objects.bulk_create(entries)
 
-    for closing in rest:
+    settlements = []
+    for closing in closings:
         row = claimed.get(closing.request_id)
         if row is None:
-            settlements[closing.request_id] = _already_closed(closing.request_id)
+            settlements.append(_already_closed(closing.request_id))
             continue
         balance, reserved = balances[row.account_id]
-        settlements[closing.request_id] = Settlement(
+        settlements.append(Settlement(
             request_id=row.request_id, status=closing.status, charged=row.charged,
             reserved=row.amount, available=balance - reserved,
             quota_tokens_remaining=rooms.get(row.request_id),
-        )
-    return [settlements[c.request_id] for c in closings]
+        ))
+    return settlements
 
 
 _USAGE_REASON = "chat completion"
@@ -744,64 +743,48 @@ class ClaimRecords:
     rows: list[dict[str, Any]]
 
 
-def credits_close_credit_only(closings: list[Closing], *, now: dt.datetime | None = None,
-                              records: ClaimRecords | None = None) -> dict[str, Settlement]:
+def credits_close_credit_only(closings: list[Closing], records: ClaimRecords, *,
+                              now: dt.datetime | None = None) -> dict[str, Settlement]:
     """Close the still-open reservations among `closings`, with their `records`, in one
     PostgreSQL statement, unless one of them holds quota; their Settlements by request id.
 
-    Outside a transaction the statement commits on its own, so an account
-    row is locked only while PostgreSQL runs it. In a transaction of claim,
-    usage records and commit it stayed locked over three round trips to the
-    gateway, and under load every other reservation and settlement of the
-    organization waited for them (bench/results/CHANGES.md). Inside one, it
-    runs in a savepoint: a failure leaves the caller's transaction usable.
-    What this leaves is for `credits_close_many`: requests closed already,
-    a reservation not holding its closing's `held`, and the whole group
-    when one of them holds quota. A record's charge is the caller's to
-    compute (`min(credits, held)`, the rule the claim applies), so give
-    `held` with `records`.
+    What `credits_close_many` does for them, in one prepared statement:
+    claim each (only if still open, so it closes once), charge and release
+    each credit account once for the group (accounts locked in id order,
+    after the reservations, as everywhere else), write a ledger entry per
+    charge, with the balance after it in closing order, and insert the
+    records of the claimed requests. Outside a transaction the statement
+    commits on its own, so an account row is locked only while PostgreSQL
+    runs it; in a transaction of claim, usage records and commit it stayed
+    locked over three round trips to the gateway, and under load every other
+    reservation and settlement of the organization waited for them
+    (bench/results/CHANGES.md). Inside a transaction it runs in a savepoint:
+    a failure leaves the caller's transaction usable.
+
+    What this leaves is for `credits_close_many`: requests closed already
+    (to report), reservations not holding their closing's `held`, and the
+    whole group when one of its open reservations holds quota (closing some
+    here would lock their accounts before the general path locks the rest's
+    reservations and quota counters, against the order every transaction
+    keeps). A record's charge is the caller's to compute: `Closing.charge`,
+    the rule the claim applies.
     """
     if connection.vendor != "postgresql":
         raise RuntimeError("credits_close_credit_only is PostgreSQL's; use credits_close_many")
     _check_closings(closings)
     if not closings:
         return {}
-    with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
-        return _close_credit_only_in_one_statement(closings, now=now or timezone.now(),
-                                                   records=records)
-
-
-def _close_credit_only_in_one_statement(closings: list[Closing], *, now: dt.datetime,
-                                        records: ClaimRecords | None = None,
-                                        ) -> dict[str, Settlement]:
-    """Close the still-open reservations among `closings` in one PostgreSQL statement,
-    unless one of them holds quota; their Settlements by request id.
-
-    What the general path does for them, in one prepared statement instead of
-    one planned statement per step: claim each (only if still open, so it
-    closes once), charge and release each credit account once for the group
-    (accounts locked in id order, after the reservations, as everywhere
-    else), and write a ledger entry per charge, with the balance after it
-    in closing order. Ones already closed are left to the general path (to
-    report), as are ones not holding their closing's `held`, and so is the
-    whole group when any of its open reservations
-    holds quota: closing some here would lock their accounts before the
-    general path locks the rest's reservations and quota counters, against
-    the order every transaction keeps, and two groups could deadlock.
-    """
     params = {
         "request_ids": [c.request_id for c in closings],
         "statuses": [c.status for c in closings],
         "credits": [max(0, c.credits) for c in closings],
         "positions": list(range(len(closings))),
         "held": [c.held for c in closings],
-        "open": Reservation.Status.OPEN, "now": now,
+        "open": Reservation.Status.OPEN, "now": now or timezone.now(),
         "kind": Kind.USAGE, "actor": _USAGE_ACTOR, "reason": _USAGE_REASON,
+        "records": json.dumps(records.rows),
     }
-    if records is None:
-        rows = execute_prepared(_CLOSE_CREDIT_ONLY + _CLOSE_RESULT, params)
-    else:
-        params["records"] = json.dumps(records.rows)
+    with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
         rows = execute_prepared(_close_recording(records.table, records.columns), params)
     return {
         request_id: Settlement(
@@ -862,7 +845,7 @@ FROM claimed c JOIN accounts a ON a.id = c.account_id
 
 @functools.lru_cache(maxsize=8)
 def _close_recording(table: str, columns: tuple[str, ...]) -> str:
-    """`_CLOSE_CREDIT_ONLY` that also inserts a row of `table` for each claimed request.
+    """The statement of `credits_close_credit_only`, inserting the records into `table`.
 
     The names are a model's (quoted), never a caller's input; the values go
     as one parameter, read by PostgreSQL into rows of the table's own type.

@@ -74,8 +74,9 @@ def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
     closings = [_closing(outcome) for outcome in outcomes]
     settled: dict[str, Settlement] = {}
     if connection.vendor == "postgresql":
-        settled = credits_close_credit_only(closings, now=now, records=_usage_rows(
-            [_usage_record(outcome, _charge(outcome), now=now) for outcome in outcomes]))
+        records = _usage_rows([_usage_record(outcome, closing.charge, now=now)
+                               for outcome, closing in zip(outcomes, closings, strict=True)])
+        settled = credits_close_credit_only(closings, records, now=now)
     rest = [(outcome, closing) for outcome, closing in zip(outcomes, closings, strict=True)
             if closing.request_id not in settled]
     if rest:
@@ -84,7 +85,7 @@ def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
 
 
 def _closing(outcome: RequestOutcome) -> Closing:
-    # `held`: the usage record says what was reserved and charges from it (`_charge`).
+    # `held`: the usage record says what was reserved, and charges from it.
     if outcome.release:
         return Closing(outcome.request_id, Reservation.Status.RELEASED,
                        held=outcome.credits_reserved)
@@ -93,22 +94,10 @@ def _closing(outcome: RequestOutcome) -> Closing:
                    held=outcome.credits_reserved)
 
 
-def _charge(outcome: RequestOutcome) -> int:
-    """What closing the request's reservation charges: its price, at most what it holds.
-
-    The billing service's rule; the one statement closes a reservation only
-    if it holds `credits_reserved`, so the record and the ledger agree."""
-    if outcome.release:
-        return 0
-    return min(max(0, outcome.price.total), outcome.credits_reserved)
-
-
 @transaction.atomic
 def _settle_in_one_transaction(pairs: list[tuple[RequestOutcome, Closing]], *, now: dt.datetime,
                                ) -> dict[str, Settlement]:
-    # Tried in one statement already, on PostgreSQL: these are closed or hold quota.
-    settlements = credits_close_many([closing for _, closing in pairs], now=now,
-                                     one_statement=False)
+    settlements = credits_close_many([closing for _, closing in pairs], now=now)
     UsageRecord.objects.bulk_create(
         [_usage_record(outcome, settlement.charged, now=now)
          for (outcome, _), settlement in zip(pairs, settlements, strict=True)

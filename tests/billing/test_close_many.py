@@ -95,9 +95,8 @@ def test_given_one_request_twice_in_a_group_then_the_group_is_refused(tenant):
 def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the_books_agree(
     tenant, other_tenant,
 ):
-    """A group with one reservation holding quota takes the general path whole (on
-    PostgreSQL too, where credit-only groups close in one statement); the books are the
-    same either way."""
+    """Reservations with and without quota, of two organizations, closed together; the
+    books are those of closing them one by one."""
     quota_set(organization=tenant.org, limit=500, metric=Quota.Metric.CREDITS,
               api_key_id=tenant.key.pk)
     before = {t.org.slug: t.refresh_account().balance for t in (tenant, other_tenant)}
@@ -132,9 +131,7 @@ def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the
             running += amount
             assert balance_after == running
         assert running == account.balance
-    # One path wrote them all, in closing order (closing some in a statement of their own
-    # first would lock the account before the quota counter: against the order that
-    # keeps two transactions from deadlocking).
+    # Written in closing order.
     assert list(LedgerEntry.objects.filter(account=mine, kind=LedgerEntry.Kind.USAGE)
                 .order_by("pk").values_list("request_id", flat=True)) == [
         "plain-2", "quota", "plain-1"]

@@ -68,8 +68,8 @@ def test_given_a_request_holding_quota_and_one_not_then_both_get_the_same_books_
     with CaptureQueriesContext(connection) as through_django:
         plain, = requests_settle(outcomes=[
             outcome(tenant, "plain", key_id=tenant.key.pk, reserved=reserved)])
-    capped, = requests_settle(outcomes=[
-        outcome(tenant, "capped", key_id=capped_key.pk, reserved=reserved)])
+    capped_outcome = outcome(tenant, "capped", key_id=capped_key.pk, reserved=reserved)
+    capped, = requests_settle(outcomes=[capped_outcome])
 
     if connection.vendor == "postgresql":
         # Its one prepared statement, on the raw connection; in this test's transaction, in a
@@ -186,3 +186,29 @@ def test_given_a_statement_failing_inside_a_callers_transaction_then_that_transa
         assert Reservation.objects.get(request_id="broken").status == Reservation.Status.OPEN
         assert tenant.refresh_account().reserved == 500
         assert not UsageRecord.objects.exists()
+
+
+def test_given_a_group_where_one_reservation_holds_quota_then_the_statement_closes_none_of_it(
+    tenant,
+):
+    """Whatever the outcomes say: the statement itself leaves such a group whole to the
+    transaction, which takes the quota counters' locks before the account's."""
+    capped_key, _ = api_key_create(organization=tenant.org, name="capped", created_by=tenant.user)
+    quota_set(organization=tenant.org, limit=100_000, metric=Quota.Metric.CREDITS,
+              api_key_id=capped_key.pk)
+    for request_id, key in (("plain", tenant.key), ("capped", capped_key)):
+        credits_reserve(organization_id=tenant.org.pk, api_key_id=key.pk, request_id=request_id,
+                        amount=500, tokens=3_000)
+    closings = [Closing(name, Reservation.Status.SETTLED, credits=100, tokens=10, held=500)
+                for name in ("plain", "capped")]
+    rows = [{"request_id": name} for name in ("plain", "capped")]
+    records = ClaimRecords(table=UsageRecord._meta.db_table, columns=("request_id",), rows=rows)
+
+    if connection.vendor != "postgresql":
+        with pytest.raises(RuntimeError, match="PostgreSQL's"):
+            credits_close_credit_only(closings, records)
+        return
+    assert credits_close_credit_only(closings, records) == {}
+    assert set(Reservation.objects.values_list("status", flat=True)) == {
+        Reservation.Status.OPEN}
+    assert not UsageRecord.objects.exists()
