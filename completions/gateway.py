@@ -98,6 +98,7 @@ class Admitted:
             credits_reserved=self.reserved.total,
             streamed=streamed,
             end_user=self.end_user,
+            holds_quota=bool(self.key.reservation_targets and self.key.reservation_targets.quotas),
         )
 
     def elapsed_ms(self) -> int:

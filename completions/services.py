@@ -54,6 +54,9 @@ class RequestOutcome:
     ttft_ms: int | None = None
     # Nothing reached the upstream's output: release instead of charging.
     release: bool = False
+    # The key had quota to hold when the request was admitted: its settlement goes
+    # straight to the transaction (the one statement closes no group holding quota).
+    holds_quota: bool = False
 
 
 def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
@@ -73,7 +76,7 @@ def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
     now = timezone.now()
     closings = [_closing(outcome) for outcome in outcomes]
     settled: dict[str, Settlement] = {}
-    if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql" and not any(o.holds_quota for o in outcomes):
         records = _usage_rows([_usage_record(outcome, closing.charge, now=now)
                                for outcome, closing in zip(outcomes, closings, strict=True)])
         settled = credits_close_credit_only(closings, records, now=now)

@@ -23,12 +23,14 @@ from billing.services import (
     quota_set,
     reservations_expire,
 )
+from completions import services
 from completions.models import UsageRecord
 from completions.services import RequestOutcome, requests_settle
 
 pytestmark = pytest.mark.django_db
 
 MULTIPLIER = Decimal("1.50")
+close_credit_only = credits_close_credit_only  # the real one, under the test's spy
 NOW = dt.datetime(2031, 3, 10, 12, 0, 0, 123_456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 # Everything a usage record keeps but its request id, key and the moment it was written.
 COMPARED = ("organization_id", "end_user", "model", "provider", "multiplier", "prompt_tokens",
@@ -65,17 +67,27 @@ def test_given_a_request_holding_quota_and_one_not_then_both_get_the_same_books_
                         amount=reserved, tokens=3_000)
 
     monkeypatch.setattr(timezone, "now", lambda: NOW)
+    statements: list[list[str]] = []  # the groups sent to the one statement
+
+    def one_statement(closings, records, **kwargs):  # type: ignore[no-untyped-def]
+        statements.append([closing.request_id for closing in closings])
+        return close_credit_only(closings, records, **kwargs)
+
+    monkeypatch.setattr(services, "credits_close_credit_only", one_statement)
     with CaptureQueriesContext(connection) as through_django:
         plain, = requests_settle(outcomes=[
             outcome(tenant, "plain", key_id=tenant.key.pk, reserved=reserved)])
     capped_outcome = outcome(tenant, "capped", key_id=capped_key.pk, reserved=reserved)
+    capped_outcome.holds_quota = True  # as the gateway marks it: straight to the transaction
     capped, = requests_settle(outcomes=[capped_outcome])
 
     if connection.vendor == "postgresql":
         # Its one prepared statement, on the raw connection; in this test's transaction, in a
-        # savepoint of its own.
+        # savepoint of its own. The request marked as holding quota skipped the statement.
         assert [q["sql"].split()[0] for q in through_django] == ["SAVEPOINT", "RELEASE"]
+        assert statements == [["plain"]]
     else:
+        assert statements == []
         assert len(through_django) > 0
     assert Reservation.objects.get(request_id="capped").quota_holds  # the general path's
     for settled in (plain, capped):
