@@ -529,26 +529,29 @@ def recreate_database(db_name: str, env: dict[str, str]) -> tuple[str, str]:
     return ("cloned from the migrated template" if reuse else "migrated from scratch"), secret
 
 
-def maintain_database(db_name: str) -> bool:
-    """VACUUM and ANALYZE NovaKit's database, as autovacuum would in production; whether
-    this PostgreSQL has autovacuum off (so that the harness must).
+def autovacuum_is_off(db_name: str) -> bool:
+    import psycopg
 
-    With autovacuum off (this machine's PostgreSQL), a table's statistics
-    never change, so a prepared statement keeps the plan it got while its
-    tables were empty: the reservation statement scanned all of
-    billing_reservation (55,000 rows and as many dead ones by the end of a
-    run) for every group. With autovacuum on, ANALYZE runs as tables grow and
-    PostgreSQL plans prepared statements again after it.
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db_name}") as conn:
+        row = conn.execute("SHOW autovacuum").fetchone()
+    return row is not None and row[0] == "off"
+
+
+def vacuum_analyze(db_name: str) -> None:
+    """What autovacuum does in production, for a PostgreSQL that runs without it.
+
+    Without it (this machine's PostgreSQL), a table's statistics never
+    change, so a prepared statement keeps the plan it got while its tables
+    were empty: the reservation statement scanned all of billing_reservation
+    (55,000 rows and as many dead ones by the end of a run) for every group.
+    With autovacuum on, ANALYZE runs as tables grow and PostgreSQL plans
+    prepared statements again after it.
     """
     import psycopg
 
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{db_name}",
                          autocommit=True) as conn:
-        row = conn.execute("SHOW autovacuum").fetchone()
-        off = row is not None and row[0] == "off"
-        if off:
-            conn.execute("VACUUM (ANALYZE)")
-    return off
+        conn.execute("VACUUM (ANALYZE)")
 
 
 def flush_redis(redis_url: str) -> None:
@@ -918,20 +921,21 @@ def build_report(ctx: dict[str, Any]) -> str:
               "| target | streams at once | streams/s | TTFT p50 ms | TTFT p99 ms | gap p50 ms | "
               "gap p99 ms | chunks delivered | errors | CPU ms/stream |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for target, (cell_name, at_once) in ((target, cell) for target in targets for cell in (
-            ("stream_c1", 1), ("stream", plan.stream_concurrency))):
-        cell = results.get(target.name, {}).get(cell_name)
-        if not cell:
-            continue
-        share = cell["chunk_share"]
-        lines.append(
-            f"| {target.label} | {at_once} | {fmt(cell['throughput_rps'], 1)} | "
-            f"{fmt(cell['ttft_p50_ms'], 2)} | "
-            f"{fmt(cell['ttft_p99_ms'], 2)} | {fmt(cell['gap_p50_ms'], 2)} | "
-            f"{fmt(cell['gap_p99_ms'], 2)} | "
-            f"{fmt(share * 100 if share is not None else None, 2)} % "
-            f"| {cell['errors']} / {cell['ok'] + cell['errors']} | "
-            f"{fmt(cell['cpu_ms_per_request'], 2)} |")
+    streams_at_once = {"stream_c1": 1, "stream": plan.stream_concurrency}
+    for target in targets:
+        for cell_name, at_once in streams_at_once.items():
+            cell = results.get(target.name, {}).get(cell_name)
+            if not cell:
+                continue
+            share = cell["chunk_share"]
+            lines.append(
+                f"| {target.label} | {at_once} | {fmt(cell['throughput_rps'], 1)} | "
+                f"{fmt(cell['ttft_p50_ms'], 2)} | "
+                f"{fmt(cell['ttft_p99_ms'], 2)} | {fmt(cell['gap_p50_ms'], 2)} | "
+                f"{fmt(cell['gap_p99_ms'], 2)} | "
+                f"{fmt(share * 100 if share is not None else None, 2)} % "
+                f"| {cell['errors']} / {cell['ok'] + cell['errors']} | "
+                f"{fmt(cell['cpu_ms_per_request'], 2)} |")
     lines.append("")
 
     lines += ["## Many open streams", "",
@@ -1186,6 +1190,7 @@ def main() -> int:
 
         # 4. the scenarios, interleaved
         by_cell: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+        ctx["vacuumed"] = autovacuum_is_off(args.db_name)
         scenarios = [(f"chat_c{c}", "chat", c, plan.duration) for c in plan.concurrencies]
         # One stream at a time: what the gateway adds to the first token by itself; then
         # many at once, where the streams also queue for the gateway's CPU.
@@ -1194,8 +1199,8 @@ def main() -> int:
         for cell, mode, concurrency, duration in scenarios:
             for rep in range(plan.reps):
                 for target in targets:
-                    if target.name == "novakit" and maintain_database(args.db_name):
-                        ctx["vacuumed"] = True
+                    if target.name == "novakit" and ctx["vacuumed"]:
+                        vacuum_analyze(args.db_name)
                     waited = cool_down(gateways, limit=plan.grace / 2)
                     result = run_load(target, mode=mode, concurrency=concurrency,
                                       duration=duration, expected_chunks=plan.stream_chunks,
