@@ -1,4 +1,5 @@
-"""Validate our responses against OpenAI's own schemas (shared/reference/)."""
+"""Validate our responses against OpenAI's own schemas (a copy of the chat
+completion definitions from OpenAI's published OpenAPI spec, kept beside this file)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,14 @@ from typing import Any
 
 import jsonschema
 
-_DEFAULT = Path(__file__).resolve().parents[3] / "shared" / "reference" / "openai-chat-schemas.json"
+_DEFAULT = Path(__file__).resolve().parent / "openai-chat-schemas.json"
 
 
 def _schema_path() -> Path:
     path = Path(os.environ.get("OPENAI_SCHEMAS_FILE", _DEFAULT))
     if not path.exists():
         raise FileNotFoundError(
-            f"OpenAI's schemas are expected at {path} (the shared/ folder beside the checkout); "
-            "set OPENAI_SCHEMAS_FILE to point elsewhere"
+            f"OpenAI's schemas are expected at {path}; set OPENAI_SCHEMAS_FILE to point elsewhere"
         )
     return path
 
