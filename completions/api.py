@@ -162,7 +162,7 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
     """
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     planned = await gateway.plan(body, key)
-    tokens = planned.prompt_estimate + planned.budget
+    tokens = planned.prompt_estimate + planned.completion_limit
     check = await db_async(billing_selectors.admission_check)(
         organization_id=key.organization_id, api_key_id=key.key_id,
         credits=planned.worst_case.total, tokens=tokens)
@@ -181,6 +181,7 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
         "multiplier": str(planned.model.multiplier),
         "estimated_prompt_tokens": planned.prompt_estimate,
         "max_completion_tokens": planned.budget,
+        "choices": planned.choices,
         "worst_case_credits": planned.worst_case.total,
         "worst_case_breakdown": planned.worst_case.breakdown,
         "credits_per_1k_tokens": {"prompt": format(per_1k["prompt"].normalize(), "f"),

@@ -1,7 +1,8 @@
 """`novakit/echo`: a built-in development model so a fresh install works offline.
 
-It answers with the last user message, streamed word by word, and reports
-usage like a real provider, so keys, credits, usage and the playground can be
+It answers with the last user message, streamed word by word, once for each
+of the `n` choices asked for, and reports usage like a real provider (every
+choice's tokens counted), so keys, credits, usage and the playground can be
 tried with no upstream configured.
 """
 
@@ -32,12 +33,17 @@ def _reply_text(payload: dict[str, Any]) -> str:
         text = ""
     reply = f"Echo: {text}" if text else "Echo: (no user message)"
     words = reply.split(" ")
-    return " ".join(words[: max(1, int(payload.get("max_tokens") or 2048))])
+    budget = payload.get("max_completion_tokens") or payload.get("max_tokens") or 2048
+    return " ".join(words[: max(1, int(budget))])
+
+
+def _choices(payload: dict[str, Any]) -> range:
+    return range(int(payload.get("n") or 1))
 
 
 def _usage(payload: dict[str, Any], reply: str) -> dict[str, int]:
     prompt = estimate_prompt_tokens(payload.get("messages", []))
-    completion = count_text(reply)
+    completion = count_text(reply) * len(_choices(payload))
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
@@ -51,10 +57,11 @@ def complete(payload: dict[str, Any]) -> dict[str, Any]:
         "model": "echo",
         "choices": [
             {
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": reply},
                 "finish_reason": "stop",
             }
+            for index in _choices(payload)
         ],
         "usage": _usage(payload, reply),
     }
@@ -64,13 +71,18 @@ async def stream(payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     reply = _reply_text(payload)
     base = {"id": f"echo-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": "echo"}
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "finish_reason": None}]}
+    choices = _choices(payload)
+    for index in choices:
+        yield {**base, "choices": [{"index": index,
+                                     "delta": {"role": "assistant", "content": ""},
+                                     "finish_reason": None}]}
     words = reply.split(" ")
     for position, word in enumerate(words):
         await asyncio.sleep(_WORD_DELAY_SECONDS)
         piece = word if position == 0 else " " + word
-        yield {**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                     "finish_reason": None}]}
-    yield {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        for index in choices:
+            yield {**base, "choices": [{"index": index, "delta": {"content": piece},
+                                         "finish_reason": None}]}
+    for index in choices:
+        yield {**base, "choices": [{"index": index, "delta": {}, "finish_reason": "stop"}]}
     yield {**base, "choices": [], "usage": _usage(payload, reply)}

@@ -38,11 +38,18 @@ from completions.schemas import ChatCompletionRequest
 from completions.services import (
     RequestOutcome,
     charged_breakdown,
+    fallback_outcome,
     request_settle_retrying,
     tokens_remaining_estimate,
 )
 from completions.tokens import count_text, estimate_prompt_tokens
 from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
+from completions.usage import (
+    UsageBounds,
+    openai_usage_fields,
+    reported_usage,
+    usage_within,
+)
 from novakit import metrics
 from novakit.db import db_async
 from novakit.errors import (
@@ -58,10 +65,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
-_OPENAI_USAGE_FIELDS = {
-    "prompt_tokens", "completion_tokens", "total_tokens",
-    "prompt_tokens_details", "completion_tokens_details",
-}
 # Settlements still running; held so the event loop does not drop them, and
 # so a graceful shutdown can wait for them.
 pending_settlements: set[asyncio.Task[Any]] = set()
@@ -83,6 +86,8 @@ class Admitted:
     images: int
     prompt_estimate: int
     reserved: Price
+    # What the request can use at most: usage reported beyond it is billed at the bounds.
+    bounds: UsageBounds
     end_user: str
     started: float
     # x-ratelimit-* as they stood when the request was admitted.
@@ -153,8 +158,14 @@ class Plan:
     messages: list[dict[str, Any]]
     prompt_estimate: int
     budget: int
+    choices: int
     images: int
     worst_case: Price
+
+    @property
+    def completion_limit(self) -> int:
+        """The most completion tokens the request may produce: the budget, for every choice."""
+        return self.budget * self.choices
 
 
 async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
@@ -211,18 +222,18 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     worst_case = price_request(
         multiplier=model.multiplier,
         prompt_tokens=prompt_estimate,
-        completion_tokens=budget,
+        completion_tokens=budget * body.choices(),
         web_search=body.web_search,
         images=images,
     )
     return Plan(model=model, routes=routes, messages=messages, prompt_estimate=prompt_estimate,
-                budget=budget, images=images, worst_case=worst_case)
+                budget=budget, choices=body.choices(), images=images, worst_case=worst_case)
 
 
 async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -> Admitted:
     started = time.monotonic()
     planned = await plan(body, key)
-    tokens = planned.prompt_estimate + planned.budget
+    tokens = planned.prompt_estimate + planned.completion_limit
     # After authentication and validation, before the reservation: a 429 reserves nothing.
     rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=tokens)
     try:
@@ -236,6 +247,8 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
             images=planned.images,
             prompt_estimate=planned.prompt_estimate,
             reserved=planned.worst_case,
+            bounds=UsageBounds(prompt_tokens=planned.model.context_length,
+                               completion_tokens=planned.completion_limit),
             end_user=body.user or "",
             started=started,
             rate_limit_headers=rate.headers(),
@@ -281,7 +294,7 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
 def _release_if_reserved(outcome: RequestOutcome, reservation: asyncio.Future[Any]) -> None:
     if reservation.cancelled() or reservation.exception() is not None:
         return  # refused (402) or failed: a refused reservation holds nothing
-    _track(settle(outcome))
+    _track(settle_quietly(outcome))
 
 
 # --- settlement ---------------------------------------------------------------------
@@ -296,15 +309,50 @@ def _track(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     return task
 
 
+class SettlementFailed(ApiError):
+    """Neither the settlement of a delivered answer nor its fallback could be written."""
+
+    def __init__(self) -> None:
+        super().__init__(500, "server_error",
+                         "The request's charge could not be recorded; it was not charged")
+
+
 async def settle(outcome: RequestOutcome) -> Settlement | None:
-    """Settle in a task of its own, shielded: a client that leaves cannot interrupt it."""
+    """Settle in a task of its own, shielded: a client that leaves cannot interrupt it.
+
+    None: the database is down; the same settlement is retried in the
+    background until it commits (`_settle_when_back`), so what the answer
+    shows is what will be charged. A settlement that fails for another
+    reason (a bug, data the database refuses) is not allowed to give the
+    answer away: the request is settled instead as a charge of its whole
+    reservation, its record marked `usage_source` "fallback" and error code
+    `settlement_failed`. When even that fails, SettlementFailed is raised:
+    the caller must not deliver the answer, and the reservation is left to
+    the expiry job, which records the request as interrupted.
+    """
     try:
         return await asyncio.shield(_track(_settle(outcome)))
-    except Exception:
-        # The reservation stays open: a database outage is retried in the background
-        # (_settle_when_back), anything else is left to the expiry job. Log loudly.
-        logger.exception("settlement failed for %s", outcome.request_id)
-        return None
+    except Exception as exc:
+        if is_database_outage(exc):
+            logger.warning("settlement of %s waits for the database", outcome.request_id)
+            return None
+        logger.exception("settlement failed for %s; charging its reservation instead",
+                         outcome.request_id)
+    try:
+        return await asyncio.shield(_track(_settle(fallback_outcome(outcome))))
+    except Exception as exc:
+        if is_database_outage(exc):
+            return None
+        logger.exception("the fallback settlement of %s failed too", outcome.request_id)
+        raise SettlementFailed() from None
+
+
+async def settle_quietly(outcome: RequestOutcome) -> None:
+    """Settle a request whose answer is an error already: a failure is logged, not raised."""
+    try:
+        await settle(outcome)
+    except SettlementFailed:
+        pass
 
 
 def _note_failure(admitted: Admitted, route: Route, exc: UpstreamFailure, *,
@@ -376,9 +424,23 @@ def _price(admitted: Admitted, prompt_tokens: int, completion_tokens: int) -> Pr
     )
 
 
+def _bill(admitted: Admitted, outcome: RequestOutcome, prompt_tokens: int,
+          completion_tokens: int, *, source: str) -> None:
+    """Set what the request is billed, rate-limited and recorded for: the usage held to its
+    bounds (README "Credits"), priced by the one pricing function."""
+    usage = usage_within(prompt_tokens, completion_tokens, admitted.bounds,
+                         request_id=admitted.request_id)
+    outcome.prompt_tokens, outcome.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+    outcome.usage_source = "clamped" if usage.clamped else source
+    outcome.price = _price(admitted, usage.prompt_tokens, usage.completion_tokens)
+
+
 def _usage_extras(admitted: Admitted, outcome: RequestOutcome, settlement: Settlement | None,
                   ) -> dict[str, Any]:
-    charged = settlement.charged if settlement else outcome.price.total
+    # Without a settlement (the database is down, it is retried until it commits) the
+    # charge shown is the one that retry commits: the price, at most the reservation.
+    charged = settlement.charged if settlement else min(outcome.price.total,
+                                                        outcome.credits_reserved)
     usage: dict[str, Any] = {
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
@@ -398,16 +460,6 @@ def response_headers(admitted: Admitted, settlement: Settlement | None) -> dict[
     if settlement is not None:
         headers["x-credits-remaining"] = str(settlement.available)
     return headers
-
-
-def _upstream_usage(data: dict[str, Any]) -> tuple[int, int] | None:
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int) and prompt >= 0 and completion >= 0:
-        return prompt, completion
-    return None
 
 
 # --- non-streaming ------------------------------------------------------------------------
@@ -476,7 +528,7 @@ async def _refuse_after_failed_routes(admitted: Admitted, outcome: RequestOutcom
     outcome.status = UsageRecord.Status.ERROR
     outcome.http_status, outcome.error_code = failure.status, failure.code
     outcome.latency_ms = admitted.elapsed_ms()
-    await settle(outcome)
+    await settle_quietly(outcome)
     raise ApiError(failure.status, failure.code, failure.message,
                    headers=response_headers(admitted, None)) from None
 
@@ -491,37 +543,36 @@ async def answer(admitted: Admitted) -> HttpResponse:
     except UpstreamFailure as failure:
         await _refuse_after_failed_routes(admitted, outcome, failure)
     except asyncio.CancelledError:
-        # The client left while we waited: the upstream may have done the work.
-        # Policy (README): charge the prompt, nothing for an answer never delivered.
-        outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
-        outcome.prompt_tokens, outcome.usage_source = admitted.prompt_estimate, "tokenizer"
-        outcome.price = _price(admitted, outcome.prompt_tokens, 0)
-        outcome.latency_ms = admitted.elapsed_ms()
-        await settle(outcome)
+        await _settle_client_left(admitted, outcome)
         raise
     except Exception:
         await _settle_server_error(admitted, outcome)
         raise
     outcome.latency_ms = admitted.elapsed_ms()
-    reported = _upstream_usage(data)
+    reported = reported_usage(data)
     if reported is None:
-        outcome.usage_source = "tokenizer"
-        reported = (admitted.prompt_estimate, count_text(_completion_text(data)))
-    outcome.prompt_tokens, outcome.completion_tokens = reported
-    outcome.price = _price(admitted, *reported)
+        _bill(admitted, outcome, admitted.prompt_estimate, count_text(_completion_text(data)),
+              source="tokenizer")
+    else:
+        _bill(admitted, outcome, *reported, source="upstream")
     outcome.ttft_ms = outcome.latency_ms
-    settlement = await settle(outcome)
+    settlement = await settle(outcome)  # SettlementFailed: a 500, never a free answer
     body = _normalise_completion(data, admitted)
-    body["usage"] = {**_openai_usage(data), **_usage_extras(admitted, outcome, settlement)}
+    body["usage"] = {**openai_usage_fields(data), **_usage_extras(admitted, outcome, settlement)}
     return json_response(body, headers=response_headers(admitted, settlement))
 
 
-def _openai_usage(data: dict[str, Any]) -> dict[str, Any]:
-    """The upstream's usage fields OpenAI defines; not, say, OpenRouter's `cost` in dollars."""
-    usage = data.get("usage")
-    if not isinstance(usage, dict):
-        return {}
-    return {name: value for name, value in usage.items() if name in _OPENAI_USAGE_FIELDS}
+async def _settle_client_left(admitted: Admitted, outcome: RequestOutcome) -> None:
+    """The client left while the provider worked on its request, before any byte reached it.
+
+    One rule for streams and non-streams (README "Credits"): the provider
+    was sent the prompt, so the prompt is charged; nothing is charged for an
+    answer never delivered.
+    """
+    outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
+    _bill(admitted, outcome, admitted.prompt_estimate, 0, source="tokenizer")
+    outcome.latency_ms = admitted.elapsed_ms()
+    await settle_quietly(outcome)
 
 
 async def _settle_server_error(admitted: Admitted, outcome: RequestOutcome) -> None:
@@ -531,7 +582,7 @@ async def _settle_server_error(admitted: Admitted, outcome: RequestOutcome) -> N
     outcome.status = UsageRecord.Status.ERROR
     outcome.http_status, outcome.error_code = 500, "server_error"
     outcome.latency_ms = admitted.elapsed_ms()
-    await settle(outcome)
+    await settle_quietly(outcome)
 
 
 # --- streaming -------------------------------------------------------------------------------
@@ -547,10 +598,7 @@ async def open_with_fallback(admitted: Admitted) -> tuple[EventStream, Route]:
     except UpstreamFailure as failure:
         await _refuse_after_failed_routes(admitted, outcome, failure)
     except asyncio.CancelledError:
-        outcome.release = True
-        outcome.status, outcome.http_status, outcome.error_code = "cancelled", 499, "client_closed"
-        outcome.latency_ms = admitted.elapsed_ms()
-        await settle(outcome)
+        await _settle_client_left(admitted, outcome)
         raise
     except Exception:
         await _settle_server_error(admitted, outcome)
@@ -642,14 +690,15 @@ class _Relay:
         outcome.status, outcome.http_status, outcome.error_code = status, http_status, error_code
         outcome.latency_ms = admitted.elapsed_ms()
         if self.usage is not None and status == UsageRecord.Status.OK:
-            outcome.prompt_tokens, outcome.completion_tokens = self.usage
+            _bill(admitted, outcome, *self.usage, source="upstream")
         else:
             # No usage from the upstream for what was delivered: count it ourselves.
-            outcome.usage_source = "tokenizer"
-            outcome.prompt_tokens = admitted.prompt_estimate
-            outcome.completion_tokens = count_text("".join(self.delivered))
-        outcome.price = _price(admitted, outcome.prompt_tokens, outcome.completion_tokens)
-        return await settle(outcome)
+            _bill(admitted, outcome, admitted.prompt_estimate,
+                  count_text("".join(self.delivered)), source="tokenizer")
+        if status == UsageRecord.Status.OK:
+            return await settle(outcome)  # SettlementFailed: an error event, not a clean end
+        await settle_quietly(outcome)
+        return None
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         yield self.stream.first
@@ -665,7 +714,7 @@ class _Relay:
                     message = str(error.get("message") or "The provider failed mid-stream")
                     raise UpstreamFailure(502, "upstream_error", message, retryable=False,
                                           kind="stream_error")
-                reported = _upstream_usage(event)
+                reported = reported_usage(event)
                 if reported is not None:
                     self.usage = reported
                 if not event.get("choices"):

@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"
 MAX_IMAGES_PER_MESSAGE = 4
+# The most choices (`n`) one request may ask for. Each is priced and reserved
+# (README "Credits"); OpenAI's own bound is 128, ours is lower so one request's
+# worst case stays something a balance and a rate limit can sensibly hold.
+MAX_CHOICES = 16
 
 
 class ChatMessage(BaseModel):
@@ -57,6 +61,8 @@ class ChatCompletionRequest(BaseModel):
     top_p: float = Field(default=1, ge=0, le=1, strict=True)
     frequency_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
     presence_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
+    # How many completions to generate: each one is reserved for and charged.
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, strict=True)
     stop: str | list[str] | None = None
     user: str | None = Field(default=None, max_length=256)
     # Passed through, but typed: the gateway adds to them (usage for streams, the web plugin).
@@ -91,6 +97,9 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(newer, int) and not isinstance(newer, bool) and newer > 0:
             return newer
         return self.max_tokens
+
+    def choices(self) -> int:
+        return self.n or 1
 
     def image_count(self) -> int:
         count = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -57,6 +58,20 @@ class RequestOutcome:
     # The key had quota to hold when the request was admitted: its settlement goes
     # straight to the transaction (the one statement closes no group holding quota).
     holds_quota: bool = False
+
+
+def fallback_outcome(outcome: RequestOutcome) -> RequestOutcome:
+    """What to settle when `outcome`'s settlement failed for a reason other than an outage.
+
+    A delivered answer is charged its whole reservation (what the client
+    agreed to hold for it, and never more), recorded with error code
+    `settlement_failed` and usage source "fallback" so support can find it;
+    a release stays a release. Either way the request's record is final.
+    """
+    if outcome.release:
+        return dataclasses.replace(outcome, usage_source="fallback")
+    return dataclasses.replace(outcome, price=Price(base=outcome.credits_reserved),
+                               usage_source="fallback", error_code="settlement_failed")
 
 
 def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:

@@ -159,17 +159,23 @@ def test_given_a_client_that_gives_up_waiting_then_it_pays_for_the_prompt_only(
     assert_books_balance(tenant)
 
 
-def test_given_a_client_that_leaves_before_the_first_byte_of_a_stream_then_nothing_is_charged(
-    tenant, fake_upstream, http
+@pytest.mark.parametrize("stream", [False, True], ids=["complete", "stream"])
+def test_given_a_client_that_leaves_before_the_first_byte_then_it_pays_for_the_prompt_alike(
+    tenant, fake_upstream, http, stream
 ):
+    """One disconnect rule for streams and non-streams: the provider was sent the prompt."""
     fake_upstream.scenario = "hang"
 
     with pytest.raises(httpx.ReadTimeout):
-        post_chat(http, tenant, {"messages": STORY, "stream": True}, timeout=0.5)
+        post_chat(http, tenant, {"model": "openai/gpt-4o", "messages": STORY, "stream": stream},
+                  timeout=0.5)
 
     record = only_usage_record(tenant)
-    assert (record.status, record.credits) == ("cancelled", 0)
-    assert Reservation.objects.get(request_id=record.request_id).status == "released"
+    assert (record.status, record.error_code, record.completion_tokens) == (
+        "cancelled", "client_closed", 0)
+    assert record.credits == _price("2.0", _prompt_estimate(fake_upstream), 0) == usage_charged(
+        tenant)
+    assert Reservation.objects.get(request_id=record.request_id).status == "settled"
     assert_books_balance(tenant)
 
 

@@ -16,6 +16,8 @@ Scenarios:
   error_event:N  streams N chunks, then an SSE `{"error": ...}` event
   finish_cut     streams, puts the last word on the finish chunk, then drops the connection
   garbled        valid JSON of the wrong shape (`choices` that are not objects)
+  huge_usage     a normal answer whose usage claims 10**12 tokens of each kind
+A request's `n` is honoured: n choices, and usage that counts all of them.
 A provider with a fixed behaviour, whatever the scenario, is the base URL
 `url_for(SCENARIO)` (e.g. a failing first route next to a healthy second).
 `hang` lasts until the next `reset()`, so no handler outlives its test.
@@ -120,11 +122,14 @@ class FakeUpstream:
         return [WORDS[i % len(WORDS)] for i in range(min(self.chunks, int(limit)))]
 
     @staticmethod
-    def _usage(body: dict[str, Any], words: list[str]) -> dict[str, int]:
+    def _usage(body: dict[str, Any], words: list[str], name: str = "ok") -> dict[str, Any]:
         prompt = sum(len(str(m.get("content", "")).split()) + 4 for m in body.get("messages", []))
+        completion = len(words) * int(body.get("n") or 1)
+        if name == "huge_usage":
+            prompt = completion = 10**12
         # Like OpenRouter's: its price in dollars rides along, which NovaKit must not pass on.
-        return {"prompt_tokens": prompt, "completion_tokens": len(words),
-                "total_tokens": prompt + len(words), "cost": 0.000042,
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion, "cost": 0.000042,
                 "prompt_tokens_details": {"cached_tokens": 0}}
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -162,10 +167,11 @@ class FakeUpstream:
         completion: dict[str, Any] = {
             "id": "gen-fake", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"), "choices": [
-                {"index": 0, "message": message, "finish_reason": finish}],
+                {"index": index, "message": message, "finish_reason": finish}
+                for index in range(int(body.get("n") or 1))],
         }
         if name != "no_usage":
-            completion["usage"] = self._usage(body, words)
+            completion["usage"] = self._usage(body, words, name)
         return web.json_response(completion)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], name: str,
@@ -221,11 +227,14 @@ class FakeUpstream:
                                                  "finish_reason": "stop"}]})
                 request.transport.close()  # type: ignore[union-attr]
                 return response
-            await send({**base, "choices": [{"index": 0, "delta": {"content": piece},
-                                             "finish_reason": None}]})
-        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            for index in range(int(body.get("n") or 1)):
+                await send({**base, "choices": [{"index": index, "delta": {"content": piece},
+                                                 "finish_reason": None}]})
+        for index in range(int(body.get("n") or 1)):
+            await send({**base, "choices": [{"index": index, "delta": {},
+                                             "finish_reason": "stop"}]})
         if name != "no_usage":
-            await send({**base, "choices": [], "usage": self._usage(body, words)})
+            await send({**base, "choices": [], "usage": self._usage(body, words, name)})
         await send("[DONE]")
         return response
 
