@@ -8,6 +8,9 @@ import time
 import httpx
 import pytest
 
+from completions.catalog import catalog_cache
+from completions.models import CatalogModel
+
 
 @pytest.fixture
 def http(live_gateway):  # type: ignore[no-untyped-def]
@@ -51,3 +54,26 @@ def test_given_3000_tpm_then_requests_estimated_at_1400_each_keep_fitting_once_s
     refilled = (time.monotonic() - started) * 3_000 / 60 + 1  # 50 tokens a second come back
     remaining = int(results[4][0].headers["x-ratelimit-remaining-tokens"])
     assert expected <= remaining <= expected + refilled
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
+def test_given_an_upstream_reporting_absurd_usage_then_the_correction_uses_the_billed_bounds(
+    backend, tenant, limited_key, fake_upstream, http, stream
+):
+    """10**12 tokens reported, corrected as billed (the model's context window plus the
+    budget): the key stays usable instead of being locked out for years."""
+    CatalogModel.objects.filter(model_id="openai/gpt-4o-mini").update(context_length=4_096)
+    catalog_cache.clear()
+    caller = limited_key(tenant, tokens_per_minute=10_000)
+    body = {"model": "openai/gpt-4o-mini", "max_tokens": 50, "stream": stream,
+            "messages": [{"role": "user", "content": "[[fault:huge_usage]] Hello"}]}
+    headers = {"Authorization": f"Bearer {caller.secret}"}
+
+    first = http.post("/chat/completions", headers=headers, json=body)
+    second = http.post("/chat/completions", headers=headers, json=body)
+
+    assert first.status_code == 200
+    assert second.status_code == 200, second.headers.get("Retry-After")
+    # The first took its bounds (4,096 + 50), the second its estimate (about 60).
+    remaining = int(second.headers["x-ratelimit-remaining-tokens"])
+    assert remaining >= 10_000 - (4_096 + 50) - 100
