@@ -24,9 +24,13 @@ One request, two calls:
 Backends. With `REDIS_URL`: each call is one Lua script over the shared pool
 (novakit/redis.py), so every process sees the same counters with no
 read-then-write race, and the clock is Redis's own (TIME), so the processes'
-clocks do not matter. A slot is a member of a sorted set scored by its expiry:
-if the process holding it dies, it frees itself after
-`RATE_LIMIT_CONCURRENCY_LEASE_SECONDS`. Without `REDIS_URL`: an in-process
+clocks do not matter. A slot is a member of a sorted set scored by its expiry, a
+short lease (`RATE_LIMIT_CONCURRENCY_LEASE_SECONDS`) that the process holding
+it renews every third of a lease while the request runs (`leases_renew`): if
+the process dies, its slots lapse within one lease. A refusal for
+concurrency says to retry in a second while some holder is alive (any
+request may end at any moment), and, when every holder missed its renewal
+(their process is gone), when the first of their slots lapses. Without `REDIS_URL`: an in-process
 limiter with the same arithmetic (a lock around code that never awaits, so it
 is safe for tasks and threads alike) serves a single process.
 
@@ -79,6 +83,22 @@ _REFUSALS = {
 _REFUSAL_LABELS = {1: "key_rpm", 2: "key_tpm", 3: "org_rpm", 4: "org_tpm", 5: "key_concurrency"}
 # Nobody can say when an in-flight request will end; ask for a retry soon.
 _CONCURRENCY_RETRY_MS = 1_000
+# A renewal may be this late (a busy event loop) before its slot counts as abandoned.
+_RENEWAL_SLACK_MS = 1_000
+
+
+def lease_ms() -> int:
+    return settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS * 1000
+
+
+def renewal_interval_ms() -> int:
+    """How often a live request's slot is renewed: three times a lease."""
+    return lease_ms() // 3
+
+
+def _live_floor_ms() -> int:
+    """A slot renewed on time expires at least this far ahead; one nearer was abandoned."""
+    return max(0, lease_ms() - renewal_interval_ms() - _RENEWAL_SLACK_MS)
 _MAX_PENDING_RELEASES = 10_000
 _FAIL_OPEN_WARNING_SECONDS = 10.0
 _last_fail_open_warning = -_FAIL_OPEN_WARNING_SECONDS
@@ -281,15 +301,14 @@ class LocalLimiter:
                     del slots[request_id]
             if lease.limits.key_concurrency and len(slots) >= lease.limits.key_concurrency:
                 refused = refused or 5
-                retry = max(retry, _CONCURRENCY_RETRY_MS)
+                retry = max(retry, _concurrency_wait(list(slots.values()), now))
             levels = current if refused else taken
             if not refused and not lease.dry:
                 for index, level in enumerate(levels):
                     if level is not None:
                         self._tat[names[index]] = level
                 if lease.limits.key_concurrency:
-                    lease_ms = settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS * 1000
-                    slots[lease.request_id] = now + lease_ms
+                    slots[lease.request_id] = now + lease_ms()
             if not slots:
                 del self._slots[names[4]]
             used = [None if level is None else level - now for level in levels]
@@ -316,17 +335,34 @@ class LocalLimiter:
                 if not slots:
                     del self._slots[names[4]]
 
+    def renew(self, leases: list[Lease]) -> None:
+        with self._lock:
+            expires = self._now() + lease_ms()
+            for lease in leases:
+                slots = self._slots.get(lease.cell_names()[4])
+                if slots is not None and lease.request_id in slots:
+                    slots[lease.request_id] = expires
+
     def _prune(self, now: float) -> None:
         # A full bucket needs no entry; forget them now and then so memory stays bounded.
         if len(self._tat) > 10_000:
             self._tat = {name: tat for name, tat in self._tat.items() if tat > now}
 
 
+def _concurrency_wait(expiries: list[float], now: float) -> float:
+    """Until a slot may free: soon while a holder is alive, else when the first lapses.
+    (The Lua script below says the same.)"""
+    if max(expiries) >= now + _live_floor_ms():
+        return _CONCURRENCY_RETRY_MS
+    return max(1.0, min(expiries) - now)
+
+
 # --- Redis backend -------------------------------------------------------------------------
 
 # KEYS: key rpm, key tpm, org rpm, org tpm (TAT cells), key slots (sorted set).
 # ARGV: the four limits, concurrency limit, tokens, request id, lease ms, window ms,
-# concurrency retry ms, dry ("1": decide only, write nothing).
+# concurrency retry ms, dry ("1": decide only, write nothing), live floor ms (a slot
+# expiring nearer than this missed its renewal: its holder is gone).
 # Returns: refused cell (0 = allowed, 5 = concurrency), retry ms, then per cell
 # the microseconds its TAT lies ahead of now (-1: no such limit).
 _ACQUIRE = """
@@ -357,7 +393,13 @@ if slots > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
   if redis.call('ZCARD', KEYS[5]) >= slots then
     if refused == 0 then refused = 5 end
-    if retry < tonumber(ARGV[10]) then retry = tonumber(ARGV[10]) end
+    local wait = tonumber(ARGV[10])
+    local newest = redis.call('ZRANGE', KEYS[5], -1, -1, 'WITHSCORES')
+    if tonumber(newest[2]) < now + tonumber(ARGV[12]) then
+      local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+      wait = math.max(1, tonumber(oldest[2]) - now)
+    end
+    if retry < wait then retry = wait end
   end
 end
 local out = {refused, math.ceil(retry)}
@@ -407,7 +449,21 @@ redis.call('ZREM', KEYS[3], ARGV[4])
 return 1
 """
 
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RELEASE)}  # noqa: S324 (Redis names scripts by SHA-1)
+# KEYS: a key's slots. ARGV: lease ms, the request id holding a slot there.
+# Pushes the slot's expiry one lease on, if the slot is still held.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local lease = tonumber(ARGV[1])
+if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + lease, ARGV[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[1], lease)
+end
+return 1
+"""
+
+# Redis names scripts by SHA-1.
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest()  # noqa: S324
+        for script in (_ACQUIRE, _RELEASE, _RENEW)}
 
 
 # One script call: the client, the script, its keys and its arguments.
@@ -459,12 +515,15 @@ class RedisLimiter:
         limits = lease.limits
         raw = await _evaluate(client, _ACQUIRE, list(names), [
             *limits.per_minute(), limits.key_concurrency, lease.tokens, lease.request_id,
-            settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS * 1000, WINDOW_MS,
-            _CONCURRENCY_RETRY_MS, "1" if lease.dry else "0",
+            lease_ms(), WINDOW_MS, _CONCURRENCY_RETRY_MS, "1" if lease.dry else "0",
+            _live_floor_ms(),
         ])
         values = [int(value) for value in raw]  # type: ignore[attr-defined]
         used: list[float | None] = [None if micros < 0 else micros / 1000 for micros in values[2:6]]
         return _decision(limits, values[0], values[1], used)
+
+    async def renew(self, client: Redis, lease: Lease) -> None:
+        await _evaluate(client, _RENEW, [lease.cell_names()[4]], [lease_ms(), lease.request_id])
 
     async def release(self, client: Redis, lease: Lease, tokens_used: int) -> None:
         names = lease.cell_names()
@@ -484,6 +543,8 @@ _open: dict[str, tuple[Lease, bool]] = {}
 _unreleased: deque[tuple[Lease, int]] = deque(maxlen=_MAX_PENDING_RELEASES)
 # Release tasks in flight: held so the loop does not drop them mid-way.
 _pending: set[asyncio.Task[None]] = set()
+# The task renewing this process's concurrency slots (one per event loop).
+_renewer: asyncio.Task[None] | None = None
 
 
 def _refusal(decision: Decision, limits: Limits) -> ApiError:
@@ -565,7 +626,44 @@ async def rate_limit_acquire(*, key: KeyContext, request_id: str, tokens: int) -
         raise _refusal(decision, limits)
     if limits.needs_release:
         _open[request_id] = (lease, in_redis)
+        if limits.key_concurrency:
+            _keep_renewing()
     return decision
+
+
+def _keep_renewing() -> None:
+    """Make sure this event loop renews its requests' slots while any is held."""
+    global _renewer
+    loop = asyncio.get_running_loop()
+    if _renewer is None or _renewer.done() or _renewer.get_loop() is not loop:
+        _renewer = loop.create_task(_renew_while_held())
+
+
+async def _renew_while_held() -> None:
+    while any(lease.limits.key_concurrency for lease, _ in _open.values()):
+        await asyncio.sleep(renewal_interval_ms() / 1000)
+        await leases_renew()
+
+
+async def leases_renew() -> None:
+    """Push back the expiry of every concurrency slot this process's live requests hold.
+
+    One pipelined round trip to Redis for all of them. A failure is left for
+    the next renewal: a slot lapses only after a whole lease without one.
+    """
+    held = [(lease, in_redis) for lease, in_redis in list(_open.values())
+            if lease.limits.key_concurrency]
+    _local.renew([lease for lease, in_redis in held if not in_redis])
+    shared = [lease for lease, in_redis in held if in_redis]
+    if not shared:
+        return
+    client = shared_redis.async_client()
+    if client is None:
+        return
+    try:
+        await asyncio.gather(*(_redis.renew(client, lease) for lease in shared))
+    except shared_redis.ERRORS as exc:
+        shared_redis.failed("rate_limit", exc)
 
 
 def _undo_cancelled(task: asyncio.Task[tuple[Decision, bool]], lease: Lease) -> None:
@@ -621,7 +719,10 @@ async def _retry_releases(client: Redis) -> None:
 
 def local_reset() -> None:
     """Forget the in-process limiter's state and open leases (tests)."""
-    global _last_fail_open_warning
+    global _last_fail_open_warning, _renewer
+    if _renewer is not None and not _renewer.get_loop().is_closed():
+        _renewer.get_loop().call_soon_threadsafe(_renewer.cancel)
+    _renewer = None
     _local.reset()
     _open.clear()
     _unreleased.clear()

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from accounts import ratelimit
 from accounts.ratelimit import format_duration, rate_limit_acquire, rate_limit_release
 from novakit import redis as shared_redis
 from novakit.errors import ApiError
@@ -165,14 +166,57 @@ async def test_given_a_concurrency_cap_then_a_slot_frees_when_its_request_ends(b
     await refused(key)  # the second request and the new one hold both slots
 
 
+def _process_dies_holding(request_id: str) -> None:
+    """What a killed process leaves: its slot taken, nobody to renew or release it."""
+    ratelimit._open.pop(request_id)
+
+
 async def test_given_a_slot_never_released_then_it_expires_on_its_own(backend, settings):
     settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS = 1
     key = key_context(concurrency=1)
-    await take(key)  # its process "dies": nobody releases it
+    request_id = new_id()
+    await take(key, request_id=request_id)
+    _process_dies_holding(request_id)
 
     await refused(key)
     await asyncio.sleep(1.1)
 
+    assert (await take(key)).allowed
+
+
+async def test_given_a_live_request_past_its_lease_then_its_slot_is_renewed_not_freed(
+    backend, settings
+):
+    settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS = 1  # renewed every 333 ms
+    key = key_context(concurrency=1)
+    request_id = new_id()
+    await take(key, request_id=request_id)
+
+    await asyncio.sleep(2.5)  # two and a half leases, the request still running
+    error = await refused(key)
+
+    assert error.headers["Retry-After"] == "1"  # it may end any moment
+    await rate_limit_release(request_id=request_id, tokens_used=10)
+    assert (await take(key)).allowed
+
+
+async def test_given_slots_whose_holders_died_then_retry_after_says_when_the_first_lapses(
+    backend, settings
+):
+    settings.RATE_LIMIT_CONCURRENCY_LEASE_SECONDS = 6  # renewed every 2 s
+    key = key_context(concurrency=2)
+    holders = [new_id(), new_id()]
+    for request_id in holders:
+        await take(key, request_id=request_id)
+        _process_dies_holding(request_id)
+
+    await asyncio.sleep(3.2)  # both missed their renewal (and its slack)
+    error = await refused(key)
+
+    wait_ms = int(error.headers["retry-after-ms"])
+    assert 2_000 < wait_ms <= 2_800  # the first lapses 6 s after it was taken
+    assert error.headers["Retry-After"] == "3"
+    await asyncio.sleep(wait_ms / 1000 + 0.05)
     assert (await take(key)).allowed
 
 
