@@ -154,6 +154,13 @@ class Reservation(models.Model):
     )
     amount = models.BigIntegerField()
     tokens = models.BigIntegerField(default=0)
+    # What an interrupted request is charged (its process died before settling it):
+    # its prompt, as a client that leaves pays for it (README "Credits").
+    prompt_credits = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    # What the caller knew at admission, handed back when the expiry job closes the
+    # reservation (completions writes the interrupted request's usage record from it).
+    details = models.JSONField(default=dict)
     # [[quota_counter_id, held_amount], ...]: what to give back at settlement.
     quota_holds = models.JSONField(default=list)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)

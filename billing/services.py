@@ -13,7 +13,8 @@ import contextlib
 import datetime as dt
 import functools
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -421,6 +422,10 @@ class Hold:
     # The credit account and quotas, when the caller knows them (the gateway
     # keeps them with the API key's cached context); else they are looked up.
     targets: ReservationTargets | None = None
+    # Charged if the request is interrupted (never settled): see Reservation.
+    prompt_credits: int = 0
+    prompt_tokens: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def credits_reserve(
@@ -527,8 +532,10 @@ def _reservation(hold: Hold, account_id: int, quota_holds: list[list[int]], *,
                  now: dt.datetime) -> Reservation:
     return Reservation(
         request_id=hold.request_id, account_id=account_id, api_key_id=hold.api_key_id,
-        amount=hold.amount, tokens=hold.tokens, quota_holds=quota_holds, created_at=now,
-        expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
+        amount=hold.amount, tokens=hold.tokens,
+        prompt_credits=min(hold.prompt_credits, hold.amount), prompt_tokens=hold.prompt_tokens,
+        details=hold.details, quota_holds=quota_holds,
+        created_at=now, expires_at=now + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS),
     )
 
 
@@ -566,7 +573,10 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
         made = dict(execute_prepared(_RESERVE_CREDITS, {
             "account": account_id, "amount": amount, "request_ids": request_ids,
             "api_key_ids": [r.api_key_id for r in rows], "amounts": [r.amount for r in rows],
-            "tokens": [r.tokens for r in rows], "status": Reservation.Status.OPEN,
+            "tokens": [r.tokens for r in rows],
+            "prompt_credits": [r.prompt_credits for r in rows],
+            "prompt_tokens": [r.prompt_tokens for r in rows],
+            "details": [json.dumps(r.details) for r in rows], "status": Reservation.Status.OPEN,
             "created_at": now, "expires_at": rows[0].expires_at,
         }))
     if not made:
@@ -592,12 +602,15 @@ WITH held AS (
     RETURNING id
 )
 INSERT INTO billing_reservation
-    (request_id, account_id, api_key_id, amount, tokens, quota_holds, status, created_at,
-     expires_at)
-SELECT r.request_id, %(account)s::bigint, r.api_key_id, r.amount, r.tokens, '[]'::jsonb,
-       %(status)s::varchar, %(created_at)s::timestamptz, %(expires_at)s::timestamptz
+    (request_id, account_id, api_key_id, amount, tokens, prompt_credits, prompt_tokens, details,
+     quota_holds, status, created_at, expires_at)
+SELECT r.request_id, %(account)s::bigint, r.api_key_id, r.amount, r.tokens, r.prompt_credits,
+       r.prompt_tokens, r.details::jsonb, '[]'::jsonb, %(status)s::varchar,
+       %(created_at)s::timestamptz, %(expires_at)s::timestamptz
 FROM unnest(%(request_ids)s::varchar[], %(api_key_ids)s::bigint[], %(amounts)s::bigint[],
-            %(tokens)s::bigint[]) AS r (request_id, api_key_id, amount, tokens)
+            %(tokens)s::bigint[], %(prompt_credits)s::bigint[], %(prompt_tokens)s::bigint[],
+            %(details)s::text[])
+    AS r (request_id, api_key_id, amount, tokens, prompt_credits, prompt_tokens, details)
 WHERE EXISTS (SELECT 1 FROM held)
 RETURNING request_id, id
 """
@@ -1004,24 +1017,32 @@ def credits_release(*, request_id: str, now: dt.datetime | None = None) -> Settl
     return credits_close_many([Closing(request_id, Reservation.Status.RELEASED)], now=now)[0]
 
 
-def reservations_expire(*, now: dt.datetime | None = None, batch_size: int = 500) -> int:
-    """Release reservations whose request died with its process (nothing is charged).
+def reservations_expire(
+    *, now: dt.datetime | None = None, batch_size: int = 500,
+    on_expired: Callable[[Reservation, Settlement], None] | None = None,
+) -> int:
+    """Close the reservations whose request was interrupted (its process died before
+    settling it), charging each its prompt (`prompt_credits`, at most what it holds).
 
     Each one is closed in its own transaction through the same claim as
     settlement, so a request that settles at the same moment wins cleanly.
+    `on_expired` runs in that transaction for each reservation this call
+    closed (the caller's record of the request commits with its charge).
     """
     now = now or timezone.now()
     expired = 0
     stale = list(
         Reservation.objects.filter(status=Reservation.Status.OPEN, expires_at__lte=now)
-        .order_by("expires_at")
-        .values_list("request_id", flat=True)[:batch_size]
+        .select_related("account").order_by("expires_at")[:batch_size]
     )
-    for request_id in stale:
+    for reservation in stale:
         with transaction.atomic():
-            outcome = credits_close_many(
-                [Closing(request_id, Reservation.Status.EXPIRED)], now=now
-            )[0]
-        if not outcome.already_closed:
-            expired += 1
+            outcome = credits_close_many([Closing(
+                reservation.request_id, Reservation.Status.EXPIRED,
+                credits=reservation.prompt_credits, tokens=reservation.prompt_tokens,
+            )], now=now)[0]
+            if not outcome.already_closed:
+                expired += 1
+                if on_expired is not None:
+                    on_expired(reservation, outcome)
     return expired

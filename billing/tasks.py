@@ -4,13 +4,6 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from billing.services import reservations_expire
-
-
-@shared_task(time_limit=300, soft_time_limit=240)
-def reservations_expire_task() -> int:
-    return reservations_expire()
-
 
 @shared_task(time_limit=300, soft_time_limit=240)
 def low_balance_alerts_task() -> int:

@@ -272,6 +272,7 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
     nothing charged) instead of holding the credits until the expiry job
     finds it.
     """
+    prompt = _price(admitted, admitted.prompt_estimate, 0)
     task = asyncio.ensure_future(reserve_in_group(Hold(
         organization_id=admitted.key.organization_id,
         api_key_id=admitted.key.key_id,
@@ -279,6 +280,13 @@ async def _reserve(admitted: Admitted, *, tokens: int, streamed: bool) -> None:
         amount=admitted.reserved.total,
         tokens=tokens,
         targets=admitted.key.reservation_targets,
+        # If the process dies before settling, the expiry job charges the prompt
+        # and records the request from these.
+        prompt_credits=prompt.total,
+        prompt_tokens=admitted.prompt_estimate,
+        details={"model": admitted.model.model_id, "multiplier": str(admitted.model.multiplier),
+                 "streamed": streamed, "end_user": admitted.end_user,
+                 "prompt_breakdown": prompt.breakdown},
     )))
     try:
         await asyncio.shield(task)

@@ -97,6 +97,8 @@ class UsageRecord(models.Model):
         OK = "ok", "OK"
         ERROR = "error", "Error"
         CANCELLED = "cancelled", "Cancelled"
+        # Its process died before settling it: recorded by the expiry job.
+        INTERRUPTED = "interrupted", "Interrupted"
 
     request_id = models.CharField(max_length=64, unique=True)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
@@ -121,7 +123,9 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     streamed = models.BooleanField(default=False)
     usage_source = models.CharField(
-        max_length=16, default="upstream", help_text="upstream, or tokenizer when estimated"
+        max_length=16, default="upstream",
+        help_text="upstream; tokenizer when estimated; clamped when the upstream reported more "
+                  "than the request could use; fallback when its settlement failed"
     )
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)

@@ -23,6 +23,7 @@ from billing.services import (
     Settlement,
     credits_close_credit_only,
     credits_close_many,
+    reservations_expire,
 )
 from completions.models import UsageRecord
 
@@ -222,3 +223,41 @@ def tokens_remaining_estimate(settlement: Settlement, *, multiplier: Decimal) ->
     if settlement.quota_tokens_remaining is None:
         return by_balance
     return min(by_balance, settlement.quota_tokens_remaining)
+
+
+def requests_expire(*, now: dt.datetime | None = None) -> int:
+    """Close the requests interrupted by their process's death, each with its usage record.
+
+    Their reservations are older than `RESERVATION_TTL_SECONDS` and were
+    never settled. Each is charged its prompt (README "Credits") and recorded
+    as `interrupted` with what was known when it was admitted, in the
+    transaction that closes its reservation.
+    """
+    return reservations_expire(now=now, on_expired=_record_interrupted)
+
+
+def _record_interrupted(reservation: Reservation, settlement: Settlement) -> None:
+    details = reservation.details or {}
+    charged = settlement.charged
+    breakdown = details.get("prompt_breakdown") if charged == reservation.prompt_credits else None
+    UsageRecord.objects.bulk_create([UsageRecord(
+        request_id=reservation.request_id,
+        organization_id=reservation.account.organization_id,
+        api_key_id=reservation.api_key_id,
+        end_user=str(details.get("end_user") or ""),
+        model=str(details.get("model") or ""),
+        multiplier=Decimal(str(details.get("multiplier") or "1")),
+        prompt_tokens=reservation.prompt_tokens if charged else 0,
+        completion_tokens=0,
+        credits=charged,
+        credits_breakdown=breakdown or ({"base": charged} if charged else {}),
+        credits_reserved=reservation.amount,
+        status=UsageRecord.Status.INTERRUPTED,
+        http_status=0,
+        error_code="interrupted",
+        streamed=bool(details.get("streamed")),
+        usage_source="tokenizer",
+        prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
+        completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,
+        started_at=reservation.created_at,
+    )], ignore_conflicts=True)

@@ -32,6 +32,13 @@ def catalog_sync_task(provider_slug: str = "openrouter") -> dict[str, int]:
 
 
 @shared_task(time_limit=300, soft_time_limit=240)
+def requests_expire_task() -> int:
+    from completions.services import requests_expire
+
+    return requests_expire()
+
+
+@shared_task(time_limit=300, soft_time_limit=240)
 def idempotency_purge_task() -> int:
     from completions.idempotency import idempotency_purge
 

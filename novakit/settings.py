@@ -151,10 +151,10 @@ RATE_LIMIT_ENABLED = env_bool("RATE_LIMIT_ENABLED", True)
 # on purpose: they stop a runaway client, the per-key limits shape traffic.
 RATE_LIMIT_ORG_RPM_DEFAULT = env_int("RATE_LIMIT_ORG_RPM_DEFAULT", 3_000, minimum=0)
 RATE_LIMIT_ORG_TPM_DEFAULT = env_int("RATE_LIMIT_ORG_TPM_DEFAULT", 10_000_000, minimum=0)
-# A concurrency slot whose request never ended (its process died) frees itself
-# after this long, like an unsettled reservation.
+# A concurrency slot is a lease its process renews every third of this while the
+# request runs: the slot of a request whose process died frees itself within it.
 RATE_LIMIT_CONCURRENCY_LEASE_SECONDS = env_int(
-    "RATE_LIMIT_CONCURRENCY_LEASE_SECONDS", 900, minimum=1
+    "RATE_LIMIT_CONCURRENCY_LEASE_SECONDS", 15, minimum=3
 )
 
 # --- Billing -----------------------------------------------------------------
@@ -227,7 +227,7 @@ CELERY_BEAT_SCHEDULE = {
                      "schedule": USAGE_ROLLUP_INTERVAL_SECONDS},
     "usage-retention": {"task": "completions.tasks.usage_retention_task", "schedule": 3600.0},
     "catalog-sync": {"task": "completions.tasks.catalog_sync_task", "schedule": 6 * 3600.0},
-    "expire-reservations": {"task": "billing.tasks.reservations_expire_task", "schedule": 60.0},
+    "expire-requests": {"task": "completions.tasks.requests_expire_task", "schedule": 60.0},
     "low-balance-alerts": {"task": "billing.tasks.low_balance_alerts_task", "schedule": 300.0},
 }
 # Without a broker the web process runs the beat schedule itself (novakit/scheduler.py).

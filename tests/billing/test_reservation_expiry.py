@@ -76,12 +76,18 @@ def test_given_more_stale_reservations_than_a_batch_then_each_run_takes_one_batc
     assert Reservation.objects.filter(status="open").count() == 0
 
 
-def test_given_the_expiry_task_then_it_releases_stale_reservations(tenant, settings):
-    from billing.tasks import reservations_expire_task
+def test_given_the_expiry_task_then_it_closes_stale_reservations_and_records_them(
+    tenant, settings
+):
+    from completions.models import UsageRecord
+    from completions.tasks import requests_expire_task
 
     started = timezone.now() - timedelta(seconds=settings.RESERVATION_TTL_SECONDS + 1)
     credits_reserve(organization_id=tenant.org.pk, api_key_id=None, request_id="task",
                     amount=10, tokens=1, now=started)
 
-    assert reservations_expire_task() == 1
+    assert requests_expire_task() == 1
     assert Reservation.objects.get(request_id="task").status == "expired"
+    record = UsageRecord.objects.get(request_id="task")
+    assert (record.status, record.credits, record.credits_reserved) == ("interrupted", 0, 10)
+    assert requests_expire_task() == 0

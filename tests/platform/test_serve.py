@@ -20,25 +20,9 @@ from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     redis_url,
     use_redis,
 )
-from tests.support.gateway_process import ROOT, GatewayProcess, gateway_spawn
+from tests.support.gateway_process import ROOT, GatewayProcess, gateway_spawn, workers_of
 
 CONNECTIONS = 64
-
-
-def workers_of(gateway: GatewayProcess) -> list[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == gateway.process.pid and b"resource_tracker" not in command:
-            found.append(int(entry.name))
-    return sorted(found)
 
 
 def sockets_per_worker(gateway: GatewayProcess, workers: list[int], state: str) -> dict[int, int]:

@@ -12,6 +12,7 @@ checked in the database afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -27,9 +28,10 @@ from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
+from accounts.services import api_key_create
 from billing.models import LedgerEntry, Reservation
-from billing.services import reservations_expire
 from completions.models import UsageRecord
+from completions.services import requests_expire
 from tests.conftest import UPSTREAM_KEY
 from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     gateway_processes,
@@ -60,12 +62,13 @@ def _books(account) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def
 # --- 1. SIGKILL mid-stream ---------------------------------------------------------------------
 
 
-def test_given_a_gateway_killed_mid_stream_then_its_reservation_waits_for_the_expiry_job(
+def test_given_a_gateway_killed_mid_stream_then_the_expiry_job_charges_its_prompt_and_records_it(
     tenant, fake_upstream, gateway_processes, monkeypatch,  # noqa: F811
 ):
     """A killed process cannot settle: the reservation stays open (the credits held, the books
-    consistent, nothing charged) until the expiry job releases it without charge (README
-    "Credits"), and a new process serves the same key as if nothing happened."""
+    consistent, nothing charged) until the expiry job closes it, charging the prompt and
+    recording the request as interrupted (README "Credits"), and a new process serves the
+    same key as if nothing happened."""
     monkeypatch.setenv("OPENROUTER_BASE_URL", fake_upstream.url)
     monkeypatch.setenv("OPENROUTER_API_KEY", UPSTREAM_KEY)
     [gateway] = gateway_processes(1)
@@ -99,18 +102,24 @@ def test_given_a_gateway_killed_mid_stream_then_its_reservation_waits_for_the_ex
     assert not LedgerEntry.objects.filter(request_id=request_id).exists()
 
     # When the expiry job runs: before the TTL it leaves the reservation alone
-    assert reservations_expire(now=timezone.now()) == 0
+    assert requests_expire(now=timezone.now()) == 0
     later = reservation.created_at + dt.timedelta(seconds=settings.RESERVATION_TTL_SECONDS + 1)
-    assert reservations_expire(now=later) == 1
-    # Then it is released without charge (the documented policy), and running it again is a no-op
-    assert reservations_expire(now=later) == 0
+    assert requests_expire(now=later) == 1
+    # Then the prompt is charged (the documented policy), and running it again is a no-op
+    assert requests_expire(now=later) == 0
     reservation.refresh_from_db()
-    assert (reservation.status, reservation.charged) == (Reservation.Status.EXPIRED, 0)
+    prompt = reservation.prompt_credits
+    assert 0 < prompt < reservation.amount
+    assert (reservation.status, reservation.charged) == (Reservation.Status.EXPIRED, prompt)
     balance, ledger, reserved, held = _books(tenant.account)
-    assert (balance, ledger, reserved, held) == (balance_before, balance_before, 0, 0)
-    assert not LedgerEntry.objects.filter(request_id=request_id).exists()
-    # an expired reservation writes no usage record (billing/services.py reservations_expire)
-    assert not UsageRecord.objects.filter(request_id=request_id).exists()
+    assert (balance, ledger, reserved, held) == (balance_before - prompt, balance, 0, 0)
+    assert LedgerEntry.objects.get(request_id=request_id).amount == -prompt
+    # and the request has its usage record: interrupted, with what was known of it
+    record = UsageRecord.objects.get(request_id=request_id)
+    assert (record.status, record.model, record.streamed, record.credits) == (
+        "interrupted", MODEL, True, prompt)
+    assert record.prompt_tokens == reservation.prompt_tokens > 0
+    balance_before -= prompt
 
     # And a new gateway process serves the same key normally, and settles it
     [fresh] = gateway_processes(1)
@@ -122,6 +131,56 @@ def test_given_a_gateway_killed_mid_stream_then_its_reservation_waits_for_the_ex
     assert record.status == "ok" and record.credits == charged > 0
     balance, ledger, reserved, held = _books(tenant.account)
     assert (balance, ledger, reserved, held) == (balance_before - charged, balance, 0, 0)
+
+
+def test_given_a_gateway_killed_holding_a_keys_concurrency_slots_then_they_free_within_a_lease(
+    tenant, fake_upstream, gateway_processes, monkeypatch,  # noqa: F811
+):
+    """Slots are leases the live process renews: a killed one's lapse within a lease, and a
+    refusal meanwhile says when (not "retry in 1 s" for a quarter of an hour)."""
+    lease = 6  # renewed every 2 s; a slot not renewed for 3 s counts as abandoned
+    monkeypatch.setenv("OPENROUTER_BASE_URL", fake_upstream.url)
+    monkeypatch.setenv("OPENROUTER_API_KEY", UPSTREAM_KEY)
+    monkeypatch.setenv("RATE_LIMIT_CONCURRENCY_LEASE_SECONDS", str(lease))
+    _, secret = api_key_create(organization=tenant.org, name="three at once",
+                                 max_concurrent_requests=3)
+    doomed, survivor = gateway_processes(2)
+    headers = {"Authorization": f"Bearer {secret}"}
+    slow = _chat("slowly please [[fault:slow:1]]", stream=True)
+
+    # Given three streams holding the key's three slots, running past a lease on `doomed`
+    with contextlib.ExitStack() as streams:
+        for _ in range(3):
+            client = streams.enter_context(httpx.Client(timeout=30))
+            response = streams.enter_context(client.stream(
+                "POST", f"{doomed.api_base}/chat/completions", headers=headers, json=slow))
+            assert response.status_code == 200
+        time.sleep(lease + 0.5)
+        held = httpx.post(f"{survivor.api_base}/chat/completions", headers=headers,
+                          json=_chat("one more"), timeout=30)
+        assert held.status_code == 429  # renewed: the live streams keep their slots
+        assert held.headers["Retry-After"] == "1"
+        # When the process holding them is killed
+        doomed.process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert doomed.process.wait(10) == -signal.SIGKILL
+    # Then the survivor admits the key again within a lease, and no refusal meanwhile
+    # said to come back later than the slots actually freed
+    frees_by = killed_at + lease + 1
+    waits = []
+    while True:
+        answer = httpx.post(f"{survivor.api_base}/chat/completions", headers=headers,
+                            json=_chat("again"), timeout=30)
+        if answer.status_code == 200:
+            break
+        assert answer.status_code == 429, answer.text
+        wait = int(answer.headers["retry-after-ms"])
+        waits.append(wait)
+        assert time.monotonic() + wait / 1000 <= frees_by, waits
+        assert time.monotonic() < frees_by, waits
+        time.sleep(0.2)
+    # Once every holder had missed a renewal, a refusal said when the first slot lapses.
+    assert any(wait > 1_000 for wait in waits), waits
 
 
 # --- 2. the database restarted mid-run --------------------------------------------------------

@@ -100,3 +100,19 @@ def manage(*args: str, env: dict[str, str]) -> str:
         raise RuntimeError(f"manage.py {' '.join(args)} failed ({result.returncode}):\n"
                            f"{result.stdout}\n{result.stderr}")
     return result.stdout
+
+
+def workers_of(gateway: GatewayProcess) -> list[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == gateway.process.pid and b"resource_tracker" not in command:
+            found.append(int(entry.name))
+    return sorted(found)
