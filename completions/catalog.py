@@ -42,6 +42,7 @@ def catalog_load(*, provider_model: Any, catalog_model: Any, route_model: Any, u
         )
         providers[item["slug"]] = provider
     changed = 0
+    known = {model_field.name for model_field in catalog_model._meta.get_fields()}
     for item in data["models"]:
         fields = {
             "name": item["name"],
@@ -50,10 +51,15 @@ def catalog_load(*, provider_model: Any, catalog_model: Any, route_model: Any, u
             "multiplier": Decimal(item["multiplier"]),
             "context_length": item["context_length"],
             "supports_vision": item["vision"],
+            "supported_parameters": item.get("supported_parameters", []),
+            "is_reasoning": item.get("reasoning", False),
+            "max_completion_tokens": item.get("max_completion_tokens"),
             "prompt_usd_per_m": Decimal(item["prompt_usd_per_m"]),
             "completion_usd_per_m": Decimal(item["completion_usd_per_m"]),
             "is_development": item.get("development", False),
         }
+        # A data migration's historical model may predate some columns.
+        fields = {name: value for name, value in fields.items() if name in known}
         model = catalog_model.objects.filter(model_id=item["id"]).first()
         if model is None:
             model = catalog_model.objects.create(model_id=item["id"], **fields)
@@ -109,6 +115,14 @@ class ModelInfo:
     is_development: bool
     created: int
     routes: tuple[Route, ...]
+    # What the model accepts; empty: not known (forward what the client sent).
+    supported_parameters: frozenset[str] = frozenset()
+    reasoning: bool = False
+    max_completion_tokens: int | None = None
+
+    def accepts(self, parameter: str) -> bool:
+        """Whether the model takes `parameter` (True when its parameters are not known)."""
+        return not self.supported_parameters or parameter in self.supported_parameters
 
     @property
     def available(self) -> bool:
@@ -157,6 +171,9 @@ def load_snapshot() -> dict[str, ModelInfo]:
             is_development=model.is_development,
             created=int(model.created_at.timestamp()),
             routes=routes,
+            supported_parameters=frozenset(model.supported_parameters or ()),
+            reasoning=model.is_reasoning,
+            max_completion_tokens=model.max_completion_tokens,
         )
     return snapshot
 

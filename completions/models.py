@@ -45,6 +45,14 @@ class CatalogModel(models.Model):
     multiplier = models.DecimalField(max_digits=4, decimal_places=2, default=Decimal("1"))
     context_length = models.PositiveIntegerField(default=8192)
     supports_vision = models.BooleanField(default=False)
+    # The request parameters the model accepts (OpenRouter's `supported_parameters`);
+    # empty: not known, and what the client sent is forwarded as sent.
+    supported_parameters = models.JSONField(default=list, blank=True)
+    # A reasoning model (o1, o3, R1 ...): its budget is `max_completion_tokens`, and
+    # it refuses sampling parameters.
+    is_reasoning = models.BooleanField(default=False)
+    # The longest answer it can give, when smaller than its context window.
+    max_completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     prompt_usd_per_m = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
     completion_usd_per_m = models.DecimalField(
         max_digits=12, decimal_places=4, default=Decimal("0")
