@@ -34,6 +34,7 @@ from billing.services import Hold, Settlement
 from completions.catalog import ModelInfo, Route, catalog_cache
 from completions.group_commit import reserve_in_group, settle_in_group
 from completions.models import UsageRecord
+from completions.parameters import forwarded_parameters, parameters_check
 from completions.schemas import ChatCompletionRequest
 from completions.services import (
     RequestOutcome,
@@ -92,6 +93,8 @@ class Admitted:
     started: float
     # x-ratelimit-* as they stood when the request was admitted.
     rate_limit_headers: dict[str, str] = field(default_factory=dict)
+    # The client asked for OpenAI's last stream chunk: `choices: []` with the usage.
+    usage_chunk: bool = False
 
     def outcome(self, *, streamed: bool) -> RequestOutcome:
         return RequestOutcome(
@@ -132,10 +135,9 @@ def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def _payload(body: ChatCompletionRequest, messages: list[dict[str, Any]]) -> dict[str, Any]:
-    payload = body.model_dump(exclude={"messages", "web_search", "stream", "model"})
-    payload = {name: value for name, value in payload.items() if value is not None}
-    payload["messages"] = messages
+def _payload(body: ChatCompletionRequest, planned: Plan) -> dict[str, Any]:
+    payload = forwarded_parameters(body, planned.model, budget=planned.budget)
+    payload["messages"] = planned.messages
     return payload
 
 
@@ -190,6 +192,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     ):
         raise invalid_request("max_completion_tokens must be a positive integer",
                               param="max_completion_tokens")
+    parameters_check(body, model)
     budget = body.completion_budget()
     if budget > model.context_length:
         raise invalid_request(
@@ -242,7 +245,7 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
             key=key,
             model=planned.model,
             routes=planned.routes,
-            payload=_payload(body, planned.messages),
+            payload=_payload(body, planned),
             web_search=body.web_search,
             images=planned.images,
             prompt_estimate=planned.prompt_estimate,
@@ -252,6 +255,7 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str) -
             end_user=body.user or "",
             started=started,
             rate_limit_headers=rate.headers(),
+            usage_chunk=bool((body.stream_options or {}).get("include_usage")),
         )
         await _reserve(admitted, tokens=tokens, streamed=body.stream)
     except BaseException as exc:
@@ -538,7 +542,8 @@ async def _refuse_after_failed_routes(admitted: Admitted, outcome: RequestOutcom
     outcome.latency_ms = admitted.elapsed_ms()
     await settle_quietly(outcome)
     raise ApiError(failure.status, failure.code, failure.message,
-                   headers=response_headers(admitted, None)) from None
+                   headers=response_headers(admitted, None),
+                   provider_error=failure.provider_error) from None
 
 
 async def answer(admitted: Admitted) -> HttpResponse:
@@ -660,6 +665,7 @@ class _Relay:
         self.outcome.provider = route.provider
         self.delivered: list[str] = []
         self.usage: tuple[int, int] | None = None
+        self.usage_fields: dict[str, Any] = {}  # as the upstream reported them (details too)
         self.held_finish: dict[str, Any] | None = None
         self.settled = False
 
@@ -725,6 +731,7 @@ class _Relay:
                 reported = reported_usage(event)
                 if reported is not None:
                     self.usage = reported
+                    self.usage_fields = openai_usage_fields(event)
                 if not event.get("choices"):
                     continue  # a usage-only chunk: its numbers go on our final chunk
                 chunk = self.normalise(event)
@@ -742,8 +749,17 @@ class _Relay:
             }
             self.delivered.append(_chunk_text(final))
             settlement = await self.finish(UsageRecord.Status.OK)
+            usage = {**self.usage_fields, **_usage_extras(admitted, outcome, settlement)}
             final["model_tier"] = admitted.model.tier
-            final["usage"] = _usage_extras(admitted, outcome, settlement)
+            if admitted.usage_chunk:
+                # As OpenAI ends a stream asked for its usage: one more chunk, no choices.
+                if final["choices"]:
+                    yield _sse(final)
+                final = {**final, "choices": [], "usage": usage}
+            else:
+                # Unasked, the usage rides on the finish chunk: clients that read
+                # `choices[0]` of every chunk (the contract's example) keep working.
+                final["usage"] = usage
             yield _sse(final)
             yield b"data: [DONE]\n\n"
         except UpstreamFailure as exc:

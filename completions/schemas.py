@@ -1,7 +1,10 @@
 """The chat completions request, as the public contract documents it.
 
-Parameters the contract lists are validated here with its ranges and defaults.
-Anything else OpenAI defines (tools, response_format, seed, n, logprobs, ...)
+Parameters the contract lists are validated here with its ranges. A
+parameter the client did not send (or sent as `null`, which OpenAI's spec
+allows for the nullable ones) stays unset: the gateway forwards what the
+client sent, and adds only what it must (README "Compatibility"). Anything
+else OpenAI defines (tools, response_format, seed, logprobs, functions ...)
 is kept as an extra field and passed to the upstream untouched.
 """
 
@@ -12,6 +15,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL = "openai/gpt-4o-mini"
+# The completion budget of a request that names none (the contract's max_tokens default).
+DEFAULT_COMPLETION_BUDGET = 2048
+# The contract's sampling temperature, sent only to models that take one.
+DEFAULT_TEMPERATURE = 0.7
 MAX_IMAGES_PER_MESSAGE = 4
 # The most choices (`n`) one request may ask for. Each is priced and reserved
 # (README "Credits"); OpenAI's own bound is 128, ours is lower so one request's
@@ -22,7 +29,8 @@ MAX_CHOICES = 16
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "tool", "developer"]
+    # "function": the legacy function-calling result message, still accepted by OpenAI.
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | list[dict[str, Any]] | None = None
     images: list[str] | None = Field(default=None, max_length=MAX_IMAGES_PER_MESSAGE)
     name: str | None = Field(default=None, max_length=256)
@@ -54,13 +62,13 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
     # Numbers and switches are strict, as OpenAI's are: pydantic would otherwise take
     # "0.5", true, "on" or "100" and pass a request that is not what the client meant.
-    temperature: float = Field(default=0.7, ge=0, le=2, strict=True)
-    max_tokens: int = Field(default=2048, ge=1, le=1_000_000, strict=True)
-    stream: bool = Field(default=False, strict=True)
+    temperature: float | None = Field(default=None, ge=0, le=2, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)
+    stream: bool | None = Field(default=False, strict=True)
     web_search: bool = Field(default=False, strict=True)
-    top_p: float = Field(default=1, ge=0, le=1, strict=True)
-    frequency_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
-    presence_penalty: float = Field(default=0, ge=-2, le=2, strict=True)
+    top_p: float | None = Field(default=None, ge=0, le=1, strict=True)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, strict=True)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, strict=True)
     # How many completions to generate: each one is reserved for and charged.
     n: int | None = Field(default=None, ge=1, le=MAX_CHOICES, strict=True)
     stop: str | list[str] | None = None
@@ -91,12 +99,17 @@ class ChatCompletionRequest(BaseModel):
             return int(value)
         return value
 
+    @field_validator("stream", mode="after")
+    @classmethod
+    def _stream_null(cls, stream: bool | None) -> bool:
+        return bool(stream)
+
     def completion_budget(self) -> int:
         """The most tokens the answer may have: OpenAI's newer `max_completion_tokens` wins."""
         newer = (self.model_extra or {}).get("max_completion_tokens")
         if isinstance(newer, int) and not isinstance(newer, bool) and newer > 0:
             return newer
-        return self.max_tokens
+        return self.max_tokens or DEFAULT_COMPLETION_BUDGET
 
     def choices(self) -> int:
         return self.n or 1

@@ -32,7 +32,8 @@ class UpstreamFailure(Exception):
     """An attempt failed. `retryable` says whether another route may be tried."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, retryable: bool, kind: str
+        self, status: int, code: str, message: str, *, retryable: bool, kind: str,
+        provider_error: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -41,6 +42,8 @@ class UpstreamFailure(Exception):
         self.retryable = retryable
         # For counting and logs: timeout, connect, http_429, http_5xx, malformed, ...
         self.kind = kind
+        # The provider's `error` object when it refused the request itself (a 4xx).
+        self.provider_error = provider_error
 
 
 def _timeout_failure(provider: str, what: str) -> UpstreamFailure:
@@ -151,7 +154,22 @@ def _failure_from_status(route: Route, status: int, body: bytes) -> UpstreamFail
             retryable=True, kind="http_auth",
         )
     # 400, 404, 413, 422: the request itself (context too long, bad tool schema).
-    return UpstreamFailure(400, "invalid_request", message, retryable=False, kind="http_4xx")
+    return UpstreamFailure(400, "invalid_request", message, retryable=False, kind="http_4xx",
+                           provider_error=_provider_error(body))
+
+
+def _provider_error(body: bytes) -> dict[str, Any] | None:
+    """The provider's OpenAI-style `error` object: its code, param and type, as strings."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return None
+    kept = {name: error.get(name) for name in ("message", "type", "code", "param")}
+    kept["message"] = _provider_message(body) or None
+    return {name: value for name, value in kept.items() if isinstance(value, str) and value}
 
 
 def _provider_message(body: bytes) -> str:

@@ -48,6 +48,7 @@ class ApiError(Exception):
         param: str | None = None,
         extras: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        provider_error: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -56,23 +57,34 @@ class ApiError(Exception):
         self.param = param
         self.extras = extras or {}
         self.headers = headers or {}
+        # A provider's own `error` object, passed on as it said it (see error_body).
+        self.provider_error = provider_error
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.code, self.message, param=self.param, extras=self.extras)
+        return error_body(self.code, self.message, param=self.param, extras=self.extras,
+                          provider_error=self.provider_error)
 
 
 def error_body(
-    code: str, message: str, *, param: str | None = None, extras: dict[str, Any] | None = None
+    code: str, message: str, *, param: str | None = None, extras: dict[str, Any] | None = None,
+    provider_error: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "error": {
-            "message": message,
-            "type": _OPENAI_TYPES.get(code, "invalid_request_error"),
-            "code": code,
-            "param": param,
-        },
+    """The one error shape. With `provider_error` (a provider refused the request itself),
+    `error` keeps the provider's `code`, `param`, `type` and message, so clients that branch
+    on them (`context_length_exceeded`, LangChain's overflow handling) see what the provider
+    said; the top-level `code` stays NovaKit's own vocabulary."""
+    error: dict[str, Any] = {
+        "message": message,
+        "type": _OPENAI_TYPES.get(code, "invalid_request_error"),
         "code": code,
+        "param": param,
     }
+    if provider_error:
+        for name in ("message", "type", "code", "param"):
+            value = provider_error.get(name)
+            if isinstance(value, str) and value:
+                error[name] = value
+    body: dict[str, Any] = {"error": error, "code": code}
     if extras:
         body.update(extras)
     return body
