@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from django.db import models
 from django.db.backends.base.operations import BaseDatabaseOperations
+from django.urls import register_converter
 
 
 def column_bounds(model: type[models.Model], field_name: str, *,
@@ -31,3 +32,24 @@ def column_bounds(model: type[models.Model], field_name: str, *,
     if minimum is not None:
         low = max(low, minimum)
     return {"min_value": low, "max_value": high}
+
+
+class TextIdConverter:
+    """A path segment naming a row by a text id (`<text_id:generation_id>`): any
+    characters but `/` and NUL.
+
+    PostgreSQL's text cannot hold a NUL, so a lookup with one fails instead of
+    finding nothing; refused by the URL, such an id is the 404 of any unknown one.
+    """
+
+    regex = "[^/\x00]+"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+# Registered once, here, for the URLconfs that import this module.
+register_converter(TextIdConverter, "text_id")
