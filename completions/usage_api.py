@@ -40,8 +40,8 @@ def usage(request: Request) -> Response:
     try:
         start, end = selectors.usage_range(granularity=params["granularity"],
                                            start=params.get("start"), end=params.get("end"))
-    except ValueError as exc:
-        raise invalid_request(str(exc), param="start") from exc
+    except selectors.UsageRangeError as exc:
+        raise invalid_request(str(exc), param=exc.param) from exc
     report = selectors.usage_report(
         organization_id=caller.organization_id, granularity=params["granularity"], start=start,
         end=end, key_id=params.get("key_id"), model=params.get("model"),
