@@ -18,8 +18,10 @@ from accounts import services
 from accounts.drf import Caller, caller_for, data_list, request_actor
 from accounts.models import APIKey, Membership, Organization
 from accounts.scopes import ALL_SCOPES, KEYS_WRITE
+from billing.models import Quota
 from billing.services import key_credit_cap, key_credit_cap_set, key_quotas_copy
 from novakit.errors import ApiError, forbidden, invalid_request
+from novakit.inputs import column_bounds
 
 MANAGERS = (Membership.Role.OWNER, Membership.Role.ADMIN)
 KEY_MANAGERS = (*MANAGERS, Membership.Role.DEVELOPER)
@@ -72,12 +74,18 @@ class APIKeyWriteSerializer(serializers.Serializer):
                                    allow_empty=False, required=False)
     allowed_models = serializers.ListField(child=serializers.CharField(max_length=200),
                                            required=False)
-    requests_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    tokens_per_minute = serializers.IntegerField(min_value=1, allow_null=True, required=False)
-    max_concurrent_requests = serializers.IntegerField(min_value=1, allow_null=True,
-                                                       required=False)
-    credit_cap = serializers.IntegerField(min_value=0, allow_null=True, required=False,
-                                          help_text="credits this key may spend per month")
+    # Bounded by what their columns hold: beyond it the database refuses the write.
+    requests_per_minute = serializers.IntegerField(
+        **column_bounds(APIKey, "requests_per_minute", minimum=1), allow_null=True,
+        required=False)
+    tokens_per_minute = serializers.IntegerField(
+        **column_bounds(APIKey, "tokens_per_minute", minimum=1), allow_null=True, required=False)
+    max_concurrent_requests = serializers.IntegerField(
+        **column_bounds(APIKey, "max_concurrent_requests", minimum=1), allow_null=True,
+        required=False)
+    credit_cap = serializers.IntegerField(
+        **column_bounds(Quota, "limit", minimum=0), allow_null=True, required=False,
+        help_text="credits this key may spend per month")
     expires_at = serializers.DateTimeField(allow_null=True, required=False)
 
 

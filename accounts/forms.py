@@ -10,8 +10,10 @@ from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.forms import AuthenticationForm
 from django.utils import timezone
 
-from accounts.models import Membership
+from accounts.models import APIKey, Membership
 from accounts.scopes import ALL_SCOPES, DEFAULT_SCOPES, SCOPE_DESCRIPTIONS
+from billing.models import Quota
+from novakit.inputs import column_bounds
 
 SCOPE_CHOICES = [(scope, f"{scope} — {SCOPE_DESCRIPTIONS[scope]}") for scope in ALL_SCOPES]
 # Grace periods offered when rotating a key: how long the old secret keeps working.
@@ -79,13 +81,18 @@ class APIKeyForm(forms.Form):
         choices=SCOPE_CHOICES, initial=list(DEFAULT_SCOPES), widget=forms.CheckboxSelectMultiple,
         help_text="What the key may do. Give it only what it needs.",
     )
-    requests_per_minute = forms.IntegerField(min_value=1, required=False,
-                                             label="Requests per minute")
-    tokens_per_minute = forms.IntegerField(min_value=1, required=False,
-                                           label="Tokens per minute")
-    max_concurrent_requests = forms.IntegerField(min_value=1, required=False,
-                                                 label="Max concurrent requests")
-    credit_cap = forms.IntegerField(min_value=0, required=False, label="Credit cap per month")
+    # Bounded as the management API bounds them: by what their columns hold.
+    requests_per_minute = forms.IntegerField(
+        **column_bounds(APIKey, "requests_per_minute", minimum=1), required=False,
+        label="Requests per minute")
+    tokens_per_minute = forms.IntegerField(
+        **column_bounds(APIKey, "tokens_per_minute", minimum=1), required=False,
+        label="Tokens per minute")
+    max_concurrent_requests = forms.IntegerField(
+        **column_bounds(APIKey, "max_concurrent_requests", minimum=1), required=False,
+        label="Max concurrent requests")
+    credit_cap = forms.IntegerField(**column_bounds(Quota, "limit", minimum=0), required=False,
+                                    label="Credit cap per month")
     allowed_models = forms.MultipleChoiceField(
         choices=(), required=False, widget=forms.CheckboxSelectMultiple,
         help_text="None ticked: every model in the catalog.",

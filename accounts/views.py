@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.models import AbstractBaseUser
-from django.contrib.auth.views import redirect_to_login
+from django.contrib.auth.views import PasswordResetConfirmView, redirect_to_login
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -35,6 +35,7 @@ from accounts.api import KEY_MANAGERS, MANAGERS
 from accounts.emails import send_invitation
 from accounts.forms import APIKeyForm, InviteForm, RoleForm, RotateForm, SignUpForm
 from accounts.models import APIKey, Membership, Organization
+from accounts.signin_throttle import signin_lockout_lift
 from billing.selectors import credit_summary
 from billing.services import (
     account_for_organization,
@@ -184,6 +185,16 @@ def signup(request: HttpRequest) -> HttpResponse:
             return redirect("portal:keys")
     return render(request, "portal/signup.html", {"form": form, "member": None,
                                                   "credits": settings.PORTAL_SIGNUP_CREDITS})
+
+
+class PasswordResetConfirm(PasswordResetConfirmView):
+    """Django's, except that setting the new password also lifts the user's sign-in
+    lockout, as the lockout page promises."""
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)  # saves the new password
+        signin_lockout_lift(user=form.user)
+        return response
 
 
 @require_POST

@@ -15,22 +15,36 @@ MAX_WINDOWS = {UsageRollup.Granularity.HOUR: 24 * 31, UsageRollup.Granularity.DA
 _SUMS = ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens", "credits")
 
 
+class UsageRangeError(ValueError):
+    """A range `usage_range` refuses, naming the parameter to blame."""
+
+    def __init__(self, message: str, *, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def usage_range(
     *, granularity: str, start: dt.datetime | None, end: dt.datetime | None
 ) -> tuple[dt.datetime, dt.datetime]:
     """A bounded [start, end) of whole windows; by default the last 30 days or 48 hours."""
     now = timezone.now()
-    end = window_end(granularity, window_start(granularity, end or now))
     default_span = dt.timedelta(days=30) if granularity == UsageRollup.Granularity.DAY else (
         dt.timedelta(hours=48))
-    start = window_start(granularity, start or end - default_span)
+    try:
+        end = window_end(granularity, window_start(granularity, end or now))
+        start = window_start(granularity, start or end - default_span)
+    except OverflowError:
+        # Only `end` can overflow: its window's end past year 9999, or the default span
+        # before it earlier than year 1 (`start` is only ever truncated).
+        raise UsageRangeError("end is outside the calendar's usable range",
+                              param="end") from None
     if start >= end:
-        raise ValueError("start must be before end")
+        raise UsageRangeError("start must be before end", param="start")
     span = MAX_WINDOWS[granularity]
     step = dt.timedelta(days=1) if granularity == UsageRollup.Granularity.DAY else (
         dt.timedelta(hours=1))
     if (end - start) / step > span:
-        raise ValueError(f"at most {span} {granularity} windows per request")
+        raise UsageRangeError(f"at most {span} {granularity} windows per request", param="start")
     return start, end
 
 

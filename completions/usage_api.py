@@ -14,13 +14,15 @@ from accounts.scopes import USAGE_READ
 from completions import selectors
 from completions.models import UsageRollup
 from novakit.errors import ApiError, invalid_request
+from novakit.inputs import column_bounds
 
 
 class UsageQuery(serializers.Serializer):
     granularity = serializers.ChoiceField(choices=UsageRollup.Granularity.choices, default="day")
     start = serializers.DateTimeField(required=False)
     end = serializers.DateTimeField(required=False)
-    key_id = serializers.IntegerField(required=False, min_value=1)
+    key_id = serializers.IntegerField(required=False, **column_bounds(UsageRollup, "key_id",
+                                                                      minimum=1))
     model = serializers.CharField(required=False, max_length=200)
 
 
@@ -38,8 +40,8 @@ def usage(request: Request) -> Response:
     try:
         start, end = selectors.usage_range(granularity=params["granularity"],
                                            start=params.get("start"), end=params.get("end"))
-    except ValueError as exc:
-        raise invalid_request(str(exc), param="start") from exc
+    except selectors.UsageRangeError as exc:
+        raise invalid_request(str(exc), param=exc.param) from exc
     report = selectors.usage_report(
         organization_id=caller.organization_id, granularity=params["granularity"], start=start,
         end=end, key_id=params.get("key_id"), model=params.get("model"),

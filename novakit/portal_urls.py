@@ -16,6 +16,7 @@ from accounts import webhook_views
 from accounts.forms import EmailAuthenticationForm
 from billing import views as billing_views
 from completions import views as completions_views
+from novakit import inputs  # noqa: F401  (registers the text_id converter)
 
 portal_patterns = [
     path("", accounts_views.home, name="home"),
@@ -34,7 +35,7 @@ portal_patterns = [
     path("webhooks/<int:endpoint_id>/delete", webhook_views.webhook_delete,
          name="webhook-delete"),
     path("usage/", completions_views.usage, name="usage"),
-    path("usage/<str:generation_id>/", completions_views.usage_receipt, name="usage-receipt"),
+    path("usage/<text_id:generation_id>/", completions_views.usage_receipt, name="usage-receipt"),
     path("billing/", billing_views.billing, name="billing"),
     path("billing/ledger.csv", billing_views.ledger_csv, name="ledger-csv"),
     path("playground/", completions_views.playground, name="playground"),
@@ -55,7 +56,7 @@ urlpatterns = [
         name="password_reset"),
     path("password-reset/sent/", auth_views.PasswordResetDoneView.as_view(),
          name="password_reset_done"),
-    path("password-reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
+    path("password-reset/<uidb64>/<token>/", accounts_views.PasswordResetConfirm.as_view(),
          name="password_reset_confirm"),
     path("password-reset/done/", auth_views.PasswordResetCompleteView.as_view(),
          name="password_reset_complete"),

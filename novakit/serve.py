@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -47,6 +48,8 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+
+from novakit.env import env_str
 
 logger = logging.getLogger("novakit.serve")
 
@@ -66,7 +69,7 @@ class Options:
     timeout_keep_alive: int
     timeout_graceful_shutdown: int | None
     limit_concurrency: int | None
-    forwarded_allow_ips: str | None
+    forwarded_allow_ips: str  # empty: no proxy is trusted
     access_log: bool
     log_level: str
     worker_timeout: float
@@ -81,9 +84,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--timeout-keep-alive", type=int, default=5)
     parser.add_argument("--timeout-graceful-shutdown", type=int, default=None)
     parser.add_argument("--limit-concurrency", type=int, default=None)
-    parser.add_argument("--forwarded-allow-ips", default=None,
-                        help="proxies whose X-Forwarded-* headers are trusted (uvicorn's "
-                             "default: $FORWARDED_ALLOW_IPS, else 127.0.0.1)")
+    parser.add_argument("--forwarded-allow-ips", default=env_str("FORWARDED_ALLOW_IPS", ""),
+                        help="comma-separated addresses or networks of the proxies whose "
+                             "X-Forwarded-For and -Proto are trusted (default: "
+                             "$FORWARDED_ALLOW_IPS, else none)")
     parser.add_argument("--access-log", action="store_true")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
@@ -95,6 +99,14 @@ def parse(argv: list[str] | None = None) -> Options:
         parser.error("--workers must be at least 1")
     if args.worker_timeout <= 0:
         parser.error("--worker-timeout must be positive")
+    for proxy in filter(None, (item.strip() for item in args.forwarded_allow_ips.split(","))):
+        # uvicorn would take a typo for a literal host name that never matches.
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            if proxy != "*":
+                parser.error(f"--forwarded-allow-ips / FORWARDED_ALLOW_IPS: {proxy!r} is not "
+                             "an address, a network or *")
     return Options(**vars(args))
 
 
@@ -142,7 +154,12 @@ def _serve(options: Options, supervisor: int, heartbeat: ctypes.c_double) -> Non
         timeout_keep_alive=options.timeout_keep_alive,
         timeout_graceful_shutdown=options.timeout_graceful_shutdown,
         limit_concurrency=options.limit_concurrency,
-        proxy_headers=True, forwarded_allow_ips=options.forwarded_allow_ips,
+        # The client's address is the connection's unless it comes from a proxy named
+        # here. uvicorn's own default trusts loopback, and then anything that reaches the
+        # port from the same host (a sidecar, a local user, a proxy passing X-Forwarded-For
+        # through) chooses the address the sign-in lockout and /metrics go by.
+        proxy_headers=bool(options.forwarded_allow_ips),
+        forwarded_allow_ips=options.forwarded_allow_ips,
         access_log=options.access_log, log_level=options.log_level,
     )
     threading.Thread(target=_stop_when_orphaned, args=(supervisor, options), daemon=True).start()

@@ -345,8 +345,10 @@ PORTAL_SIGNUP_CREDITS = env_int("PORTAL_SIGNUP_CREDITS", 10_000, minimum=0)
 # After LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address (the
 # portal's or the admin's form), that pair is refused with a 429 for
 # LOGIN_LOCKOUT_SECONDS, even with the right password. Counted in the database, so
-# every process shares the count. Behind a proxy the address is the client's only if
-# uvicorn trusts the proxy's X-Forwarded-For (FORWARDED_ALLOW_IPS, platform/serve).
+# every process shares the count. The address is the connection's (REMOTE_ADDR), which
+# the server replaces with X-Forwarded-For's only for a proxy FORWARDED_ALLOW_IPS names
+# (novakit/serve.py; none by default): otherwise a client could choose its own address and
+# never be locked out.
 INSTALLED_APPS.append("axes")
 AUTHENTICATION_BACKENDS = [
     "accounts.signin_throttle.SignInThrottleBackend",  # first: refuses a locked-out pair
@@ -360,6 +362,7 @@ AXES_RESET_ON_SUCCESS = True
 # Attempts made while locked out do not extend the lock: it ends when the page says.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_LOCKOUT_CALLABLE = "accounts.signin_throttle.locked_out_response"
+AXES_CLIENT_IP_CALLABLE = "accounts.signin_throttle.client_address"
 
 # Webhooks may only target public addresses; development and tests may allow
 # some private networks (e.g. 127.0.0.1/32 for a local receiver). Empty in production.
