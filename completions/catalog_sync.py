@@ -10,6 +10,7 @@ import httpx
 from django.conf import settings
 from django.db import transaction
 
+from billing.tiers import tier_for_price
 from completions.catalog import OPENROUTER, catalog_cache
 from completions.models import CatalogModel, ModelRoute, Provider
 
@@ -23,14 +24,6 @@ def _usd_per_million(raw: Any) -> Decimal | None:
     except (InvalidOperation, TypeError):
         return None
     return value.quantize(Decimal("0.0001")) if value >= 0 else None
-
-
-def tier_for_price(completion_usd_per_m: Decimal) -> tuple[str, Decimal]:
-    for ceiling, tier, multiplier in settings.CATALOG_SYNC_TIER_BANDS:
-        if completion_usd_per_m < Decimal(str(ceiling)):
-            return tier, Decimal(multiplier)
-    _, tier, multiplier = settings.CATALOG_SYNC_TIER_BANDS[-1]
-    return tier, Decimal(multiplier)
 
 
 def _endpoint(provider: Provider) -> tuple[str, str]:
