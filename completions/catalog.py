@@ -23,8 +23,8 @@ def catalog_data() -> dict[str, Any]:
     return json.loads(CATALOG_FILE.read_text())
 
 
-# What a model accepts. Staff edits do not set these, but like everything else a
-# model staff have overridden keeps them (completions 0010 refreshes only these).
+# What a model accepts: the catalog sync keeps them current from the upstream's
+# listing unless staff overrode the model (a staff edit of them is an override too).
 CAPABILITY_FIELDS = ("supported_parameters", "is_reasoning", "max_completion_tokens")
 
 

@@ -54,10 +54,12 @@ def fetch_provider_models(provider: Provider) -> list[dict[str, Any]]:
 
 @transaction.atomic
 def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply a provider's listing: refresh prices, context windows and availability; add new models.
+    """Apply a provider's listing: refresh prices, context windows, capabilities and
+    availability; add new models.
 
-    Staff overrides (tier, multiplier, active) are never touched: a model with
-    `staff_override` keeps those fields whatever the listing says.
+    Staff overrides are never touched: a model with `staff_override` keeps its
+    tier, multiplier, active flag and capabilities (supported parameters,
+    reasoning, largest completion) whatever the listing says.
     """
     counts = {"updated": 0, "added": 0, "unlisted": 0}
     by_upstream = {item["id"]: item for item in listing}
@@ -76,6 +78,8 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
             continue
         model = route.model
         _apply_listing(model, item)
+        if not model.staff_override:
+            _apply_capabilities(model, item)
         model.save()
         counts["updated"] += 1
     known_ids = set(CatalogModel.objects.values_list("model_id", flat=True))
@@ -95,6 +99,7 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
             completion_usd_per_m=completion,
         )
         _apply_listing(model, item)
+        _apply_capabilities(model, item)
         model.save()
         ModelRoute.objects.create(model=model, provider=provider, upstream_model=upstream_id)
         counts["added"] += 1
@@ -116,3 +121,19 @@ def _apply_listing(model: CatalogModel, item: dict[str, Any]) -> None:
     modalities = (item.get("architecture") or {}).get("input_modalities")
     if isinstance(modalities, list):
         model.supports_vision = "image" in modalities
+
+
+def _apply_capabilities(model: CatalogModel, item: dict[str, Any]) -> None:
+    """OpenRouter's `supported_parameters` (a reasoning model lists `reasoning` or
+    `include_reasoning`) and `top_provider.max_completion_tokens`; what the listing
+    leaves out stays as it was."""
+    parameters = item.get("supported_parameters")
+    if isinstance(parameters, list) and all(isinstance(name, str) for name in parameters):
+        model.supported_parameters = sorted(set(parameters))
+        model.is_reasoning = bool({"reasoning", "include_reasoning"} & set(parameters))
+    top_provider = item.get("top_provider")
+    if isinstance(top_provider, dict):
+        limit = top_provider.get("max_completion_tokens")
+        # null there: no limit of its own beyond the context window.
+        valid = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+        model.max_completion_tokens = limit if valid else None
