@@ -65,15 +65,15 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
     by_upstream = {item["id"]: item for item in listing}
     routes = ModelRoute.objects.filter(provider=provider).select_related("model")
     routed = set()
+    # Route ids whose listing changed, by their new state: one UPDATE each, as the
+    # first sync of the shipped catalog can flip hundreds.
+    flipped: dict[bool, list[int]] = {True: [], False: []}
     for route in routes:
         routed.add(route.upstream_model)
         item = by_upstream.get(route.upstream_model)
         listed = item is not None
         if route.is_listed != listed:
-            route.is_listed = listed
-            route.save(update_fields=["is_listed"])
-            if not listed:
-                counts["unlisted"] += 1
+            flipped[listed].append(route.pk)
         if item is None:
             continue
         model = route.model
@@ -82,6 +82,10 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
             _apply_capabilities(model, item)
         model.save()
         counts["updated"] += 1
+    for listed, route_ids in flipped.items():
+        if route_ids:
+            ModelRoute.objects.filter(pk__in=route_ids).update(is_listed=listed)
+    counts["unlisted"] = len(flipped[False])
     known_ids = set(CatalogModel.objects.values_list("model_id", flat=True))
     for upstream_id, item in by_upstream.items():
         if upstream_id in routed or upstream_id in known_ids:
