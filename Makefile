@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test install install-dev lint worker beat serve
+.PHONY: run test install install-dev lint worker beat serve catalog
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ run: install
 
 test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Regenerates the shipped catalog from genai-prices (platform/catalog/generate.py); review the diff.
+catalog: install
+	$(BIN)/pip install --quiet -e '.[catalog]'
+	$(BIN)/python platform/catalog/generate.py
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin
 
+from completions.catalog import CAPABILITY_FIELDS
 from completions.models import CatalogModel, ModelRoute, Provider, UsageRecord
 from novakit.admin_audit import AuditedAdmin, AuditedForm
 
@@ -45,7 +46,8 @@ class CatalogModelAdmin(AuditedAdmin):
     inlines = [RouteInline]
 
     def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
-        if change and {"tier", "multiplier", "is_active"} & set(form.changed_data):
+        decisions = {"tier", "multiplier", "is_active", *CAPABILITY_FIELDS}
+        if change and decisions & set(form.changed_data):
             obj.staff_override = True  # a catalog sync must not undo a staff decision
         super().save_audited(request, obj, form, change)
 

@@ -192,6 +192,19 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
     })
 
 
+def _capabilities(model: Any) -> dict[str, bool | None]:
+    """What a client can count on; None where the model's parameters are not known."""
+    parameters = model.supported_parameters
+    known = bool(parameters)
+    return {
+        "vision": model.supports_vision,
+        "reasoning": model.reasoning,
+        "tools": "tools" in parameters if known else None,
+        "structured_output": bool({"response_format", "structured_outputs"} & parameters)
+        if known else None,
+    }
+
+
 def _model_entry(model: Any) -> dict[str, Any]:
     per_1k = credits_per_1k_tokens(model.multiplier)
     return {
@@ -212,6 +225,11 @@ def _model_entry(model: Any) -> dict[str, Any]:
             "prompt_credits_per_1k": format(per_1k["prompt"].normalize(), "f"),
             "completion_credits_per_1k": format(per_1k["completion"].normalize(), "f"),
         },
+        "capabilities": _capabilities(model),
+        # Empty: not known; the request is forwarded as sent.
+        "supported_parameters": sorted(model.supported_parameters),
+        # None: no limit of its own below the context window.
+        "max_completion_tokens": model.max_completion_tokens,
     }
 
 

@@ -10,6 +10,7 @@ import httpx
 from django.conf import settings
 from django.db import transaction
 
+from billing.tiers import tier_for_price
 from completions.catalog import OPENROUTER, catalog_cache
 from completions.models import CatalogModel, ModelRoute, Provider
 
@@ -23,14 +24,6 @@ def _usd_per_million(raw: Any) -> Decimal | None:
     except (InvalidOperation, TypeError):
         return None
     return value.quantize(Decimal("0.0001")) if value >= 0 else None
-
-
-def tier_for_price(completion_usd_per_m: Decimal) -> tuple[str, Decimal]:
-    for ceiling, tier, multiplier in settings.CATALOG_SYNC_TIER_BANDS:
-        if completion_usd_per_m < Decimal(str(ceiling)):
-            return tier, Decimal(multiplier)
-    _, tier, multiplier = settings.CATALOG_SYNC_TIER_BANDS[-1]
-    return tier, Decimal(multiplier)
 
 
 def _endpoint(provider: Provider) -> tuple[str, str]:
@@ -61,30 +54,38 @@ def fetch_provider_models(provider: Provider) -> list[dict[str, Any]]:
 
 @transaction.atomic
 def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[str, int]:
-    """Apply a provider's listing: refresh prices, context windows and availability; add new models.
+    """Apply a provider's listing: refresh prices, context windows, capabilities and
+    availability; add new models.
 
-    Staff overrides (tier, multiplier, active) are never touched: a model with
-    `staff_override` keeps those fields whatever the listing says.
+    Staff overrides are never touched: a model with `staff_override` keeps its
+    tier, multiplier, active flag and capabilities (supported parameters,
+    reasoning, largest completion) whatever the listing says.
     """
     counts = {"updated": 0, "added": 0, "unlisted": 0}
     by_upstream = {item["id"]: item for item in listing}
     routes = ModelRoute.objects.filter(provider=provider).select_related("model")
     routed = set()
+    # Route ids whose listing changed, by their new state: one UPDATE each, as the
+    # first sync of the shipped catalog can flip hundreds.
+    flipped: dict[bool, list[int]] = {True: [], False: []}
     for route in routes:
         routed.add(route.upstream_model)
         item = by_upstream.get(route.upstream_model)
         listed = item is not None
         if route.is_listed != listed:
-            route.is_listed = listed
-            route.save(update_fields=["is_listed"])
-            if not listed:
-                counts["unlisted"] += 1
+            flipped[listed].append(route.pk)
         if item is None:
             continue
         model = route.model
         _apply_listing(model, item)
+        if not model.staff_override:
+            _apply_capabilities(model, item)
         model.save()
         counts["updated"] += 1
+    for listed, route_ids in flipped.items():
+        if route_ids:
+            ModelRoute.objects.filter(pk__in=route_ids).update(is_listed=listed)
+    counts["unlisted"] = len(flipped[False])
     known_ids = set(CatalogModel.objects.values_list("model_id", flat=True))
     for upstream_id, item in by_upstream.items():
         if upstream_id in routed or upstream_id in known_ids:
@@ -102,6 +103,7 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
             completion_usd_per_m=completion,
         )
         _apply_listing(model, item)
+        _apply_capabilities(model, item)
         model.save()
         ModelRoute.objects.create(model=model, provider=provider, upstream_model=upstream_id)
         counts["added"] += 1
@@ -123,3 +125,19 @@ def _apply_listing(model: CatalogModel, item: dict[str, Any]) -> None:
     modalities = (item.get("architecture") or {}).get("input_modalities")
     if isinstance(modalities, list):
         model.supports_vision = "image" in modalities
+
+
+def _apply_capabilities(model: CatalogModel, item: dict[str, Any]) -> None:
+    """OpenRouter's `supported_parameters` (a reasoning model lists `reasoning` or
+    `include_reasoning`) and `top_provider.max_completion_tokens`; what the listing
+    leaves out stays as it was."""
+    parameters = item.get("supported_parameters")
+    if isinstance(parameters, list) and all(isinstance(name, str) for name in parameters):
+        model.supported_parameters = sorted(set(parameters))
+        model.is_reasoning = bool({"reasoning", "include_reasoning"} & set(parameters))
+    top_provider = item.get("top_provider")
+    if isinstance(top_provider, dict):
+        limit = top_provider.get("max_completion_tokens")
+        # null there: no limit of its own beyond the context window.
+        valid = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+        model.max_completion_tokens = limit if valid else None

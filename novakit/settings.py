@@ -207,9 +207,10 @@ USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 360
 # the whole process topology shortens it so beat -> broker -> worker happens within seconds.
 USAGE_ROLLUP_INTERVAL_SECONDS = env_float("USAGE_ROLLUP_INTERVAL_SECONDS", 60.0, minimum=1)
 USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 90, minimum=1)
-# Catalog sync: a model the upstream offers that the catalog lacks gets the
-# tier and multiplier of the first band its completion price (USD per million
-# tokens) is under.
+# The tier rule (billing.tiers.tier_for_price): a model staff have not tiered
+# gets the tier and multiplier of the first band its completion price (USD per
+# million tokens) is under. Used by the shipped catalog's generator and by the
+# catalog sync for the models it adds; each multiplier sits in its tier's range.
 CATALOG_SYNC_TIER_BANDS: list[tuple[float, str, str]] = [
     (1.0, "basic", "1.0"),
     (5.0, "standard", "1.5"),
