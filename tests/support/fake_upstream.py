@@ -18,6 +18,17 @@ Scenarios:
   garbled        valid JSON of the wrong shape (`choices` that are not objects)
   huge_usage     a normal answer whose usage claims 10**12 tokens of each kind
 A request's `n` is honoured: n choices, and usage that counts all of them.
+
+Answers follow what the request asks, as a model would: a `tool_choice` that names a
+function, or is "required", answers a call to that function (else the first tool), with
+arguments made from the tool's JSON schema; so does the `tools` scenario, once per turn
+(after a `tool` message the model answers in text). A `response_format` of `json_schema`
+answers JSON valid for that schema (`json_object`: a small object), streamed in pieces.
+
+`strict = True` makes it refuse, as api.openai.com does, with its 400 bodies: both
+`max_tokens` and `max_completion_tokens` set; `max_tokens`, or a temperature other
+than 1, for a reasoning model (o1/o3/o4, or "reasoning" in its name); a prompt of more
+than `context_words` words (`context_length_exceeded`, `param: messages`).
 A provider with a fixed behaviour, whatever the scenario, is the base URL
 `url_for(SCENARIO)` (e.g. a failing first route next to a healthy second).
 `hang` lasts until the next `reset()`, so no handler outlives its test.
@@ -48,6 +59,9 @@ class FakeUpstream:
     chunks: int = 8
     chunk_interval: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # Refuse what api.openai.com refuses (module docstring); off unless a test turns it on.
+    strict: bool = False
+    context_words: int = 2000
     # What GET /v1/models lists (OpenRouter's format), for catalog sync tests.
     model_listing: list[dict[str, Any]] = field(default_factory=list)
     # Bumped by reset(): a `hang` ends when the test that asked for it is over.
@@ -66,6 +80,8 @@ class FakeUpstream:
 
     def reset(self) -> None:
         self.scenario = "ok"
+        self.strict = False
+        self.context_words = 2000
         self.chunks = 8
         self.chunk_interval = 0.0
         self.requests.clear()
@@ -139,7 +155,13 @@ class FakeUpstream:
         except ValueError:
             return web.json_response({"error": {"message": "bad json"}}, status=400)
         self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        if self.strict and (refusal := strict_refusal(body, self.context_words)):
+            return web.json_response({"error": refusal}, status=400)
         name, arg = self._choose(body, request.match_info.get("scenario"))
+        if name == "ok" and _tool_forced(body):
+            name = "tools"
+        if name == "tools" and _after_tool_result(body):
+            name = "ok"
         if name == "status":
             code = int(float(arg or 500))
             return web.json_response(
@@ -157,12 +179,14 @@ class FakeUpstream:
         if name == "garbled":
             return web.json_response({"id": "gen-fake", "choices": ["not an object"]})
         words = self._words(body)
-        message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+        message: dict[str, Any] = {"role": "assistant", "content": _structured(body)
+                                   or " ".join(words)}
         finish = "stop"
         if name == "tools":
+            function, arguments = _tool_call(body)
             message = {"role": "assistant", "content": None, "tool_calls": [{
                 "id": "call_1", "type": "function",
-                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+                "function": {"name": function, "arguments": arguments}}]}
             finish = "tool_calls"
         completion: dict[str, Any] = {
             "id": "gen-fake", "object": "chat.completion", "created": int(time.time()),
@@ -189,12 +213,13 @@ class FakeUpstream:
 
         await response.write(b": keep-alive comment\n\n")
         if name == "tools":
+            function, arguments = _tool_call(body)
             opening = {"role": "assistant", "tool_calls": [
                 {"index": 0, "id": "call_1", "type": "function",
-                 "function": {"name": "get_weather", "arguments": ""}}]}
+                 "function": {"name": function, "arguments": ""}}]}
             await send({**base, "choices": [{"index": 0, "delta": opening,
                                              "finish_reason": None}]})
-            for piece in ['{"city"', ': "Paris"}']:
+            for piece in _halves(arguments):
                 await send({**base, "choices": [{"index": 0, "delta": {"tool_calls": [
                     {"index": 0, "function": {"arguments": piece}}]}, "finish_reason": None}]})
             await send({**base, "choices": [{"index": 0, "delta": {},
@@ -208,6 +233,10 @@ class FakeUpstream:
             await send({**base, "choices": "not a list"})
             await send("[DONE]")
             return response
+        structured = _structured(body)
+        if structured:
+            # JSON is streamed in pieces that are not JSON on their own, as a model's are.
+            words = _halves(structured)
         for position, word in enumerate(words):
             if name == "cut" and position >= int(float(arg or 2)):
                 request.transport.close()  # type: ignore[union-attr]
@@ -221,7 +250,7 @@ class FakeUpstream:
                 return response
             if interval:
                 await asyncio.sleep(interval)
-            piece = word if position == 0 else " " + word
+            piece = word if position == 0 or structured else " " + word
             if name == "finish_cut" and position == len(words) - 1:
                 await send({**base, "choices": [{"index": 0, "delta": {"content": piece},
                                                  "finish_reason": "stop"}]})
@@ -240,3 +269,145 @@ class FakeUpstream:
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": self.model_listing})
+
+
+# --- what a model would answer ---------------------------------------------------------
+REASONING_PREFIXES = ("o1", "o3", "o4")
+
+
+def _bare_model(body: dict[str, Any]) -> str:
+    """The model's own name, without a provider's prefix ("openai/o1-mini" -> "o1-mini")."""
+    return str(body.get("model") or "").rpartition("/")[2].lower()
+
+
+def is_reasoning_model(model: str) -> bool:
+    bare = model.rpartition("/")[2].lower()
+    return bare.startswith(REASONING_PREFIXES) or "reasoning" in bare
+
+
+def _invalid(message: str, *, param: str | None, code: str | None) -> dict[str, Any]:
+    return {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+
+
+def strict_refusal(body: dict[str, Any], context_words: int) -> dict[str, Any] | None:
+    """What api.openai.com refuses with a 400, as its error object; None when it would answer.
+
+    Null is what an OpenAI client sends for "not set", and OpenAI takes it as such.
+    """
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        return _invalid("Setting 'max_tokens' and 'max_completion_tokens' at the same time is "
+                        "not supported.", param="max_tokens", code="invalid_parameter_combination")
+    if is_reasoning_model(str(body.get("model") or "")):
+        if body.get("max_tokens") is not None:
+            return _invalid("Unsupported parameter: 'max_tokens' is not supported with this "
+                            "model. Use 'max_completion_tokens' instead.",
+                            param="max_tokens", code="unsupported_parameter")
+        temperature = body.get("temperature")
+        if temperature is not None and temperature != 1:
+            return _invalid(f"Unsupported value: 'temperature' does not support {temperature} "
+                            "with this model. Only the default (1) value is supported.",
+                            param="temperature", code="unsupported_value")
+    words = sum(len(_text(message.get("content")).split())
+                for message in body.get("messages") or [] if isinstance(message, dict))
+    if words > context_words:
+        return _invalid(f"This model's maximum context length is {context_words} tokens. "
+                        f"However, your messages resulted in {words} tokens. Please reduce the "
+                        "length of the messages.", param="messages", code="context_length_exceeded")
+    return None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def _tool_forced(body: dict[str, Any]) -> bool:
+    choice = body.get("tool_choice")
+    return bool(body.get("tools")) and (choice == "required" or isinstance(choice, dict))
+
+
+def _after_tool_result(body: dict[str, Any]) -> bool:
+    """A model that was given its tool's result answers it, unless told to call again."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    return last.get("role") == "tool" and not isinstance(body.get("tool_choice"), dict)
+
+
+def _tool_call(body: dict[str, Any]) -> tuple[str, str]:
+    """The function to call (the one `tool_choice` names, else the first tool) and its
+    arguments, made from its parameters' schema; `get_weather(city="Paris")` without tools."""
+    tools = [tool.get("function") or {} for tool in body.get("tools") or []
+             if isinstance(tool, dict)]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        wanted = (choice.get("function") or {}).get("name")
+        tools = [tool for tool in tools if tool.get("name") == wanted] or tools
+    if not tools:
+        return "get_weather", '{"city": "Paris"}'
+    function = tools[0]
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    return str(function.get("name")), json.dumps(example_for(schema, schema))
+
+
+def _structured(body: dict[str, Any]) -> str | None:
+    """JSON text for a request whose `response_format` asks for JSON, else None."""
+    response_format = body.get("response_format")
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema") or {}
+        return json.dumps(example_for(schema, schema))
+    if response_format.get("type") == "json_object":
+        return json.dumps({"answer": "Paris"})
+    return None
+
+
+def example_for(schema: Any, root: dict[str, Any], name: str = "", depth: int = 0) -> Any:
+    """A value valid for a JSON schema (the subset structured outputs use: objects, arrays,
+    scalars, enums, const, anyOf/oneOf/allOf, $ref into $defs or definitions)."""
+    if not isinstance(schema, dict) or depth > 8:
+        return None
+    if "$ref" in schema:
+        target: Any = root
+        for part in str(schema["$ref"]).lstrip("#/").split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return example_for(target, root, name, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for combinator in ("anyOf", "oneOf"):
+        options = [option for option in schema.get(combinator) or []
+                   if isinstance(option, dict) and option.get("type") != "null"]
+        if options:
+            return example_for(options[0], root, name, depth + 1)
+    if schema.get("allOf"):
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            merged.update(part if isinstance(part, dict) else {})
+        return example_for(merged, root, name, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((option for option in kind if option != "null"), "null")
+    if kind == "object" or (kind is None and "properties" in schema):
+        properties = schema.get("properties") or {}
+        return {key: example_for(value, root, key, depth + 1) for key, value in properties.items()}
+    if kind == "array":
+        return [example_for(schema.get("items") or {}, root, name, depth + 1)]
+    if kind == "integer":
+        return max(int(schema.get("minimum", 0)), 3)
+    if kind == "number":
+        return max(float(schema.get("minimum", 0)), 21.5)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "Paris" if name == "city" else f"example {name}".strip()
+
+
+def _halves(text: str) -> list[str]:
+    middle = max(1, len(text) // 2)
+    return [text[:middle], text[middle:]]
