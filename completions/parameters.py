@@ -57,7 +57,9 @@ def forwarded_parameters(body: ChatCompletionRequest, model: ModelInfo, *,
     payload = {name: value for name, value in sent.items()
                if name not in _BUDGETS and not (name in TUNING and not model.accepts(name))}
     payload[_budget_name(model, sent)] = budget
-    if "temperature" not in sent and model.accepts("temperature") and not model.reasoning:
+    # Sent as null, it means the provider's default: left alone too.
+    chosen = "temperature" in body.model_fields_set
+    if not chosen and model.accepts("temperature") and not model.reasoning:
         payload["temperature"] = DEFAULT_TEMPERATURE
     return payload
 
