@@ -56,7 +56,9 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": {
+        "model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "Hello!"}],
+    }})
 
     messages: list[ChatMessage] = Field(min_length=1, max_length=2048)
     model: str = Field(default=DEFAULT_MODEL, min_length=1, max_length=200)
