@@ -300,3 +300,37 @@ async def test_given_the_async_sdk_then_errors_are_typed_the_same_way(
     assert short.value.status_code == 402
     assert short.value.response.json()["remaining"] == 10
     await client.close()
+
+
+def test_given_legacy_function_calling_then_it_is_accepted_and_forwarded_as_sent(
+    tenant, fake_upstream, http
+):
+    functions = [{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None,
+         "function_call": {"name": "get_weather", "arguments": "{}"}},
+        {"role": "function", "name": "get_weather", "content": '{"sky": "clear"}'},
+    ]
+
+    response = post_chat(http, tenant, {"messages": messages, "functions": functions,
+                                        "function_call": "auto"})
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.requests[-1]["body"]
+    assert sent["messages"] == messages
+    assert (sent["functions"], sent["function_call"]) == (functions, "auto")
+
+
+def test_given_explicit_nulls_then_they_are_accepted_and_left_to_the_provider(
+    tenant, fake_upstream, http
+):
+    body = {"messages": HELLO, "temperature": None, "top_p": None, "max_tokens": None,
+            "stop": None, "stream": None}
+
+    response = post_chat(http, tenant, body)
+
+    assert response.status_code == 200, response.text
+    sent = fake_upstream.requests[-1]["body"]
+    assert not {"temperature", "top_p", "stop"} & set(sent)
+    assert (sent["max_tokens"], sent["stream"]) == (2048, False)
