@@ -19,6 +19,12 @@ DEFAULT_MODEL = "openai/gpt-4o-mini"
 DEFAULT_COMPLETION_BUDGET = 2048
 # The contract's sampling temperature, sent only to models that take one.
 DEFAULT_TEMPERATURE = 0.7
+# What applies to a parameter the client leaves out (the contract's table): the
+# first two NovaKit sends, the others are the providers' own defaults.
+EFFECTIVE_DEFAULTS = {
+    "temperature": DEFAULT_TEMPERATURE, "max_tokens": DEFAULT_COMPLETION_BUDGET,
+    "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0,
+}
 MAX_IMAGES_PER_MESSAGE = 4
 # The most choices (`n`) one request may ask for. Each is priced and reserved
 # (README "Credits"); OpenAI's own bound is 128, ours is lower so one request's

@@ -40,7 +40,7 @@ from completions import charts, gateway, selectors
 from completions.catalog import ModelInfo, load_snapshot
 from completions.forms import UsageFilterForm
 from completions.models import CatalogModel
-from completions.schemas import DEFAULT_MODEL, ChatCompletionRequest
+from completions.schemas import DEFAULT_MODEL, EFFECTIVE_DEFAULTS, ChatCompletionRequest
 from novakit.api import NOT_A_JSON_OBJECT, BodyRejected, StrictJsonParser, param_and_reason
 from novakit.errors import ApiError, error_response, forbidden, invalid_request, unauthorized
 
@@ -266,7 +266,7 @@ def parameter_rows() -> list[dict[str, Any]]:
     """The request's parameters with ranges and defaults read from the schema the API validates."""
     rows = []
     for name, field in ChatCompletionRequest.model_fields.items():
-        default = None if field.is_required() else field.default
+        default = None if field.is_required() else EFFECTIVE_DEFAULTS.get(name, field.default)
         rows.append({
             "name": name,
             "type": JSON_TYPES.get(name) or JSON_TYPES.get(
