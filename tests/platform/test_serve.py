@@ -20,34 +20,15 @@ from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     redis_url,
     use_redis,
 )
-from tests.support.gateway_process import ROOT, GatewayProcess, gateway_spawn, workers_of
+from tests.support.gateway_process import (
+    ROOT,
+    GatewayProcess,
+    gateway_spawn,
+    sockets_per_worker,
+    workers_of,
+)
 
 CONNECTIONS = 64
-
-
-def sockets_per_worker(gateway: GatewayProcess, workers: list[int], state: str) -> dict[int, int]:
-    """How many sockets on the gateway's port in `state` each worker holds (from /proc):
-    "01" established connections, "0A" listening sockets."""
-    inodes: dict[str, int] = {}
-    for pid in workers:
-        try:
-            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:  # the worker exited meanwhile
-            continue
-        for fd in descriptors:
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes[target[len("socket:["):-1]] = pid
-    held = dict.fromkeys(workers, 0)
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local_port = int(fields[1].split(":")[1], 16)
-        if local_port == gateway.port and fields[3] == state and fields[9] in inodes:
-            held[inodes[fields[9]]] += 1
-    return held
 
 
 def health_check_on(connection: socket.socket) -> bytes:

@@ -35,7 +35,7 @@ from tests.ratelimit.conftest import (  # noqa: F401 (fixtures)
     redis_url,
     use_redis,
 )
-from tests.support.gateway_process import workers_of
+from tests.support.gateway_process import sockets_per_worker, workers_of
 
 REQUESTS = int(os.environ.get("CHAOS_REQUESTS", "240"))
 CONCURRENCY = 16
@@ -247,6 +247,9 @@ def test_chaos_with_a_worker_killed_leaves_the_books_exact_and_no_slot_held(
             async def kill() -> None:
                 nonlocal killed_at
                 await asyncio.sleep(1.5)
+                # Only once the victim is serving (a connection per request): a kill cuts one.
+                while not sockets_per_worker(gateway, [victim], "01")[victim]:
+                    await asyncio.sleep(0.02)
                 os.kill(victim, signal.SIGKILL)
                 killed_at = time.monotonic()
 

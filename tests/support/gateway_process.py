@@ -7,6 +7,7 @@ test database; this starts one on whatever environment it is given.)
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
@@ -116,3 +117,28 @@ def workers_of(gateway: GatewayProcess) -> list[int]:
         if parent == gateway.process.pid and b"resource_tracker" not in command:
             found.append(int(entry.name))
     return sorted(found)
+
+
+def sockets_per_worker(gateway: GatewayProcess, workers: list[int], state: str) -> dict[int, int]:
+    """How many sockets on the gateway's port in `state` each worker holds (from /proc):
+    "01" established connections, "0A" listening sockets."""
+    inodes: dict[str, int] = {}
+    for pid in workers:
+        try:
+            descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:  # the worker exited meanwhile
+            continue
+        for fd in descriptors:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes[target[len("socket:["):-1]] = pid
+    held = dict.fromkeys(workers, 0)
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        if local_port == gateway.port and fields[3] == state and fields[9] in inodes:
+            held[inodes[fields[9]]] += 1
+    return held
