@@ -44,6 +44,7 @@ from billing.services import (
     key_quotas_copy,
 )
 from completions import selectors as usage
+from completions.examples import example_model
 from completions.models import CatalogModel
 
 # The session key the switcher writes; the management API's session callers read it too.
@@ -216,6 +217,7 @@ def home(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "totals": totals,
         "active_keys": active_keys,
         "base_url": request.build_absolute_uri("/api/v1"),
+        "example": example_model(),
     })
 
 

@@ -5,7 +5,10 @@ Screenshots of every page land in tests/artifacts/screenshots/, named by page.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from accounts import webhooks
 from accounts.keys import visible_prefix
+from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
 from completions.views import PLAYGROUND_KEY_NAME
@@ -154,6 +158,38 @@ def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_an
         client.chat.completions.create(
             model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Again"}])
     assert_only_local(requested, live_gateway)
+
+
+def test_a_new_developer_runs_the_first_request_from_the_overview_as_shown_and_it_answers(
+    browser: Any, live_gateway: Any, settings: Any
+) -> None:
+    # Given a fresh install: no provider key, so only the built-in echo model answers
+    settings.OPENROUTER_API_KEY = ""
+    catalog_cache.clear()
+    page, _ = open_page(browser, live_gateway)
+    sign_up(page, email="first@example.test", organization="First Co")
+    secret = create_key(page, "first key")
+
+    # When they copy the overview's first request and run it with their key
+    page.goto("/portal/")
+    example = page.locator("section", has=page.get_by_role("heading", name="First request"))
+    command = example.locator("pre").inner_text()
+    assert "sk_your_api_key" in command
+    # As a shell reads it: a backslash at the end of a line continues the command.
+    argv = shlex.split(command.replace("sk_your_api_key", secret).replace("\\\n", " "))
+    assert argv[0] == "curl"
+    ran = subprocess.run([*argv, "--silent", "--show-error", "--write-out", "\\n%{http_code}"],
+                         capture_output=True, text=True, timeout=30, check=False)
+
+    # Then it answers 200 with a completion
+    body, _, status = ran.stdout.rpartition("\n")
+    assert status == "200", f"{status}: {body} {ran.stderr}"
+    completion = json.loads(body)
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"].startswith("Echo: Hello!")
+    # And the page says how to switch on real models
+    expect(example).to_contain_text("OPENROUTER_API_KEY")
+    screenshot(page, "desktop-overview-first-request")
 
 
 PAGES = {
