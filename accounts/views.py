@@ -28,7 +28,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import slugify
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import services
 from accounts.api import KEY_MANAGERS, MANAGERS
@@ -46,6 +46,7 @@ from billing.services import (
 from completions import selectors as usage
 from completions.examples import example_model
 from completions.models import CatalogModel
+from novakit import crypto
 
 # The session key the switcher writes; the management API's session callers read it too.
 ORGANIZATION_SESSION_KEY = "organization_id"
@@ -243,21 +244,41 @@ def _key_status(key: APIKey, now: dt.datetime) -> str:
     return "active"
 
 
+# A secret made by a POST waits here, encrypted, for the GET the POST redirects to
+# (post/redirect/get: reloading the page that shows it must not make another key).
+# That GET takes it out, so it is shown once, and only to the session that made it.
+NEW_SECRETS_SESSION_KEY = "new_secrets"
+
+
+def secret_stash(request: HttpRequest, name: str, secret: str, **extra: Any) -> None:
+    stash = dict(request.session.get(NEW_SECRETS_SESSION_KEY, {}))
+    stash[name] = {"secret": crypto.encrypt(secret), **extra}
+    request.session[NEW_SECRETS_SESSION_KEY] = stash
+
+
+def secret_take(request: HttpRequest, name: str) -> dict[str, Any] | None:
+    """The stashed secret and its extras, removed from the session; None once taken."""
+    stash = dict(request.session.get(NEW_SECRETS_SESSION_KEY, {}))
+    entry = stash.pop(name, None)
+    if entry is None:
+        return None
+    if stash:
+        request.session[NEW_SECRETS_SESSION_KEY] = stash
+    else:
+        del request.session[NEW_SECRETS_SESSION_KEY]
+    return {**entry, "secret": crypto.decrypt(entry["secret"])}
+
+
 def secret_page(request: HttpRequest, member: PortalMember, template: str,
                 context: dict[str, Any]) -> HttpResponse:
-    """The one page a new secret appears on: this response and nowhere else (not the
-    session, not a redirect, not a cache)."""
-    response = portal_render(request, member, template, context, status=201)
+    """The one page a new secret appears on, never stored by a cache."""
+    response = portal_render(request, member, template, context)
     response["Cache-Control"] = "no-store"
     return response
 
 
-def _secret_page(request: HttpRequest, member: PortalMember, key: APIKey, secret: str,
-                 *, replaces: APIKey | None = None) -> HttpResponse:
-    return secret_page(request, member, "portal/key_created.html", {
-        "section": "keys", "key": key, "secret": secret, "replaces": replaces,
-        "base_url": request.build_absolute_uri("/api/v1"),
-    })
+def _key_secret_name(key: APIKey) -> str:
+    return f"key:{key.pk}"
 
 
 @require_http_methods(["GET", "POST"])
@@ -277,7 +298,8 @@ def keys(request: HttpRequest, member: PortalMember) -> HttpResponse:
                 cap = form.cleaned_data.get("credit_cap")
                 if cap is not None:
                     key_credit_cap_set(key=key, limit=cap, actor=request.user)
-            return _secret_page(request, member, key, secret)
+            secret_stash(request, _key_secret_name(key), secret)
+            return redirect("portal:key-created", key_id=key.pk)
     now = timezone.now()
     rows = [{"key": key, "status": _key_status(key, now), "credit_cap": key_credit_cap(key)}
             for key in _organization_keys(member)]
@@ -313,7 +335,26 @@ def key_rotate(request: HttpRequest, member: PortalMember, key_id: int) -> HttpR
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("portal:keys")
-    return _secret_page(request, member, new_key, secret, replaces=key)
+    secret_stash(request, _key_secret_name(new_key), secret, replaces=key.pk)
+    return redirect("portal:key-created", key_id=new_key.pk)
+
+
+@require_GET
+@member_view(roles=KEY_MANAGERS)
+def key_created(request: HttpRequest, member: PortalMember, key_id: int) -> HttpResponse:
+    """The new key's secret, once: the page the create and rotate forms redirect to."""
+    key = get_object_or_404(_organization_keys(member), pk=key_id)
+    new = secret_take(request, _key_secret_name(key))
+    if new is None:  # a reload, or another session
+        messages.info(request, f"The secret of {key.prefix}… was shown once and cannot be "
+                               "shown again: if it is lost, rotate the key.")
+        return redirect("portal:keys")
+    replaces = (_organization_keys(member).filter(pk=new["replaces"]).first()
+                if new.get("replaces") else None)
+    return secret_page(request, member, "portal/key_created.html", {
+        "section": "keys", "key": key, "secret": new["secret"], "replaces": replaces,
+        "base_url": request.build_absolute_uri("/api/v1"),
+    })
 
 
 # --- members -----------------------------------------------------------------------------

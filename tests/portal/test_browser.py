@@ -19,6 +19,7 @@ from playwright.sync_api import Page, expect
 
 from accounts import webhooks
 from accounts.keys import visible_prefix
+from accounts.models import APIKey
 from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
@@ -190,6 +191,20 @@ def test_a_new_developer_runs_the_first_request_from_the_overview_as_shown_and_i
     # And the page says how to switch on real models
     expect(example).to_contain_text("OPENROUTER_API_KEY")
     screenshot(page, "desktop-overview-first-request")
+
+
+def test_reloading_the_page_of_a_new_key_makes_no_other_key_and_shows_the_secret_no_more(
+    browser: Any, live_gateway: Any
+) -> None:
+    page, _ = open_page(browser, live_gateway)
+    sign_up(page, email="reload@example.test", organization="Reload Co")
+    secret = create_key(page, "reloaded key")
+
+    page.reload()
+
+    assert secret not in page.content()
+    expect(page.get_by_test_id("new-secret")).to_have_count(0)
+    assert off_loop(lambda: APIKey.objects.filter(name="reloaded key").count()) == 1
 
 
 PAGES = {
