@@ -207,6 +207,60 @@ def test_reloading_the_page_of_a_new_key_makes_no_other_key_and_shows_the_secret
     assert off_loop(lambda: APIKey.objects.filter(name="reloaded key").count()) == 1
 
 
+PHONE = {"width": 390, "height": 844}
+
+
+def box_within_width(page: Page, selector: str, width: int) -> dict[str, float]:
+    """An element's box, asserted to be on a screen `width` pixels wide as the page stands."""
+    box = page.evaluate("(selector) => document.querySelector(selector)"
+                        ".getBoundingClientRect().toJSON()", selector)
+    assert box["width"] > 0 and box["left"] >= 0 and box["right"] <= width, (selector, box)
+    return box
+
+
+def test_at_390_pixels_the_keys_actions_are_on_screen_and_the_grace_choice_is_labelled(
+    browser: Any, live_gateway: Any
+) -> None:
+    page, _ = open_page(browser, live_gateway, PHONE)
+    sign_up(page, email="narrow@example.test", organization="Narrow Co")
+    secret = create_key(page, "a key with a rather long descriptive name")
+
+    page.goto("/portal/keys/")
+
+    row = f'tr[data-key-prefix="{visible_prefix(secret)}"]'
+    screenshot(page, "keys-390")
+    # As the page loads: nobody is told to scroll the table sideways to find them
+    for button in ("Rotate", "Revoke"):
+        box = page.locator(row).get_by_role("button", name=button).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (button, box)
+    # The menu reads "1 hour": a label on the screen says of what
+    select = page.locator(row).locator("select[name=grace_seconds]")
+    expect(select.locator("option:checked")).to_have_text("1 hour")
+    label = page.locator(f'label[for="{select.get_attribute("id")}"]')
+    expect(label).to_have_text(re.compile("old key", re.I))
+    label_box = box_within_width(page, f'label[for="{select.get_attribute("id")}"]',
+                                 PHONE["width"])
+    assert label_box["width"] > 40 and label_box["height"] > 8, label_box
+    assert label.evaluate("(l) => l.scrollWidth <= l.clientWidth + 1"), "the label is clipped"
+    assert_fits(page, "keys-390", PHONE["width"])
+
+
+def test_at_390_pixels_the_playgrounds_code_is_not_cut_off(browser: Any, live_gateway: Any
+                                                          ) -> None:
+    page, _ = open_page(browser, live_gateway, PHONE)
+    sign_up(page, email="pg-narrow@example.test", organization="Narrow Co")
+
+    page.goto("/portal/playground/")
+
+    code = page.locator('pre[data-panel="curl"]')
+    expect(code).to_contain_text("chat/completions")
+    screenshot(page, "playground-390")
+    box_within_width(page, 'pre[data-panel="curl"]', PHONE["width"])
+    hidden = code.evaluate("(pre) => pre.scrollWidth - pre.clientWidth")
+    assert hidden <= 1, f"{hidden}px of the code are cut off the right edge"
+    assert_fits(page, "playground-390", PHONE["width"])
+
+
 PAGES = {
     "overview": "/portal/",
     "keys": "/portal/keys/",
