@@ -12,6 +12,7 @@ import re
 import pytest
 
 from completions.catalog import catalog_cache
+from completions.models import CatalogModel, ModelRoute, Provider
 from completions.schemas import DEFAULT_MODEL
 
 pytestmark = pytest.mark.django_db
@@ -63,4 +64,19 @@ def test_given_a_provider_key_then_the_examples_name_the_default_model_and_no_sw
     page = owner.get(path).content.decode()
 
     assert set(models_in_examples(page)) == {DEFAULT_MODEL}
+    assert 'data-testid="example-model-note"' not in page
+
+
+def test_given_a_provider_for_another_model_only_then_the_examples_name_that_model(
+        owner, no_provider_key):
+    provider = Provider(slug="local", name="Local", kind=Provider.Kind.OPENAI,
+                        base_url="https://llm.example.test/v1")
+    provider.set_api_key("sk-local")
+    provider.save()
+    ModelRoute.objects.create(model=CatalogModel.objects.get(model_id="anthropic/claude-3-opus"),
+                              provider=provider, upstream_model="claude-3-opus", priority=5)
+
+    page = owner.get("/portal/reference/").content.decode()
+
+    assert set(models_in_examples(page)) == {"anthropic/claude-3-opus"}
     assert 'data-testid="example-model-note"' not in page
