@@ -35,6 +35,7 @@ from accounts.api import KEY_MANAGERS, MANAGERS
 from accounts.emails import send_invitation
 from accounts.forms import APIKeyForm, InviteForm, RoleForm, RotateForm, SignUpForm
 from accounts.models import APIKey, Membership, Organization
+from accounts.new_secrets import secret_stash, secret_take
 from billing.selectors import credit_summary
 from billing.services import (
     account_for_organization,
@@ -46,7 +47,6 @@ from billing.services import (
 from completions import selectors as usage
 from completions.examples import example_model
 from completions.models import CatalogModel
-from novakit import crypto
 
 # The session key the switcher writes; the management API's session callers read it too.
 ORGANIZATION_SESSION_KEY = "organization_id"
@@ -242,31 +242,6 @@ def _key_status(key: APIKey, now: dt.datetime) -> str:
     if key.expires_at is not None and key.expires_at <= now:
         return "expired"
     return "active"
-
-
-# A secret made by a POST waits here, encrypted, for the GET the POST redirects to
-# (post/redirect/get: reloading the page that shows it must not make another key).
-# That GET takes it out, so it is shown once, and only to the session that made it.
-NEW_SECRETS_SESSION_KEY = "new_secrets"
-
-
-def secret_stash(request: HttpRequest, name: str, secret: str, **extra: Any) -> None:
-    stash = dict(request.session.get(NEW_SECRETS_SESSION_KEY, {}))
-    stash[name] = {"secret": crypto.encrypt(secret), **extra}
-    request.session[NEW_SECRETS_SESSION_KEY] = stash
-
-
-def secret_take(request: HttpRequest, name: str) -> dict[str, Any] | None:
-    """The stashed secret and its extras, removed from the session; None once taken."""
-    stash = dict(request.session.get(NEW_SECRETS_SESSION_KEY, {}))
-    entry = stash.pop(name, None)
-    if entry is None:
-        return None
-    if stash:
-        request.session[NEW_SECRETS_SESSION_KEY] = stash
-    else:
-        del request.session[NEW_SECRETS_SESSION_KEY]
-    return {**entry, "secret": crypto.decrypt(entry["secret"])}
 
 
 def secret_page(request: HttpRequest, member: PortalMember, template: str,

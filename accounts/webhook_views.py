@@ -19,15 +19,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import webhooks
 from accounts.api import MANAGERS
 from accounts.models import WebhookEndpoint
-from accounts.views import (
-    PortalMember,
-    forbidden_page,
-    member_view,
-    portal_render,
-    secret_page,
-    secret_stash,
-    secret_take,
-)
+from accounts.new_secrets import secret_stash, secret_take
+from accounts.views import PortalMember, forbidden_page, member_view, portal_render, secret_page
 from accounts.webhook_forms import WebhookActiveForm, WebhookEndpointForm
 from billing.alerts import low_balance_threshold
 from billing.models import CreditAccount
