@@ -26,7 +26,7 @@ install-dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py bootstrap_demo
+	$(BIN)/python manage.py bootstrap_demo --host $(HOST) --port $(PORT)
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
 	$(BIN)/python -m novakit.serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
 

@@ -28,13 +28,14 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.utils.text import slugify
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from accounts import services
 from accounts.api import KEY_MANAGERS, MANAGERS
 from accounts.emails import send_invitation
 from accounts.forms import APIKeyForm, InviteForm, RoleForm, RotateForm, SignUpForm
 from accounts.models import APIKey, Membership, Organization
+from accounts.new_secrets import secret_stash, secret_take
 from accounts.signin_throttle import signin_lockout_lift
 from billing.selectors import credit_summary
 from billing.services import (
@@ -45,6 +46,7 @@ from billing.services import (
     key_quotas_copy,
 )
 from completions import selectors as usage
+from completions.examples import example_model
 from completions.models import CatalogModel
 
 # The session key the switcher writes; the management API's session callers read it too.
@@ -227,6 +229,7 @@ def home(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "totals": totals,
         "active_keys": active_keys,
         "base_url": request.build_absolute_uri("/api/v1"),
+        "example": example_model(),
     })
 
 
@@ -254,19 +257,14 @@ def _key_status(key: APIKey, now: dt.datetime) -> str:
 
 def secret_page(request: HttpRequest, member: PortalMember, template: str,
                 context: dict[str, Any]) -> HttpResponse:
-    """The one page a new secret appears on: this response and nowhere else (not the
-    session, not a redirect, not a cache)."""
-    response = portal_render(request, member, template, context, status=201)
+    """The one page a new secret appears on, never stored by a cache."""
+    response = portal_render(request, member, template, context)
     response["Cache-Control"] = "no-store"
     return response
 
 
-def _secret_page(request: HttpRequest, member: PortalMember, key: APIKey, secret: str,
-                 *, replaces: APIKey | None = None) -> HttpResponse:
-    return secret_page(request, member, "portal/key_created.html", {
-        "section": "keys", "key": key, "secret": secret, "replaces": replaces,
-        "base_url": request.build_absolute_uri("/api/v1"),
-    })
+def _key_secret_name(key: APIKey) -> str:
+    return f"key:{key.pk}"
 
 
 @require_http_methods(["GET", "POST"])
@@ -286,7 +284,8 @@ def keys(request: HttpRequest, member: PortalMember) -> HttpResponse:
                 cap = form.cleaned_data.get("credit_cap")
                 if cap is not None:
                     key_credit_cap_set(key=key, limit=cap, actor=request.user)
-            return _secret_page(request, member, key, secret)
+            secret_stash(request, _key_secret_name(key), secret)
+            return redirect("portal:key-created", key_id=key.pk)
     now = timezone.now()
     rows = [{"key": key, "status": _key_status(key, now), "credit_cap": key_credit_cap(key)}
             for key in _organization_keys(member)]
@@ -322,7 +321,26 @@ def key_rotate(request: HttpRequest, member: PortalMember, key_id: int) -> HttpR
     except ValueError as exc:
         messages.error(request, str(exc))
         return redirect("portal:keys")
-    return _secret_page(request, member, new_key, secret, replaces=key)
+    secret_stash(request, _key_secret_name(new_key), secret, replaces=key.pk)
+    return redirect("portal:key-created", key_id=new_key.pk)
+
+
+@require_GET
+@member_view(roles=KEY_MANAGERS)
+def key_created(request: HttpRequest, member: PortalMember, key_id: int) -> HttpResponse:
+    """The new key's secret, once: the page the create and rotate forms redirect to."""
+    key = get_object_or_404(_organization_keys(member), pk=key_id)
+    new = secret_take(request, _key_secret_name(key))
+    if new is None:  # a reload, or another session
+        messages.info(request, f"The secret of {key.prefix}… was shown once and cannot be "
+                               "shown again: if it is lost, rotate the key.")
+        return redirect("portal:keys")
+    replaces = (_organization_keys(member).filter(pk=new["replaces"]).first()
+                if new.get("replaces") else None)
+    return secret_page(request, member, "portal/key_created.html", {
+        "section": "keys", "key": key, "secret": new["secret"], "replaces": replaces,
+        "base_url": request.build_absolute_uri("/api/v1"),
+    })
 
 
 # --- members -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from accounts import webhooks
 from accounts.api import MANAGERS
 from accounts.models import WebhookEndpoint
+from accounts.new_secrets import secret_stash, secret_take
 from accounts.views import PortalMember, forbidden_page, member_view, portal_render, secret_page
 from accounts.webhook_forms import WebhookActiveForm, WebhookEndpointForm
 from billing.alerts import low_balance_threshold
@@ -30,6 +31,10 @@ RECENT_DELIVERIES = 50
 
 def _endpoints(member: PortalMember) -> QuerySet[WebhookEndpoint]:
     return WebhookEndpoint.objects.filter(organization_id=member.membership.organization_id)
+
+
+def _secret_name(endpoint: WebhookEndpoint) -> str:
+    return f"webhook:{endpoint.pk}"
 
 
 def _balance_threshold(member: PortalMember) -> int:
@@ -55,9 +60,8 @@ def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
             except ValueError as exc:  # UnsafeTarget: a private address, plain http, no DNS
                 form.add_error("url", str(exc))
             else:
-                return secret_page(request, member, "portal/webhook_created.html", {
-                    "section": "webhooks", "endpoint": endpoint, "secret": secret,
-                })
+                secret_stash(request, _secret_name(endpoint), secret)
+                return redirect("portal:webhook-created", endpoint_id=endpoint.pk)
     endpoints = _endpoints(member).annotate(
         delivery_count=Count("deliveries"), last_delivery_at=Max("deliveries__created_at"),
     ).order_by("-is_active", "-created_at")
@@ -68,6 +72,22 @@ def webhooks_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "balance_threshold": (_balance_threshold(member) if member.can_manage_members
                               else None),
     }, status=400 if form.errors else 200)
+
+
+@require_GET
+@member_view(roles=MANAGERS)
+def webhook_created(request: HttpRequest, member: PortalMember, endpoint_id: int
+                    ) -> HttpResponse:
+    """The signing secret, once: the page the register form redirects to."""
+    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    new = secret_take(request, _secret_name(endpoint))
+    if new is None:  # a reload, or another session
+        messages.info(request, f"The signing secret of {endpoint.url} was shown once and cannot "
+                               "be shown again.")
+        return redirect("portal:webhook-detail", endpoint_id=endpoint.pk)
+    return secret_page(request, member, "portal/webhook_created.html", {
+        "section": "webhooks", "endpoint": endpoint, "secret": new["secret"],
+    })
 
 
 @require_GET

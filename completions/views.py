@@ -38,6 +38,7 @@ from accounts.views import (
 from billing.pricing import credits_per_1k_tokens
 from completions import charts, gateway, selectors
 from completions.catalog import ModelInfo, load_snapshot
+from completions.examples import TIER_ORDER, example_model
 from completions.forms import UsageFilterForm
 from completions.models import CatalogModel
 from completions.schemas import DEFAULT_MODEL, EFFECTIVE_DEFAULTS, ChatCompletionRequest
@@ -47,7 +48,6 @@ from novakit.errors import ApiError, error_response, forbidden, invalid_request,
 PLAYGROUND_KEY_NAME = "playground (portal)"
 # What the playground sends; anything else in its request body is ignored.
 PLAYGROUND_FIELDS = ("model", "messages", "temperature", "max_tokens")
-TIER_ORDER = {"basic": 0, "standard": 1, "powerful": 2}
 
 
 def _base_url(request: HttpRequest) -> str:
@@ -299,6 +299,7 @@ def api_reference(request: HttpRequest) -> HttpResponse:
     return portal_render(request, optional_member(request), "portal/reference.html", {
         "section": "reference",
         "base_url": _base_url(request),
+        "example": example_model(),
         "parameters": parameter_rows(),
         "models": _model_rows(),
         "rates": {

@@ -254,6 +254,10 @@ SESSION_COOKIE_HTTPONLY = True
 # Static files are served by the app itself (WhiteNoise), compressed and cached.
 MIDDLEWARE.insert(1, "novakit.static.StaticFilesMiddleware")
 MIDDLEWARE.insert(0, "novakit.observability.RequestIdMiddleware")
+# Inside CommonMiddleware, so a path missing its slash is still redirected to the one with it.
+MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.common.CommonMiddleware") + 1,
+                  "novakit.error_pages.NotFoundPageMiddleware")
+CSRF_FAILURE_VIEW = "novakit.error_pages.csrf_failure"
 # The inference API (API keys, JSON, no cookies) is served by a handler of its
 # own with only these (novakit/asgi.py): sessions, CSRF, messages and sign-in
 # throttling are the portal's, and each of Django's hooks is a thread hop.

@@ -4,14 +4,19 @@ from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 from django.urls import include, path
 from django.views import defaults
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
-from novakit import health, staff
+from novakit import error_pages, health, staff
 from novakit.api import api
-from novakit.errors import ApiError, error_response, invalid_request, not_found
+from novakit.errors import ApiError, error_response, invalid_request
 from novakit.metrics import metrics_view
 
+# The admin's "View site" link: the portal is the site.
+admin.site.site_url = "/portal/"
+
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="portal:home"), name="root"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
@@ -40,6 +45,6 @@ def _api_errors_as_json(default: Callable[..., HttpResponse], error: Callable[[]
 
 
 # Errors Django raises before any view: an unknown path, a Host header not in ALLOWED_HOSTS.
-handler404 = _api_errors_as_json(defaults.page_not_found, not_found)
+handler404 = error_pages.page_not_found
 handler400 = _api_errors_as_json(
     defaults.bad_request, lambda: invalid_request("Bad request (check the Host header)"))

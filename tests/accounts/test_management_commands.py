@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import io
 import re
+import shlex
+import subprocess
 
 import pytest
+from django.conf import settings as settings_module
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
@@ -145,3 +148,34 @@ def test_given_bootstrap_demo_then_the_secrets_are_printed_the_first_time_only(c
     assert Organization.objects.filter(slug="demo").count() == 1
     assert APIKey.objects.filter(organization__slug="demo").count() == 1
     assert LedgerEntry.objects.filter(account__organization__slug="demo").count() == 1
+
+
+def bootstrap_arguments_of_make_run(**variables: str) -> list[str]:
+    """The arguments `make run` gives bootstrap_demo, read from make's own dry run."""
+    assignments = [f"{name}={value}" for name, value in variables.items()]
+    plan = subprocess.run(["make", "--dry-run", "--always-make", "run", *assignments],
+                          cwd=settings_module.BASE_DIR, capture_output=True, text=True,
+                          check=True).stdout
+    line = next(line for line in plan.splitlines() if "manage.py bootstrap_demo" in line)
+    return shlex.split(line.split("manage.py ", 1)[1])
+
+
+def test_given_make_run_on_another_port_then_the_first_runs_hint_names_that_port():
+    out, _ = run(*bootstrap_arguments_of_make_run(PORT="9123"))
+
+    assert "http://127.0.0.1:9123/api/v1/models" in out
+    assert ":8000" not in out
+
+
+def test_given_make_run_on_every_address_then_the_hint_names_one_a_client_can_reach():
+    out, _ = run(*bootstrap_arguments_of_make_run(HOST="0.0.0.0", PORT="8080"))
+
+    assert "http://127.0.0.1:8080/" in out and "0.0.0.0" not in out
+
+
+def test_given_a_second_run_then_it_says_how_to_reset_the_admin_password():
+    run("bootstrap_demo")
+
+    second, _ = run("bootstrap_demo")
+
+    assert "manage.py changepassword admin" in second

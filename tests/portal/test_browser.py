@@ -5,7 +5,10 @@ Screenshots of every page land in tests/artifacts/screenshots/, named by page.
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,6 +19,8 @@ from playwright.sync_api import Page, expect
 
 from accounts import webhooks
 from accounts.keys import visible_prefix
+from accounts.models import APIKey
+from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
 from completions.views import PLAYGROUND_KEY_NAME
@@ -154,6 +159,106 @@ def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_an
         client.chat.completions.create(
             model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Again"}])
     assert_only_local(requested, live_gateway)
+
+
+def test_a_new_developer_runs_the_first_request_from_the_overview_as_shown_and_it_answers(
+    browser: Any, live_gateway: Any, settings: Any
+) -> None:
+    # Given a fresh install: no provider key, so only the built-in echo model answers
+    settings.OPENROUTER_API_KEY = ""
+    catalog_cache.clear()
+    page, _ = open_page(browser, live_gateway)
+    sign_up(page, email="first@example.test", organization="First Co")
+    secret = create_key(page, "first key")
+
+    # When they copy the overview's first request and run it with their key
+    page.goto("/portal/")
+    example = page.locator("section", has=page.get_by_role("heading", name="First request"))
+    command = example.locator("pre").inner_text()
+    assert "sk_your_api_key" in command
+    # As a shell reads it: a backslash at the end of a line continues the command.
+    argv = shlex.split(command.replace("sk_your_api_key", secret).replace("\\\n", " "))
+    assert argv[0] == "curl"
+    ran = subprocess.run([*argv, "--silent", "--show-error", "--write-out", "\\n%{http_code}"],
+                         capture_output=True, text=True, timeout=30, check=False)
+
+    # Then it answers 200 with a completion
+    body, _, status = ran.stdout.rpartition("\n")
+    assert status == "200", f"{status}: {body} {ran.stderr}"
+    completion = json.loads(body)
+    assert completion["object"] == "chat.completion"
+    assert completion["choices"][0]["message"]["content"].startswith("Echo: Hello!")
+    # And the page says how to switch on real models
+    expect(example).to_contain_text("OPENROUTER_API_KEY")
+    screenshot(page, "desktop-overview-first-request")
+
+
+def test_reloading_the_page_of_a_new_key_makes_no_other_key_and_shows_the_secret_no_more(
+    browser: Any, live_gateway: Any
+) -> None:
+    page, _ = open_page(browser, live_gateway)
+    sign_up(page, email="reload@example.test", organization="Reload Co")
+    secret = create_key(page, "reloaded key")
+
+    page.reload()
+
+    assert secret not in page.content()
+    expect(page.get_by_test_id("new-secret")).to_have_count(0)
+    assert off_loop(lambda: APIKey.objects.filter(name="reloaded key").count()) == 1
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+def box_within_width(page: Page, selector: str, width: int) -> dict[str, float]:
+    """An element's box, asserted to be on a screen `width` pixels wide as the page stands."""
+    box = page.evaluate("(selector) => document.querySelector(selector)"
+                        ".getBoundingClientRect().toJSON()", selector)
+    assert box["width"] > 0 and box["left"] >= 0 and box["right"] <= width, (selector, box)
+    return box
+
+
+def test_at_390_pixels_the_keys_actions_are_on_screen_and_the_grace_choice_is_labelled(
+    browser: Any, live_gateway: Any
+) -> None:
+    page, _ = open_page(browser, live_gateway, PHONE)
+    sign_up(page, email="narrow@example.test", organization="Narrow Co")
+    secret = create_key(page, "a key with a rather long descriptive name")
+
+    page.goto("/portal/keys/")
+
+    row = f'tr[data-key-prefix="{visible_prefix(secret)}"]'
+    screenshot(page, "keys-390")
+    # As the page loads: nobody is told to scroll the table sideways to find them
+    for button in ("Rotate", "Revoke"):
+        box = page.locator(row).get_by_role("button", name=button).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], (button, box)
+    # The menu reads "1 hour": a label on the screen says of what
+    select = page.locator(row).locator("select[name=grace_seconds]")
+    expect(select.locator("option:checked")).to_have_text("1 hour")
+    label = page.locator(f'label[for="{select.get_attribute("id")}"]')
+    expect(label).to_have_text(re.compile("old key", re.I))
+    label_box = box_within_width(page, f'label[for="{select.get_attribute("id")}"]',
+                                 PHONE["width"])
+    assert label_box["width"] > 40 and label_box["height"] > 8, label_box
+    assert label.evaluate("(l) => l.scrollWidth <= l.clientWidth + 1"), "the label is clipped"
+    assert_fits(page, "keys-390", PHONE["width"])
+
+
+def test_at_390_pixels_the_playgrounds_code_is_not_cut_off(browser: Any, live_gateway: Any
+                                                          ) -> None:
+    page, _ = open_page(browser, live_gateway, PHONE)
+    sign_up(page, email="pg-narrow@example.test", organization="Narrow Co")
+
+    page.goto("/portal/playground/")
+
+    code = page.locator('pre[data-panel="curl"]')
+    expect(code).to_contain_text("chat/completions")
+    screenshot(page, "playground-390")
+    box_within_width(page, 'pre[data-panel="curl"]', PHONE["width"])
+    hidden = code.evaluate("(pre) => pre.scrollWidth - pre.clientWidth")
+    assert hidden <= 1, f"{hidden}px of the code are cut off the right edge"
+    assert_fits(page, "playground-390", PHONE["width"])
 
 
 PAGES = {

@@ -43,9 +43,9 @@ def test_creating_a_key_shows_its_secret_once_and_never_again(owner, tenant):
         "name": "deploy", "scopes": ["chat", "usage:read"], "requests_per_minute": "30",
         "credit_cap": "500", "allowed_models": ["openai/gpt-4o-mini"],
         "expires_on": (timezone.now() + dt.timedelta(days=10)).date().isoformat(),
-    })
+    }, follow=True)
 
-    assert response.status_code == 201
+    assert response.redirect_chain[0][1] == 302
     assert response["Cache-Control"] == "no-store"
     html = response.content.decode()
     secret = secret_in(html)
@@ -96,9 +96,9 @@ def test_a_viewer_sees_the_keys_without_any_button_and_is_refused_every_change(v
 def test_a_developer_creates_and_revokes_keys(member_client):
     developer = member_client(Membership.Role.DEVELOPER)
 
-    created = developer.post(KEYS, {"name": "dev", "scopes": ["chat"]})
+    created = developer.post(KEYS, {"name": "dev", "scopes": ["chat"]}, follow=True)
 
-    assert created.status_code == 201
+    assert 'id="new-secret"' in created.content.decode()
     key = APIKey.objects.get(name="dev")
     assert developer.post(f"/portal/keys/{key.pk}/revoke").status_code == 302
 
@@ -120,9 +120,12 @@ def test_rotating_a_key_shows_the_new_secret_and_keeps_the_old_one_for_the_grace
     Quota.objects.create(organization=tenant.org, api_key=tenant.key,
                          metric=Quota.Metric.CREDITS, limit=900)
 
-    response = owner.post(f"/portal/keys/{tenant.key.pk}/rotate", {"grace_seconds": "86400"})
+    response = owner.post(f"/portal/keys/{tenant.key.pk}/rotate", {"grace_seconds": "86400"},
+                          follow=True)
 
-    assert response.status_code == 201
+    assert response.status_code == 200
+    assert f"It replaces <span class=\"mono\">{tenant.key.prefix}…</span>" in (
+        response.content.decode())
     secret = secret_in(response.content.decode())
     new = APIKey.objects.get(prefix=visible_prefix(secret))
     assert new.scopes == tenant.key.scopes and new.name == tenant.key.name
@@ -144,3 +147,54 @@ def test_another_organizations_key_cannot_be_revoked_or_rotated(owner, other_ten
     other_tenant.key.refresh_from_db()
     assert other_tenant.key.revoked_at is None
     assert APIKey.objects.filter(organization=other_tenant.org).count() == 1
+
+
+# --- post/redirect/get: a reload repeats the GET, never the POST --------------------------------
+
+
+def shown_once_then_gone(client, response) -> str:  # type: ignore[no-untyped-def]
+    """The secret on the page the POST redirects to, and gone from that page's reload."""
+    assert response.status_code == 302, "the POST must redirect, or a reload repeats it"
+    shown = client.get(response["Location"])
+    assert shown.status_code == 200 and shown["Cache-Control"] == "no-store"
+    secret = secret_in(shown.content.decode())
+    reloaded = client.get(response["Location"], follow=True)
+    assert reloaded.status_code == 200
+    assert secret not in reloaded.content.decode() and 'id="new-secret"' not in (
+        reloaded.content.decode())
+    assert secret not in str(dict(client.session))
+    return secret
+
+
+def test_given_a_key_just_created_when_its_page_is_reloaded_then_no_other_key_and_no_secret(
+        owner, tenant):
+    before = APIKey.objects.filter(organization=tenant.org).count()
+
+    response = owner.post(KEYS, {"name": "deploy", "scopes": ["chat"]})
+
+    secret = shown_once_then_gone(owner, response)
+    assert APIKey.objects.filter(organization=tenant.org).count() == before + 1
+    assert APIKey.objects.get(prefix=visible_prefix(secret)).name == "deploy"
+
+
+def test_given_a_key_just_rotated_when_its_page_is_reloaded_then_no_other_key_and_no_secret(
+        owner, tenant):
+    before = APIKey.objects.filter(organization=tenant.org).count()
+
+    response = owner.post(f"/portal/keys/{tenant.key.pk}/rotate", {"grace_seconds": "3600"})
+
+    secret = shown_once_then_gone(owner, response)
+    assert APIKey.objects.filter(organization=tenant.org).count() == before + 1
+    new = APIKey.objects.get(prefix=visible_prefix(secret))
+    assert new.pk != tenant.key.pk and new.name == tenant.key.name
+
+
+def test_the_page_of_a_new_secret_is_only_for_the_session_that_made_it(
+        owner, member_client, tenant):
+    response = owner.post(KEYS, {"name": "mine", "scopes": ["chat"]})
+    admin = member_client(Membership.Role.ADMIN)
+
+    seen = admin.get(response["Location"], follow=True).content.decode()
+
+    assert 'id="new-secret"' not in seen
+    assert secret_in(owner.get(response["Location"]).content.decode()).startswith("sk_")

@@ -58,9 +58,9 @@ def test_an_owner_or_admin_registers_an_endpoint_and_sees_its_secret_once(
     client = member_client(role)
 
     response = client.post(WEBHOOKS, {"url": LOOPBACK_URL,
-                                      "events": ["balance.low", "key.revoked"]})
+                                      "events": ["balance.low", "key.revoked"]}, follow=True)
 
-    assert response.status_code == 201
+    assert response.redirect_chain[0][1] == 302
     assert response["Cache-Control"] == "no-store"
     html = response.content.decode()
     secret = secret_in(html)
@@ -105,7 +105,7 @@ def test_the_development_setting_lets_a_loopback_receiver_through(owner, setting
     settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
 
     assert owner.post(WEBHOOKS, {"url": LOOPBACK_URL,
-                                 "events": ["key.revoked"]}).status_code == 201
+                                 "events": ["key.revoked"]}).status_code == 302
 
 
 @pytest.mark.parametrize("data, field", [
@@ -174,7 +174,22 @@ def test_every_form_refuses_a_post_without_the_csrf_token(member_client, tenant,
     token = csrf_token_from(client.get(WEBHOOKS).content.decode())
     response = client.post(WEBHOOKS, {"url": LOOPBACK_URL, "events": ["key.revoked"],
                                       "csrfmiddlewaretoken": token})
-    assert response.status_code == 201 and WebhookEndpoint.objects.count() == 2
+    assert response.status_code == 302 and WebhookEndpoint.objects.count() == 2
+
+
+def test_given_an_endpoint_just_registered_when_its_page_is_reloaded_then_no_other_endpoint(
+        owner, tenant, loopback_allowed):
+    response = owner.post(WEBHOOKS, {"url": LOOPBACK_URL, "events": ["key.revoked"]})
+
+    assert response.status_code == 302, "the POST must redirect, or a reload repeats it"
+    shown = owner.get(response["Location"])
+    assert shown.status_code == 200 and shown["Cache-Control"] == "no-store"
+    secret = secret_in(shown.content.decode())
+    reloaded = owner.get(response["Location"], follow=True).content.decode()
+    assert secret not in reloaded and 'data-testid="webhook-secret"' not in reloaded
+    assert WebhookEndpoint.objects.filter(organization=tenant.org).count() == 1
+    assert crypto.decrypt(WebhookEndpoint.objects.get().secret_encrypted) == secret
+    assert secret not in str(dict(owner.session))
 
 
 # --- pausing and deleting ----------------------------------------------------------------------
