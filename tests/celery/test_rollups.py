@@ -83,3 +83,13 @@ def test_error_and_cancelled_requests_are_counted(tenant):
     usage_rollup(now=now)
     hour = UsageRollup.objects.get(granularity="hour")
     assert (hour.requests, hour.errors, hour.cancelled, hour.credits) == (3, 1, 1, 20)
+
+
+def test_interrupted_requests_count_as_errors(tenant):
+    now = timezone.now()
+    _record(tenant, request_id="ok", started_at=now, settled_at=now)
+    _record(tenant, request_id="killed", started_at=now, settled_at=now, status="interrupted",
+            credits=3)
+    usage_rollup(now=now)
+    hour = UsageRollup.objects.get(granularity="hour")
+    assert (hour.requests, hour.errors, hour.credits) == (2, 1, 13)
