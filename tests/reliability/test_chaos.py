@@ -223,10 +223,14 @@ def test_chaos_with_a_worker_killed_leaves_the_books_exact_and_no_slot_held(
                                max_concurrent_requests=CONCURRENCY)
     [gateway] = gateway_processes(1, workers=2)
     deadline = time.monotonic() + 60
-    while len(workers_of(gateway)) < 2:
-        assert time.monotonic() < deadline, "two workers expected"
+    while True:  # two workers, each listening on its own socket
+        workers = workers_of(gateway)
+        listening = [pid for pid, n in sockets_per_worker(gateway, workers, "0A").items() if n]
+        if len(listening) >= 2:
+            break
+        assert time.monotonic() < deadline, f"two listening workers expected: {workers}"
         time.sleep(0.1)
-    victim = workers_of(gateway)[0]
+    victim = listening[0]
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "1729")))
     tally = Tally()
     url = f"{gateway.api_base}/chat/completions"
@@ -247,8 +251,10 @@ def test_chaos_with_a_worker_killed_leaves_the_books_exact_and_no_slot_held(
             async def kill() -> None:
                 nonlocal killed_at
                 await asyncio.sleep(1.5)
-                # Only once the victim is serving (a connection per request): a kill cuts one.
-                while not sockets_per_worker(gateway, [victim], "01")[victim]:
+                # Once the victim is serving (a connection per request), so the kill cuts one.
+                serving_by = time.monotonic() + 10
+                while (not sockets_per_worker(gateway, [victim], "01")[victim]
+                       and time.monotonic() < serving_by):
                     await asyncio.sleep(0.02)
                 os.kill(victim, signal.SIGKILL)
                 killed_at = time.monotonic()
