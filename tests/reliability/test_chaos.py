@@ -277,9 +277,11 @@ def test_chaos_with_a_worker_killed_leaves_the_books_exact_and_no_slot_held(
           f"records={by_status} expired_by_job={expired}")
 
     assert tally.problems == []
-    assert tally.cut > 0 and expired > 0
+    # A cut request is closed by the expiry job (most runs cut one or two; a run whose
+    # victim was between requests when it died cuts none, and that must balance too).
+    assert not workers_of(gateway).count(victim)
     assert records.count() == len(tally.admitted)
-    assert by_status["interrupted"] == expired
+    assert by_status.get("interrupted", 0) == expired
     assert not Reservation.objects.filter(status="open").exists()
     account = tenant.refresh_account()
     entries = account.entries.aggregate(total=Sum("amount"))["total"] or 0
