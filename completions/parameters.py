@@ -43,7 +43,10 @@ def parameters_check(body: ChatCompletionRequest, model: ModelInfo) -> None:
     """Refuse a feature the model is known not to accept (400, naming it)."""
     if not model.supported_parameters:
         return
-    sent = _sent(body)
+    # Names only: the body is dumped once per request, by `forwarded_parameters`.
+    extra = body.model_extra or {}
+    sent = {name for name in body.model_fields_set if getattr(body, name) is not None}
+    sent |= {name for name, value in extra.items() if value is not None}
     for name, needs in FEATURES.items():
         if name in sent and not model.accepts(needs):
             raise invalid_request(f"The model '{model.model_id}' does not support '{name}'",

@@ -334,3 +334,24 @@ def test_given_explicit_nulls_then_they_are_accepted_and_left_to_the_provider(
     sent = fake_upstream.requests[-1]["body"]
     assert not {"temperature", "top_p", "stop"} & set(sent)
     assert (sent["max_tokens"], sent["stream"]) == (2048, False)
+
+
+def test_given_listed_parameters_then_missing_tuning_is_dropped_and_features_refused(
+    tenant, fake_upstream, http
+):
+    from completions.catalog import catalog_cache
+    from completions.models import CatalogModel
+
+    CatalogModel.objects.filter(model_id="openai/gpt-4o-mini").update(
+        supported_parameters=["max_tokens", "temperature"])
+    catalog_cache.clear()
+
+    tuned = post_chat(http, tenant, {"messages": HELLO, "top_p": 0.5, "seed": 7})
+    tools = post_chat(http, tenant, {"messages": HELLO, "tools": [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]})
+
+    assert tuned.status_code == 200
+    assert not {"top_p", "seed"} & set(fake_upstream.requests[-1]["body"])
+    assert tools.status_code == 400
+    assert tools.json()["error"]["param"] == "tools"
+    assert len(fake_upstream.requests) == 1
