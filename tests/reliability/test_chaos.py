@@ -279,7 +279,11 @@ def test_chaos_with_a_worker_killed_leaves_the_books_exact_and_no_slot_held(
     assert tally.problems == []
     # A cut request is closed by the expiry job (most runs cut one or two; a run whose
     # victim was between requests when it died cuts none, and that must balance too).
-    assert not workers_of(gateway).count(victim)
+    # The victim died (its supervisor reaps it; until then /proc still lists it).
+    reaped_by = time.monotonic() + 10
+    while victim in workers_of(gateway):
+        assert time.monotonic() < reaped_by, f"worker {victim} was not killed"
+        time.sleep(0.1)
     assert records.count() == len(tally.admitted)
     assert by_status.get("interrupted", 0) == expired
     assert not Reservation.objects.filter(status="open").exists()
