@@ -9,7 +9,7 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
-from billing.services import period_end, period_start
+from billing.quotas import applicable_quotas, measure, period_end, period_start
 
 
 def quota_usage(*, organization_id: int, now: dt.datetime | None = None) -> list[dict[str, Any]]:
@@ -125,8 +125,6 @@ def admission_check(
     The same conditions `credits_reserve` applies, evaluated without taking
     anything, so a quote agrees with the reservation made right after it.
     """
-    from billing.services import applicable_quotas
-
     now = timezone.now()
     account = CreditAccount.objects.filter(organization_id=organization_id).first()
     available = (account.balance - account.reserved) if account else 0
@@ -138,7 +136,7 @@ def admission_check(
         this_period |= Q(quota=quota, period_start=period_start(quota.period, now))
     counters = {c.quota_id: c for c in QuotaCounter.objects.filter(this_period)} if quotas else {}
     for quota in quotas:
-        need = tokens if quota.metric == Quota.Metric.CHAT_TOKENS else credits
+        need = measure(quota.metric, tokens=tokens, credits=credits)
         counter = counters.get(quota.pk)
         room = quota.limit - ((counter.used + counter.reserved) if counter else 0)
         if room < need:

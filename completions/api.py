@@ -16,7 +16,7 @@ from accounts.ratelimit import rate_limit_peek
 from accounts.scopes import CHAT, MODELS
 from billing import selectors as billing_selectors
 from billing.pricing import credits_per_1k_tokens
-from completions import gateway, idempotency
+from completions import admission, gateway, idempotency, relay
 from completions.catalog import catalog_cache
 from completions.schemas import ChatCompletionRequest
 from novakit.db import db_async
@@ -60,11 +60,11 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
 
 
 async def _completion(body: ChatCompletionRequest, key: KeyContext, stream: bool) -> HttpResponse:
-    admitted = await gateway.admit(body, key, gateway.new_request_id())
+    admitted = await admission.admit(body, key, admission.new_request_id(), stream=stream)
     if not stream:
         return await gateway.answer(admitted)
     upstream, route = await gateway.open_with_fallback(admitted)
-    return gateway.stream_response(admitted, upstream, route)
+    return relay.stream_response(admitted, upstream, route)
 
 
 _REPLAYED_HEADERS = ("Content-Type", "x-request-id", "x-credits-remaining", "Cache-Control")
@@ -161,7 +161,7 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
     rate-limit buckets are read by the same script, told to take nothing.
     """
     key: KeyContext = request.auth  # type: ignore[attr-defined]
-    planned = await gateway.plan(body, key)
+    planned = await admission.plan(body, key)
     tokens = planned.prompt_estimate + planned.completion_limit
     check = await db_async(billing_selectors.admission_check)(
         organization_id=key.organization_id, api_key_id=key.key_id,

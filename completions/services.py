@@ -1,38 +1,70 @@
-"""Settling a request: its charge and its usage record, together, exactly once."""
+"""Settling a request: how it ended, its charge and its usage record, together, once.
+
+A request's charge and its usage record commit together (billing closes the
+reservation and writes the record handed to it, `UsageRecords`, in one
+commit), and a request closed before gets no second record. The event
+loop's side, with its retries, is completions.settlement.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import logging
-import time
-from dataclasses import dataclass, field
+import enum
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import connection
 from django.utils import timezone
-from psycopg_pool import PoolTimeout
 
+from billing.closing import Closing, Recorder, Settlement, holds_close, reservations_expire
 from billing.models import Reservation
 from billing.pricing import Price, tokens_affordable
-from billing.services import (
-    ClaimRecords,
-    Closing,
-    Settlement,
-    credits_close_credit_only,
-    credits_close_many,
-    reservations_expire,
-)
 from completions.models import UsageRecord
 
-logger = logging.getLogger(__name__)
-# Waits before the second and third attempt at a settlement that hit a database error.
-SETTLE_RETRY_DELAYS = (0.05, 0.25)
+Status = UsageRecord.Status
 
 
-@dataclass
+class Ending(enum.Enum):
+    """How an admitted request ended. `ENDINGS` says how each is recorded and billed."""
+
+    COMPLETED = "completed"
+    # No route answered; nothing reached the client.
+    UPSTREAM_FAILED = "upstream_failed"
+    # The stream failed after its first chunk (the provider, or we, mid-way).
+    STREAM_BROKEN = "stream_broken"
+    # The client left after the provider was sent the prompt.
+    CANCELLED = "cancelled"
+    # The client left before the provider was called (while its credits were reserved).
+    WITHDRAWN = "withdrawn"
+    # A fault of ours before anything was delivered.
+    SERVER_ERROR = "server_error"
+
+
+@dataclass(frozen=True, slots=True)
+class EndingRule:
+    status: str
+    http_status: int
+    error_code: str
+    # Give the reservation back, charging nothing (else charge the request's usage).
+    release: bool
+
+
+ENDINGS: dict[Ending, EndingRule] = {
+    Ending.COMPLETED: EndingRule(Status.OK, 200, "", release=False),
+    Ending.UPSTREAM_FAILED: EndingRule(Status.ERROR, 502, "upstream_error", release=True),
+    Ending.STREAM_BROKEN: EndingRule(Status.ERROR, 502, "upstream_error", release=False),
+    Ending.CANCELLED: EndingRule(Status.CANCELLED, 499, "client_closed", release=False),
+    Ending.WITHDRAWN: EndingRule(Status.CANCELLED, 499, "client_closed", release=True),
+    Ending.SERVER_ERROR: EndingRule(Status.ERROR, 500, "server_error", release=True),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class RequestOutcome:
     """What happened to one admitted request, as settlement needs to know it."""
 
@@ -43,22 +75,53 @@ class RequestOutcome:
     multiplier: Decimal
     credits_reserved: int
     streamed: bool
+    ending: Ending = Ending.COMPLETED
     end_user: str = ""
     provider: str = ""
-    status: str = UsageRecord.Status.OK
-    http_status: int = 200
-    error_code: str = ""
+    # The HTTP status and code where the ending's are not the whole story (the
+    # provider's failure, a failed settlement): None takes the ending's.
+    failure_status: int | None = None
+    failure_code: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_source: str = "upstream"
-    price: Price = field(default_factory=lambda: Price(base=0))
+    price: Price = dataclasses.field(default_factory=lambda: Price(base=0))
     latency_ms: int = 0
     ttft_ms: int | None = None
-    # Nothing reached the upstream's output: release instead of charging.
-    release: bool = False
-    # The key had quota to hold when the request was admitted: its settlement goes
-    # straight to the transaction (the one statement closes no group holding quota).
-    holds_quota: bool = False
+    # The reservation's quota holds ([counter id, held, metric]), given back at closing.
+    quota_holds: Sequence[Sequence[Any]] = ()
+
+    @property
+    def rule(self) -> EndingRule:
+        return ENDINGS[self.ending]
+
+    @property
+    def status(self) -> str:
+        return self.rule.status
+
+    @property
+    def http_status(self) -> int:
+        return self.failure_status or self.rule.http_status
+
+    @property
+    def error_code(self) -> str:
+        return self.failure_code or self.rule.error_code
+
+    @property
+    def release(self) -> bool:
+        return self.rule.release
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def closing(self) -> Closing:
+        if self.release:
+            return Closing(self.request_id, Reservation.Status.RELEASED,
+                           held=self.credits_reserved, quota_holds=self.quota_holds)
+        return Closing(self.request_id, Reservation.Status.SETTLED, held=self.credits_reserved,
+                       credits=self.price.total, tokens=self.tokens,
+                       quota_holds=self.quota_holds)
 
 
 def fallback_outcome(outcome: RequestOutcome) -> RequestOutcome:
@@ -72,61 +135,60 @@ def fallback_outcome(outcome: RequestOutcome) -> RequestOutcome:
     if outcome.release:
         return dataclasses.replace(outcome, usage_source="fallback")
     return dataclasses.replace(outcome, price=Price(base=outcome.credits_reserved),
-                               usage_source="fallback", error_code="settlement_failed")
+                               usage_source="fallback", failure_code="settlement_failed")
 
 
-def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
-    """Charge (or release) each request's reservation and write its one usage record.
+@dataclass(frozen=True)
+class UsageRecords:
+    """Usage records written with the charges billing closes (a billing Recorder): the
+    record of each request whose reservation the closing claims, and of no other."""
 
-    For one request or for the group the gateway settles together. A
-    request's charge and its usage record commit together. Idempotent by
-    request id: the billing service closes a reservation at most once, and a
-    request it had already closed gets no second usage record (the record's
-    unique request id backs that up).
+    records: list[UsageRecord]
 
-    On PostgreSQL the requests that hold no quota (most) are settled by one
-    statement that commits on its own: claims, charges, ledger entries and
-    usage records (`credits_close_credit_only`). The rest, and everything on
-    SQLite, in one transaction.
-    """
-    now = timezone.now()
-    closings = [_closing(outcome) for outcome in outcomes]
-    settled: dict[str, Settlement] = {}
-    if connection.vendor == "postgresql" and not any(o.holds_quota for o in outcomes):
-        records = _usage_rows([_usage_record(outcome, closing.charge, now=now)
-                               for outcome, closing in zip(outcomes, closings, strict=True)])
-        settled = credits_close_credit_only(closings, records, now=now)
-    rest = [(outcome, closing) for outcome, closing in zip(outcomes, closings, strict=True)
-            if closing.request_id not in settled]
-    if rest:
-        settled.update(_settle_in_one_transaction(rest, now=now))
-    return [settled[outcome.request_id] for outcome in outcomes]
+    def sql(self) -> tuple[str, dict[str, Any]]:
+        fields = _record_fields()
+        quote = connection.ops.quote_name
+        table = quote(UsageRecord._meta.db_table)
+        names = ", ".join(quote(f.column) for f in fields)
+        picked = ", ".join(f"r.{quote(f.column)}" for f in fields)
+        rows = [{f.column: _json_value(f.pre_save(record, add=True)) for f in fields}
+                for record in self.records]
+        statement = (
+            f"INSERT INTO {table} ({names}) SELECT {picked} "  # noqa: S608 (the model's names)
+            f"FROM jsonb_populate_recordset(NULL::{table}, %(usage_records)s::jsonb) AS r "
+            "WHERE r.request_id IN (SELECT request_id FROM claimed) "
+            "ON CONFLICT (request_id) DO NOTHING")
+        return statement, {"usage_records": json.dumps(rows)}
 
+    def write(self, request_ids: set[str]) -> None:
+        UsageRecord.objects.bulk_create(
+            [record for record in self.records if record.request_id in request_ids],
+            ignore_conflicts=True)
 
-def _closing(outcome: RequestOutcome) -> Closing:
-    # `held`: the usage record says what was reserved, and charges from it.
-    if outcome.release:
-        return Closing(outcome.request_id, Reservation.Status.RELEASED,
-                       held=outcome.credits_reserved)
-    return Closing(outcome.request_id, Reservation.Status.SETTLED, credits=outcome.price.total,
-                   tokens=outcome.prompt_tokens + outcome.completion_tokens,
-                   held=outcome.credits_reserved)
+    def joined(self, others: Sequence[Recorder]) -> UsageRecords:
+        records = list(self.records)
+        for other in others:
+            assert isinstance(other, UsageRecords)
+            records += other.records
+        return UsageRecords(records)
 
 
-@transaction.atomic
-def _settle_in_one_transaction(pairs: list[tuple[RequestOutcome, Closing]], *, now: dt.datetime,
-                               ) -> dict[str, Settlement]:
-    settlements = credits_close_many([closing for _, closing in pairs], now=now)
-    UsageRecord.objects.bulk_create(
-        [_usage_record(outcome, settlement.charged, now=now)
-         for (outcome, _), settlement in zip(pairs, settlements, strict=True)
-         if not settlement.already_closed],
-        ignore_conflicts=True,
-    )
-    return {settlement.request_id: settlement for settlement in settlements}
+def _record_fields() -> list[Any]:
+    return [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
 
 
-def _usage_record(outcome: RequestOutcome, charged: int, *, now: dt.datetime) -> UsageRecord:
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()  # with its offset: PostgreSQL reads it as timestamptz
+    if isinstance(value, Decimal):
+        return str(value)  # exact, where a JSON number would go through a float
+    return value
+
+
+def usage_record(outcome: RequestOutcome, *, now: dt.datetime | None = None) -> UsageRecord:
+    """The request's usage record, charged what closing its reservation charges."""
+    now = now or timezone.now()
+    charged = outcome.closing().charge
     return UsageRecord(
         request_id=outcome.request_id,
         organization_id=outcome.organization_id,
@@ -153,54 +215,20 @@ def _usage_record(outcome: RequestOutcome, charged: int, *, now: dt.datetime) ->
     )
 
 
-def _usage_rows(records: list[UsageRecord]) -> ClaimRecords:
-    """Usage records as the closing statement inserts them: every column but the id, as JSON."""
-    fields = [field for field in UsageRecord._meta.concrete_fields if not field.primary_key]
-    return ClaimRecords(
-        table=UsageRecord._meta.db_table,
-        columns=tuple(field.column for field in fields),
-        rows=[{field.column: _json_value(field.pre_save(record, add=True)) for field in fields}
-              for record in records],
-    )
+def requests_settle(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
+    """Charge (or release) each request's reservation and write its one usage record.
 
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()  # with its offset: PostgreSQL reads it as timestamptz
-    if isinstance(value, Decimal):
-        return str(value)  # exact, where a JSON number would go through a float
-    return value
+    Idempotent by request id: billing closes a reservation at most once, and
+    a request it had closed already gets no second record.
+    """
+    now = timezone.now()
+    records = UsageRecords([usage_record(outcome, now=now) for outcome in outcomes])
+    return holds_close([outcome.closing() for outcome in outcomes], recorder=records, now=now)
 
 
 def request_settle(*, outcome: RequestOutcome) -> Settlement:
     """Settle one request (see `requests_settle`)."""
     return requests_settle(outcomes=[outcome])[0]
-
-
-def requests_settle_retrying(*, outcomes: list[RequestOutcome]) -> list[Settlement]:
-    """`requests_settle`, tried again after a database error (a dropped connection, a deadlock).
-
-    Safe because each request's settlement is atomic (one statement, or one
-    transaction) and idempotent: an attempt that did commit before its error
-    makes the next one a no-op for that request, never a second charge.
-    A settlement that still fails leaves the reservations to the expiry job.
-    """
-    for delay in SETTLE_RETRY_DELAYS:
-        try:
-            return requests_settle(outcomes=outcomes)
-        except (OperationalError, InterfaceError) as exc:
-            if isinstance(exc.__cause__, PoolTimeout):
-                raise  # the pool waited for a connection already: the database is away
-            logger.warning("settling %s failed; retrying",
-                           ", ".join(o.request_id for o in outcomes), exc_info=True)
-            connection.close()  # never retry on a connection that may be broken
-            time.sleep(delay)
-    return requests_settle(outcomes=outcomes)
-
-
-def request_settle_retrying(*, outcome: RequestOutcome) -> Settlement:
-    """Settle one request, retrying after a database error (see `requests_settle_retrying`)."""
-    return requests_settle_retrying(outcomes=[outcome])[0]
 
 
 def charged_breakdown(price: Price, charged: int) -> dict[str, int]:
@@ -217,6 +245,12 @@ def charged_breakdown(price: Price, charged: int) -> dict[str, int]:
     return {"base": charged - surcharges, **price.surcharges}
 
 
+def charge_shown(outcome: RequestOutcome, settlement: Settlement | None) -> int:
+    """The charge an answer shows: the settlement's, or without one (the database is
+    down and the settlement is retried until it commits) the one that retry commits."""
+    return settlement.charged if settlement is not None else outcome.closing().charge
+
+
 def tokens_remaining_estimate(settlement: Settlement, *, multiplier: Decimal) -> int:
     """How many more tokens of this model the organization can use: quota or balance, the lower."""
     by_balance = tokens_affordable(credits=settlement.available, multiplier=multiplier)
@@ -231,16 +265,16 @@ def requests_expire(*, now: dt.datetime | None = None) -> int:
     Their reservations are older than `RESERVATION_TTL_SECONDS` and were
     never settled. Each is charged its prompt (README "Credits") and recorded
     as `interrupted` with what was known when it was admitted, in the
-    transaction that closes its reservation.
+    commit that closes its reservation.
     """
-    return reservations_expire(now=now, on_expired=_record_interrupted)
+    return reservations_expire(now=now, recorder_for=_interrupted_record)
 
 
-def _record_interrupted(reservation: Reservation, settlement: Settlement) -> None:
+def _interrupted_record(reservation: Reservation, closing: Closing) -> UsageRecords:
     details = reservation.details or {}
-    charged = settlement.charged
+    charged = closing.charge
     breakdown = details.get("prompt_breakdown") if charged == reservation.prompt_credits else None
-    UsageRecord.objects.bulk_create([UsageRecord(
+    return UsageRecords([UsageRecord(
         request_id=reservation.request_id,
         organization_id=reservation.account.organization_id,
         api_key_id=reservation.api_key_id,
@@ -252,7 +286,7 @@ def _record_interrupted(reservation: Reservation, settlement: Settlement) -> Non
         credits=charged,
         credits_breakdown=breakdown or ({"base": charged} if charged else {}),
         credits_reserved=reservation.amount,
-        status=UsageRecord.Status.INTERRUPTED,
+        status=Status.INTERRUPTED,
         http_status=0,
         error_code="interrupted",
         streamed=bool(details.get("streamed")),
@@ -260,4 +294,4 @@ def _record_interrupted(reservation: Reservation, settlement: Settlement) -> Non
         prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
         completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,
         started_at=reservation.created_at,
-    )], ignore_conflicts=True)
+    )])

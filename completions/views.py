@@ -36,7 +36,7 @@ from accounts.views import (
     portal_render,
 )
 from billing.pricing import credits_per_1k_tokens
-from completions import charts, gateway, selectors
+from completions import admission, charts, gateway, relay, selectors
 from completions.catalog import ModelInfo, load_snapshot
 from completions.examples import TIER_ORDER, example_model
 from completions.forms import UsageFilterForm
@@ -210,7 +210,7 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
         fields = {name: raw[name] for name in PLAYGROUND_FIELDS if name in raw}
         body = ChatCompletionRequest.model_validate({**fields, "stream": True})
         key = await sync_to_async(playground_key)(organization=member.organization, user=user)
-        admitted = await gateway.admit(body, key, gateway.new_request_id())
+        admitted = await admission.admit(body, key, admission.new_request_id())
         upstream, route = await gateway.open_with_fallback(admitted)
     except BodyRejected as rejected:
         return error_response(ApiError(rejected.status, "invalid_request", rejected.message,
@@ -222,7 +222,7 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
         return error_response(invalid_request(message, param=param))
     except ApiError as exc:
         return error_response(exc)
-    return gateway.stream_response(admitted, upstream, route)
+    return relay.stream_response(admitted, upstream, route)
 
 
 # --- API reference ----------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def _freeze_what_start_up_built() -> None:
 
 
 async def _shutdown() -> None:
-    from completions.gateway import pending_settlements
+    from completions.settlement import pending_settlements
     from completions.upstream import upstream_client
     from novakit.db import close_database_threads
 

@@ -1,4 +1,4 @@
-"""Closing many reservations in one transaction keeps the same books as closing them one by one."""
+"""Closing many reservations at once keeps the same books as closing them one by one."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from django.db.models import Sum
 from billing.models import LedgerEntry, Quota, QuotaCounter, Reservation
 from billing.services import (
     Closing,
-    credits_close_many,
+    closing_for,
     credits_grant,
     credits_reserve,
     credits_settle,
+    holds_close,
     quota_set,
 )
 
@@ -29,6 +30,12 @@ def reserve(tenant, request_id: str, *, amount: int, tokens: int, key=None):  # 
                            request_id=request_id, amount=amount, tokens=tokens, now=NOW)
 
 
+def closing(request_id: str, status: str, *, credits: int = 0, tokens: int = 0) -> Closing:
+    """A closing of the stored reservation, holding what it holds."""
+    return closing_for(Reservation.objects.get(request_id=request_id), status=status,
+                       credits=credits, tokens=tokens)
+
+
 def test_given_a_group_of_closings_then_each_is_charged_capped_released_or_reported_once(tenant):
     credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
     balance = tenant.refresh_account().balance
@@ -40,11 +47,11 @@ def test_given_a_group_of_closings_then_each_is_charged_capped_released_or_repor
     credits_settle(request_id="d", credits=20, tokens=300)  # closed before the group
 
     with transaction.atomic():
-        settled = credits_close_many([
-            Closing("a", SETTLED, credits=40, tokens=400),
-            Closing("b", SETTLED, credits=250, tokens=900),  # more than held: capped at 100
-            Closing("c", RELEASED),
-            Closing("d", SETTLED, credits=99, tokens=999),  # already closed: reported, not redone
+        settled = holds_close([
+            closing("a", SETTLED, credits=40, tokens=400),
+            closing("b", SETTLED, credits=250, tokens=900),  # more than held: capped at 100
+            closing("c", RELEASED),
+            closing("d", SETTLED, credits=99, tokens=999),  # already closed: reported, not redone
         ], now=NOW)
 
     assert [(s.request_id, s.status, s.charged, s.reserved, s.already_closed) for s in settled] == [
@@ -75,8 +82,9 @@ def test_given_an_unknown_request_in_a_group_then_nothing_of_the_group_is_writte
     reserve(tenant, "known", amount=100, tokens=10)
 
     with pytest.raises(LookupError), transaction.atomic():
-        credits_close_many([Closing("known", SETTLED, credits=10, tokens=10),
-                            Closing("never-reserved", SETTLED, credits=10, tokens=10)], now=NOW)
+        holds_close([closing("known", SETTLED, credits=10, tokens=10),
+                     Closing("never-reserved", SETTLED, held=100, credits=10, tokens=10)],
+                    now=NOW)
 
     assert Reservation.objects.get(request_id="known").status == Reservation.Status.OPEN
     assert tenant.refresh_account().reserved == 100
@@ -87,7 +95,7 @@ def test_given_one_request_twice_in_a_group_then_the_group_is_refused(tenant):
     reserve(tenant, "twice", amount=100, tokens=10)
 
     with pytest.raises(ValueError, match="only once per group"), transaction.atomic():
-        credits_close_many([Closing("twice", RELEASED), Closing("twice", RELEASED)], now=NOW)
+        holds_close([closing("twice", RELEASED), closing("twice", RELEASED)], now=NOW)
 
     assert tenant.refresh_account().reserved == 100
 
@@ -107,12 +115,12 @@ def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the
     reserve(tenant, "released", amount=30, tokens=10)
 
     with transaction.atomic():
-        settled = credits_close_many([
-            Closing("plain-2", SETTLED, credits=25, tokens=5),
-            Closing("quota", SETTLED, credits=40, tokens=5),
-            Closing("other", SETTLED, credits=500, tokens=5),  # more than held: capped at 80
-            Closing("released", RELEASED),
-            Closing("plain-1", SETTLED, credits=10, tokens=5),
+        settled = holds_close([
+            closing("plain-2", SETTLED, credits=25, tokens=5),
+            closing("quota", SETTLED, credits=40, tokens=5),
+            closing("other", SETTLED, credits=500, tokens=5),  # more than held: capped at 80
+            closing("released", RELEASED),
+            closing("plain-1", SETTLED, credits=10, tokens=5),
         ], now=NOW)
 
     assert [(s.request_id, s.charged, s.reserved, s.already_closed) for s in settled] == [
@@ -142,7 +150,7 @@ def test_given_two_organizations_and_quota_and_credit_only_reservations_then_the
 
     # Closing them all again changes nothing and reports the first outcome.
     with transaction.atomic():
-        again = credits_close_many([Closing("plain-1", SETTLED, credits=99, tokens=1),
-                                    Closing("quota", SETTLED, credits=99, tokens=1)], now=NOW)
+        again = holds_close([closing("plain-1", SETTLED, credits=99, tokens=1),
+                                    closing("quota", SETTLED, credits=99, tokens=1)], now=NOW)
     assert [(s.charged, s.already_closed) for s in again] == [(10, True), (40, True)]
     assert tenant.refresh_account().balance == mine.balance

@@ -1,12 +1,11 @@
-"""Reserving many requests in one transaction: all of them with summed holds, or none."""
+"""Reserving many requests at once: all of them with summed holds, or none."""
 
 from __future__ import annotations
 
 import datetime as dt
 
 import pytest
-from django.db import IntegrityError, connection
-from django.test.utils import CaptureQueriesContext
+from django.db import IntegrityError
 
 from billing.models import Quota, QuotaCounter, Reservation
 from billing.services import (
@@ -15,7 +14,7 @@ from billing.services import (
     QuotaExceeded,
     credits_grant,
     credits_reserve,
-    credits_reserve_many,
+    holds_place,
     quota_set,
 )
 
@@ -39,7 +38,7 @@ def test_given_a_group_then_each_request_is_reserved_and_the_holds_are_summed(te
     quota_set(organization=tenant.org, limit=500, metric=Quota.Metric.CREDITS,
               api_key_id=tenant.key.pk)
 
-    reservations = credits_reserve_many(
+    reservations = holds_place(
         [hold(tenant, "a", amount=100, tokens=300), hold(tenant, "b", amount=50, tokens=200),
          hold(tenant, "c", amount=70, tokens=1_000, key=False)], now=NOW)
 
@@ -62,7 +61,7 @@ def test_given_a_group_the_balance_cannot_cover_then_nothing_is_held_and_alone_s
     group = [hold(small, name, amount=100) for name in ("a", "b", "c")]
 
     with pytest.raises(InsufficientCredits):
-        credits_reserve_many(group, now=NOW)
+        holds_place(group, now=NOW)
 
     assert not Reservation.objects.exists()
     assert small.refresh_account().reserved == 0
@@ -82,7 +81,7 @@ def test_given_a_group_a_quota_cannot_cover_then_nothing_is_held(tenant):
     group = [hold(tenant, name, amount=10, tokens=100) for name in ("a", "b", "c")]
 
     with pytest.raises(QuotaExceeded):
-        credits_reserve_many(group, now=NOW)
+        holds_place(group, now=NOW)
 
     assert not Reservation.objects.exists()
     assert sum(held_counters(tenant).values()) == 0
@@ -94,7 +93,7 @@ def test_given_a_group_with_a_request_already_reserved_then_the_group_is_refused
                     tokens=10)
 
     with pytest.raises(IntegrityError):
-        credits_reserve_many([hold(tenant, "a", amount=10), hold(tenant, "b", amount=10)],
+        holds_place([hold(tenant, "a", amount=10), hold(tenant, "b", amount=10)],
                              now=NOW)
 
     assert list(Reservation.objects.values_list("request_id", flat=True)) == ["b"]
@@ -103,8 +102,8 @@ def test_given_a_group_with_a_request_already_reserved_then_the_group_is_refused
 
 def test_given_negative_holds_then_nothing_is_reserved(tenant):
     with pytest.raises(ValueError, match="negative"):
-        credits_reserve_many([hold(tenant, "a", amount=10), hold(tenant, "b", amount=-1)])
-    assert credits_reserve_many([]) == []
+        holds_place([hold(tenant, "a", amount=10), hold(tenant, "b", amount=-1)])
+    assert holds_place([]) == []
     assert not Reservation.objects.exists()
 
 
@@ -118,48 +117,19 @@ def test_given_a_group_of_two_organizations_one_short_then_neither_holds_anythin
              hold(rich, "r2", amount=300, key=False)]
 
     with pytest.raises(InsufficientCredits) as refused:
-        credits_reserve_many(group, now=NOW)
+        holds_place(group, now=NOW)
 
     # The account that fits is not held either: the group is all or nothing.
     assert refused.value.extras == {"remaining": 50}
     assert not Reservation.objects.exists()
     assert (rich.refresh_account().reserved, poor.refresh_account().reserved) == (0, 0)
     # Without the short one, both of the other organization's requests fit, summed.
-    made = credits_reserve_many([group[0], group[2]], now=NOW)
+    made = holds_place([group[0], group[2]], now=NOW)
     assert [(r.request_id, r.amount, r.pk is not None) for r in made] == [
         ("r1", 300, True), ("r2", 300, True)]
     assert rich.refresh_account().reserved == 600
     assert set(Reservation.objects.values_list("request_id", "expires_at")) == {
         ("r1", made[0].expires_at), ("r2", made[0].expires_at)}
-
-
-def test_given_credit_only_holds_then_postgresql_reserves_them_in_one_prepared_statement(
-    tenant,
-):
-    """The fast path is really taken where it exists (PostgreSQL), and nowhere else."""
-    credits_grant(account=tenant.account, amount=1_000, reason="test", actor_label="test")
-
-    def prepared() -> int:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT count(*) FROM pg_prepared_statements "
-                           "WHERE statement LIKE '%%INSERT INTO billing_reservation%%'")
-            return cursor.fetchone()[0]
-
-    with CaptureQueriesContext(connection) as queries:
-        credits_reserve_many([hold(tenant, "a", amount=100, key=False)], now=NOW)
-        after_first = prepared() if connection.vendor == "postgresql" else 0
-        credits_reserve_many([hold(tenant, "b", amount=100, key=False, tokens=7)], now=NOW)
-    ours = [q["sql"] for q in queries.captured_queries if "billing_reservation" in q["sql"]
-            and "pg_prepared_statements" not in q["sql"]]
-    assert Reservation.objects.count() == 2
-    assert tenant.refresh_account().reserved == 200
-    if connection.vendor == "postgresql":
-        assert ours == []  # bound on the server: Django's query log never sees it
-        assert after_first >= 1  # prepared at its first use...
-        assert prepared() == after_first  # ...and the second group used that one
-    else:
-        assert len(ours) == 2 and all(q.startswith('INSERT INTO "billing_reservation"')
-                                      for q in ours)
 
 
 def test_given_a_request_reserved_already_and_no_credit_left_then_the_first_reservation_returns(
@@ -176,4 +146,4 @@ def test_given_a_request_reserved_already_and_no_credit_left_then_the_first_rese
     assert again.pk == first.pk
     assert small.refresh_account().reserved == 100
     with pytest.raises(IntegrityError):  # in a group, the whole group is refused
-        credits_reserve_many([hold(small, "once", amount=0, key=False)], now=NOW)
+        holds_place([hold(small, "once", amount=0, key=False)], now=NOW)

@@ -1,4 +1,4 @@
-"""Requests that arrive together are reserved in one transaction; when a group cannot be
+"""Requests that arrive together are reserved as one group; when a group cannot be
 covered whole, each is reserved alone and exactly the ones that do not fit get a 402."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 
 from billing.models import Reservation
 from billing.services import credits_adjust, credits_grant
-from completions import group_commit
+from billing import commit
 from completions.models import UsageRecord
 from tests.completions.helpers import assert_books_balance
 
@@ -23,9 +23,9 @@ MESSAGES = [{"role": "user", "content": "Tell me a short story"}]
 
 @pytest.fixture
 def reservation_groups(monkeypatch) -> list[tuple[int, bool]]:  # type: ignore[no-untyped-def]
-    """Every group the gateway reserved in one transaction: (size, whether it committed)."""
+    """Every group the gateway reserved at once (and each request written again alone): (size, whether it committed)."""
     groups: list[tuple[int, bool]] = []
-    reserve_group = group_commit.reservations.many
+    reserve_group = commit.holds.write
 
     def recorded(holds: list[Any]) -> Any:
         try:
@@ -36,7 +36,7 @@ def reservation_groups(monkeypatch) -> list[tuple[int, bool]]:  # type: ignore[n
         groups.append((len(holds), True))
         return reservations
 
-    monkeypatch.setattr(group_commit.reservations, "many", recorded)
+    monkeypatch.setattr(commit.holds, "write", recorded)
     return groups
 
 

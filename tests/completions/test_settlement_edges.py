@@ -23,7 +23,7 @@ from django.conf import settings
 from accounts.auth import aauthenticate
 from billing.models import Reservation
 from billing.pricing import price_request
-from completions import gateway
+from completions import admission, gateway, relay
 from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.schemas import ChatCompletionRequest
@@ -39,9 +39,9 @@ STORY = [{"role": "user", "content": "Tell me a story"}]
 async def _open_stream(tenant, **body):
     key = await aauthenticate(f"Bearer {tenant.secret}", scope=None)
     request = ChatCompletionRequest.model_validate({"messages": STORY, "stream": True, **body})
-    admitted = await gateway.admit(request, key, gateway.new_request_id())
+    admitted = await admission.admit(request, key, admission.new_request_id())
     upstream, route = await gateway.open_with_fallback(admitted)
-    return admitted, upstream, gateway.stream_response(admitted, upstream, route)
+    return admitted, upstream, relay.stream_response(admitted, upstream, route)
 
 
 async def _usage_record(request_id: str) -> UsageRecord:
@@ -167,17 +167,17 @@ async def test_given_a_client_that_leaves_while_its_credits_are_reserved_then_th
     await catalog_cache.get()
     count_text("warm the tokenizer up")
     request = ChatCompletionRequest.model_validate({"messages": STORY})
-    request_id = gateway.new_request_id()
+    request_id = admission.new_request_id()
     # Occupy every database thread (novakit/db.py), so the reservation is still
     # waiting for one when the client leaves.
     gate = threading.Event()
     blockers = [asyncio.ensure_future(db_async(gate.wait)()) for _ in range(settings.DB_THREADS)]
-    admission = asyncio.ensure_future(gateway.admit(request, key, request_id))
+    admitting = asyncio.ensure_future(admission.admit(request, key, request_id))
     await asyncio.sleep(0.3)
 
-    admission.cancel()
+    admitting.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await admission
+        await admitting
     gate.set()
     await asyncio.gather(*blockers)
     record = await _usage_record(request_id)

@@ -1,4 +1,4 @@
-"""Requests that finish together are settled in one transaction, with the same books as one by one;
+"""Requests that finish together are settled in groups, with the same books as one by one;
 and the quotas the gateway keeps with a cached key follow every change at once."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from billing.models import LedgerEntry, Quota
 from billing.pricing import price_request
 from billing.services import quota_set
-from completions import group_commit
+from billing import commit
 from completions.models import UsageRecord
 from tests.completions.helpers import assert_books_balance, post_chat
 
@@ -25,13 +25,13 @@ async def test_given_requests_finishing_together_then_they_are_settled_in_groups
     tenant, fake_upstream, async_client_for, monkeypatch
 ):
     groups: list[int] = []
-    settle_group = group_commit.settlements.many
+    settle_group = commit.closings.write
 
     def recorded(outcomes: list[Any]) -> Any:
         groups.append(len(outcomes))
         return settle_group(outcomes)
 
-    monkeypatch.setattr(group_commit.settlements, "many", recorded)
+    monkeypatch.setattr(commit.closings, "write", recorded)
     client = async_client_for(tenant)
     balance_before = (await sync_to_async(tenant.refresh_account)()).balance
 

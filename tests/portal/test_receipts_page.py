@@ -17,7 +17,7 @@ from billing.models import LedgerEntry
 from billing.pricing import price_request
 from billing.services import credits_reserve
 from completions.models import UsageRecord
-from completions.services import RequestOutcome, request_settle
+from completions.services import Ending, RequestOutcome, request_settle
 from tests.management_api.helpers import usage_record
 
 pytestmark = pytest.mark.django_db
@@ -32,13 +32,16 @@ def settled_request(tenant, *, model: str = "openai/gpt-4o", prompt_tokens: int 
     """A request reserved and settled through the gateway's own settlement service."""
     request_id = f"chatcmpl-portal-{next(_ids)}"
     key = key or tenant.key
-    credits_reserve(organization_id=tenant.org.pk, api_key_id=key.pk, request_id=request_id,
-                    amount=reserve, tokens=prompt_tokens + 500)
+    reservation = credits_reserve(organization_id=tenant.org.pk, api_key_id=key.pk,
+                                  request_id=request_id, amount=reserve,
+                                  tokens=prompt_tokens + 500)
     multiplier = Decimal("2.00")
     request_settle(outcome=RequestOutcome(
         request_id=request_id, organization_id=tenant.org.pk, api_key_id=key.pk, model=model,
         multiplier=multiplier, credits_reserved=reserve, streamed=status == "cancelled",
-        provider="openrouter", status=status, prompt_tokens=prompt_tokens,
+        provider="openrouter", prompt_tokens=prompt_tokens,
+        ending=Ending.CANCELLED if status == "cancelled" else Ending.COMPLETED,
+        quota_holds=reservation.quota_holds,
         completion_tokens=completion_tokens, latency_ms=850, ttft_ms=120,
         price=price_request(multiplier=multiplier, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens, web_search=web_search),

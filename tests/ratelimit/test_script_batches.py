@@ -9,7 +9,7 @@ import redis
 
 from accounts import ratelimit
 from accounts.ratelimit import rate_limit_acquire, rate_limit_release
-from completions.gateway import new_request_id as new_id
+from completions.admission import new_request_id as new_id
 from novakit.errors import ApiError
 from tests.ratelimit.conftest import key_context
 
