@@ -10,9 +10,9 @@ import openai
 import pytest
 from asgiref.sync import sync_to_async
 
+from billing import commit
 from billing.models import Reservation
 from billing.services import credits_adjust, credits_grant
-from billing import commit
 from completions.models import UsageRecord
 from tests.completions.helpers import assert_books_balance
 
@@ -23,7 +23,8 @@ MESSAGES = [{"role": "user", "content": "Tell me a short story"}]
 
 @pytest.fixture
 def reservation_groups(monkeypatch) -> list[tuple[int, bool]]:  # type: ignore[no-untyped-def]
-    """Every group the gateway reserved at once (and each request written again alone): (size, whether it committed)."""
+    """Every group the gateway wrote, requests written again alone included:
+    (size, whether it committed)."""
     groups: list[tuple[int, bool]] = []
     reserve_group = commit.holds.write
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 
+from billing import commit
 from billing.models import LedgerEntry, Quota
 from billing.pricing import price_request
 from billing.services import quota_set
-from billing import commit
 from completions.models import UsageRecord
 from tests.completions.helpers import assert_books_balance, post_chat
 
