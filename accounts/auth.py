@@ -28,7 +28,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -39,9 +41,6 @@ from novakit import redis as shared_redis
 from novakit.batching import Batch, Batches, resolve
 from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
-
-if TYPE_CHECKING:
-    from billing.services import ReservationTargets
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _CACHE_MAX_ENTRIES = 10_000
@@ -65,13 +64,18 @@ class KeyContext:
     org_tokens_per_minute: int | None
     expires_at: datetime | None
     revoked_at: datetime | None
-    # The credit account and quotas its reservations hold against, read with
-    # the key (quota changes invalidate the cache: billing/signals.py).
-    reservation_targets: ReservationTargets | None = None
+    # What other apps keep with the key's context, read with it (`context_extras`).
+    extras: Mapping[str, Any] = MappingProxyType({})
 
     def allows_model(self, model_id: str) -> bool:
         return not self.allowed_models or model_id in self.allowed_models
 
+
+# What the apps built on accounts keep with a key's cached context, read with the key:
+# name -> loader(organization id, key id). Billing keeps the credit account and quotas a
+# key's reservations hold against (billing/apps.py), so a hot key needs no query for them;
+# quota changes invalidate the cache (billing/signals.py).
+context_extras: dict[str, Callable[[int, int], Any]] = {}
 
 # key hash -> (context, monotonic time it was read, key cache epoch it was read under)
 _cache: dict[str, tuple[KeyContext, float, int | None]] = {}
@@ -101,8 +105,6 @@ def _load_context(key_hash: str, prefix: str) -> KeyContext | None:
     if row is None or not keys.matches_hash(key_hash, row.key_hash):
         return None
     org = row.organization
-    from billing.services import reservation_targets  # billing builds on accounts
-
     return KeyContext(
         key_id=row.id,
         key_prefix=row.prefix,
@@ -118,7 +120,8 @@ def _load_context(key_hash: str, prefix: str) -> KeyContext | None:
         org_tokens_per_minute=org.tokens_per_minute,
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
-        reservation_targets=reservation_targets(organization_id=org.id, api_key_id=row.id),
+        extras=MappingProxyType({name: load(org.id, row.id)
+                                 for name, load in context_extras.items()}),
     )
 
 

@@ -1,7 +1,7 @@
 """Quota changes reach every gateway process at its next request.
 
 The gateway keeps an API key's quotas with its cached context (see
-`billing.services.reservation_targets`); any change to a quota, however made
+`billing.quotas.reservation_targets`); any change to a quota, however made
 (the services, the admin, a migration), bumps the key cache's epoch once its
 transaction commits, as revoking a key does.
 """

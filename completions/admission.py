@@ -240,7 +240,7 @@ async def _reserve(admitted: Admitted, *, tokens: int) -> None:
         request_id=admitted.request_id,
         amount=admitted.reserved.total,
         tokens=tokens,
-        targets=admitted.key.reservation_targets,
+        targets=admitted.key.extras.get("reservation_targets"),
         # If the process dies before settling, the expiry job charges the prompt
         # and records the request from these.
         prompt_credits=prompt.total,
