@@ -36,14 +36,13 @@ Kind = LedgerEntry.Kind
 class InsufficientCredits(ApiError):
     def __init__(self, remaining: int) -> None:
         super().__init__(
-            402, "quota_exceeded", "Insufficient credits", extras={"remaining": max(0, remaining)}
+            "quota_exceeded", "Insufficient credits", extras={"remaining": max(0, remaining)}
         )
 
 
 class QuotaExceeded(ApiError):
     def __init__(self, metric: str, remaining: int) -> None:
         super().__init__(
-            402,
             "quota_exceeded",
             f"Quota exceeded for {metric}",
             extras={"remaining": max(0, remaining)},
@@ -59,7 +58,6 @@ class IdempotencyConflict(ApiError, ValueError):
 
     def __init__(self, idempotency_key: str) -> None:
         super().__init__(
-            409,
             "idempotency_conflict",
             f"The idempotency key '{idempotency_key}' was already used for a different change",
         )

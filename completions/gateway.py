@@ -60,6 +60,7 @@ from novakit.errors import (
     invalid_request,
     is_database_outage,
     json_response,
+    model_not_found,
 )
 
 logger = logging.getLogger(__name__)
@@ -175,9 +176,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     catalog = await catalog_cache.get()
     model = catalog.get(body.model)
     if model is None:
-        raise ApiError(
-            404, "model_not_found", f"The model '{body.model}' does not exist", param="model"
-        )
+        raise model_not_found(body.model)
     if not key.allows_model(model.model_id):
         raise forbidden(f"This API key may not use the model '{model.model_id}'")
     images = body.image_count()
@@ -204,7 +203,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     if not routes:
         missing = model.routes[0].missing_setting() if model.routes else "a provider route"
         raise ApiError(
-            503, "upstream_unavailable",
+            "upstream_unavailable",
             f"The model '{model.model_id}' has no configured provider: set {missing}",
         )
     if body.web_search:
@@ -325,7 +324,7 @@ class SettlementFailed(ApiError):
     """Neither the settlement of a delivered answer nor its fallback could be written."""
 
     def __init__(self) -> None:
-        super().__init__(500, "server_error",
+        super().__init__("server_error",
                          "The request's charge could not be recorded; it was not charged")
 
 
@@ -541,7 +540,7 @@ async def _refuse_after_failed_routes(admitted: Admitted, outcome: RequestOutcom
     outcome.http_status, outcome.error_code = failure.status, failure.code
     outcome.latency_ms = admitted.elapsed_ms()
     await settle_quietly(outcome)
-    raise ApiError(failure.status, failure.code, failure.message,
+    raise ApiError(failure.code, failure.message,
                    headers=response_headers(admitted, None),
                    provider_error=failure.provider_error) from None
 

@@ -277,7 +277,7 @@ def test_given_a_body_over_the_size_limit_then_413_not_a_retryable_server_error(
         )
 
     assert caught.value.status_code == 413
-    assert caught.value.code == "invalid_request"
+    assert caught.value.code == "request_too_large"
     assert str(64 * 1024) in caught.value.message
     validate(caught.value.response.json(), "ErrorResponse")
     _assert_nothing_happened(tenant, fake_upstream)
