@@ -241,7 +241,8 @@ def drf_exception_handler(exc: Exception, context: dict[str, Any]) -> HttpRespon
     if isinstance(exc, drf.PermissionDenied):
         return error_response(forbidden(str(exc.detail)))
     if isinstance(exc, drf.Throttled):
-        wait = int(exc.wait or 1)
+        # DRF sets `wait` (whole seconds, or None) in Throttled.__init__; its stubs omit it.
+        wait = int(getattr(exc, "wait", None) or 1)
         return error_response(
             ApiError("rate_limited", "Too many requests", headers={"Retry-After": str(wait)})
         )
