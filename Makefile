@@ -40,6 +40,7 @@ catalog: install
 
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 worker: install
 	$(BIN)/celery -A novakit worker --loglevel=INFO

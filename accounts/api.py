@@ -311,5 +311,5 @@ def member_detail(request: Request, member_id: int) -> Response:
         services.membership_set_role(membership=membership, role=payload.validated_data["role"],
                                      actor=request.user)
     except ValueError as exc:
-        raise ApiError(409, "invalid_request", str(exc)) from exc
+        raise ApiError("conflict", str(exc)) from exc
     return Response(MemberSerializer(membership).data)

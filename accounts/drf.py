@@ -14,7 +14,7 @@ from rest_framework.request import Request
 
 from accounts.auth import KeyContext, authenticate_secret, parse_bearer
 from accounts.models import Membership
-from novakit.errors import ApiError, forbidden
+from novakit.errors import forbidden, unauthorized
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def caller_for(request: Request, *, scope: str) -> Caller:
         return Caller(organization_id=request.auth.organization_id, key=request.auth, role=None)
     user = request.user
     if user is None or not user.is_authenticated:
-        raise ApiError(401, "unauthorized", "Authentication required")
+        raise unauthorized("Authentication required")
     memberships = Membership.objects.filter(user=user, organization__is_active=True)
     chosen = request.session.get("organization_id") if hasattr(request, "session") else None
     membership = (memberships.filter(organization_id=chosen).first() if chosen else None) or (

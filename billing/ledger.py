@@ -26,7 +26,7 @@ USAGE_ACTOR = "api"
 class InsufficientCredits(ApiError):
     def __init__(self, remaining: int) -> None:
         super().__init__(
-            402, "quota_exceeded", "Insufficient credits", extras={"remaining": max(0, remaining)}
+            "quota_exceeded", "Insufficient credits", extras={"remaining": max(0, remaining)}
         )
 
 
@@ -39,7 +39,6 @@ class IdempotencyConflict(ApiError, ValueError):
 
     def __init__(self, idempotency_key: str) -> None:
         super().__init__(
-            409,
             "idempotency_conflict",
             f"The idempotency key '{idempotency_key}' was already used for a different change",
         )

@@ -25,7 +25,6 @@ from novakit.errors import ApiError
 class QuotaExceeded(ApiError):
     def __init__(self, metric: str, remaining: int) -> None:
         super().__init__(
-            402,
             "quota_exceeded",
             f"Quota exceeded for {metric}",
             extras={"remaining": max(0, remaining)},

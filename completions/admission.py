@@ -30,7 +30,7 @@ from completions.services import Ending, RequestOutcome
 from completions.settlement import settle_later
 from completions.tokens import estimate_prompt_tokens
 from completions.usage import UsageBounds, usage_within
-from novakit.errors import ApiError, forbidden, invalid_request
+from novakit.errors import ApiError, forbidden, invalid_request, model_not_found
 
 
 def new_request_id() -> str:
@@ -135,9 +135,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     catalog = await catalog_cache.get()
     model = catalog.get(body.model)
     if model is None:
-        raise ApiError(
-            404, "model_not_found", f"The model '{body.model}' does not exist", param="model"
-        )
+        raise model_not_found(body.model)
     if not key.allows_model(model.model_id):
         raise forbidden(f"This API key may not use the model '{model.model_id}'")
     images = body.image_count()
@@ -164,7 +162,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
     if not routes:
         missing = model.routes[0].missing_setting() if model.routes else "a provider route"
         raise ApiError(
-            503, "upstream_unavailable",
+            "upstream_unavailable",
             f"The model '{model.model_id}' has no configured provider: set {missing}",
         )
     if body.web_search:

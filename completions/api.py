@@ -20,7 +20,7 @@ from completions import admission, gateway, idempotency, relay
 from completions.catalog import catalog_cache
 from completions.schemas import ChatCompletionRequest
 from novakit.db import db_async
-from novakit.errors import ApiError, forbidden, json_response
+from novakit.errors import ApiError, forbidden, json_response, model_not_found
 
 
 class ApiKeyAuth(AuthBase):
@@ -245,8 +245,7 @@ async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
     catalog = await catalog_cache.get()
     model = catalog.get(model_id)
     if model is None:
-        raise ApiError(404, "model_not_found", f"The model '{model_id}' does not exist",
-                       param="model")
+        raise model_not_found(model_id)
     return json_response(_model_entry(model))
 
 

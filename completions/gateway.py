@@ -124,7 +124,7 @@ async def _refuse(admitted: Admitted, failure: UpstreamFailure, provider: str) -
     await settle_quietly(admitted.ended(Ending.UPSTREAM_FAILED, provider=provider,
                                         failure_status=failure.status,
                                         failure_code=failure.code))
-    raise ApiError(failure.status, failure.code, failure.message,
+    raise ApiError(failure.code, failure.message,
                    headers=response_headers(admitted, None),
                    provider_error=failure.provider_error) from None
 

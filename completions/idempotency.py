@@ -86,11 +86,11 @@ def idempotency_claim(*, organization_id: int, key: str, fingerprint: str,
         pass
     earlier = IdempotentRequest.objects.get(organization_id=organization_id, key=key)
     if earlier.fingerprint != fingerprint:
-        raise ApiError(422, "idempotency_key_reused",
+        raise ApiError("idempotency_key_reused",
                        "This Idempotency-Key was used with a different request body",
                        param="Idempotency-Key")
     if earlier.status == IdempotentRequest.Status.RUNNING:
-        raise ApiError(409, "idempotency_conflict",
+        raise ApiError("idempotency_conflict",
                        "A request with this Idempotency-Key is still running; retry later",
                        param="Idempotency-Key", headers={"Retry-After": "1"})
     return Stored(status=earlier.response_status or 200, headers=earlier.response_headers,

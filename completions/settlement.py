@@ -51,7 +51,7 @@ class SettlementFailed(ApiError):
     """Neither the settlement of a delivered answer nor its fallback could be written."""
 
     def __init__(self) -> None:
-        super().__init__(500, "server_error",
+        super().__init__("server_error",
                          "The request's charge could not be recorded; it was not charged")
 
 

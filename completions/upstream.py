@@ -24,6 +24,7 @@ from django.conf import settings
 
 from completions import echo
 from completions.catalog import Route
+from novakit.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class UpstreamFailure(Exception):
     """An attempt failed. `retryable` says whether another route may be tried."""
 
     def __init__(
-        self, status: int, code: str, message: str, *, retryable: bool, kind: str,
+        self, status: int, code: ErrorCode, message: str, *, retryable: bool, kind: str,
         provider_error: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)

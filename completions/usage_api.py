@@ -13,7 +13,7 @@ from accounts.models import APIKey
 from accounts.scopes import USAGE_READ
 from completions import selectors
 from completions.models import UsageRollup
-from novakit.errors import ApiError, invalid_request
+from novakit.errors import invalid_request, not_found
 from novakit.inputs import column_bounds
 
 
@@ -61,5 +61,5 @@ def generation(request: Request, generation_id: str) -> Response:
     receipt = selectors.generation_receipt(organization_id=caller.organization_id,
                                            request_id=generation_id)
     if receipt is None:
-        raise ApiError(404, "not_found", f"No generation '{generation_id}' in this organization")
+        raise not_found(f"No generation '{generation_id}' in this organization")
     return Response(receipt)

@@ -43,7 +43,14 @@ from completions.forms import UsageFilterForm
 from completions.models import CatalogModel
 from completions.schemas import DEFAULT_MODEL, EFFECTIVE_DEFAULTS, ChatCompletionRequest
 from novakit.api import NOT_A_JSON_OBJECT, BodyRejected, StrictJsonParser, param_and_reason
-from novakit.errors import ApiError, error_response, forbidden, invalid_request, unauthorized
+from novakit.errors import (
+    ApiError,
+    code_for_status,
+    error_response,
+    forbidden,
+    invalid_request,
+    unauthorized,
+)
 
 PLAYGROUND_KEY_NAME = "playground (portal)"
 # What the playground sends; anything else in its request body is ignored.
@@ -213,7 +220,7 @@ async def playground_stream(request: HttpRequest) -> HttpResponse:
         admitted = await admission.admit(body, key, admission.new_request_id())
         upstream, route = await gateway.open_with_fallback(admitted)
     except BodyRejected as rejected:
-        return error_response(ApiError(rejected.status, "invalid_request", rejected.message,
+        return error_response(ApiError(code_for_status(rejected.status), rejected.message,
                                        param=rejected.param))
     except json.JSONDecodeError:
         return error_response(invalid_request("The request body is not valid JSON"))

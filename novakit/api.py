@@ -17,11 +17,13 @@ from ninja.parser import Parser
 from completions.api import router as completions_router
 from novakit.errors import (
     ApiError,
+    code_for_status,
     database_unavailable,
     error_response,
     invalid_request,
     is_database_outage,
     not_found,
+    server_error,
     unauthorized,
 )
 
@@ -216,17 +218,16 @@ def _authentication_error(request: HttpRequest, exc: AuthenticationError) -> Htt
 
 @api.exception_handler(HttpError)
 def _http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    code = "invalid_request" if exc.status_code < 500 else "server_error"
     message = str(exc.message)
     if exc.status_code == 400 and isinstance(exc.__cause__, BodyRejected):
         # ninja's "Cannot parse request body", from StrictJsonParser's refusal.
         rejected = exc.__cause__
-        return error_response(ApiError(rejected.status, "invalid_request", rejected.message,
+        return error_response(ApiError(code_for_status(rejected.status), rejected.message,
                                        param=rejected.param))
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
         # ninja's "Cannot parse request body", from the JSON decoder's error.
         message = "The request body is not valid JSON"
-    return error_response(ApiError(exc.status_code, code, message))
+    return error_response(ApiError(code_for_status(exc.status_code), message))
 
 
 @api.exception_handler(RequestDataTooBig)
@@ -235,7 +236,7 @@ def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
     # for a chunked body that declared none. Not a server error: a retry cannot succeed.
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return error_response(ApiError(
-        413, "invalid_request", f"The request body is larger than the limit of {limit} bytes"
+        "request_too_large", f"The request body is larger than the limit of {limit} bytes"
     ))
 
 
@@ -246,4 +247,4 @@ def _unhandled(request: HttpRequest, exc: Exception) -> HttpResponse:
         logger.warning("inference API: database unavailable (%s)", exc)
         return error_response(database_unavailable())
     logger.exception("unhandled error in inference API")
-    return error_response(ApiError(500, "server_error", "Internal error (retry safe)"))
+    return error_response(server_error())

@@ -61,7 +61,7 @@ class MethodNotAllowedMiddleware:
             return response
         allowed = response.get("Allow", "")
         return error_response(ApiError(
-            405, "method_not_allowed",
+            "method_not_allowed",
             f"{request.method} is not allowed on {request.path}; use {allowed}",
             headers={"Allow": allowed},
         ))

@@ -1,11 +1,13 @@
 """Given a tenant with credits, when the official OpenAI SDK (sync and async) asks for a
-completion, it parses an answer that satisfies OpenAI's schemas and carries NovaKit's extras."""
+completion, it parses an answer that satisfies OpenAI's schemas, carries NovaKit's extras and
+is billed once."""
 
 from __future__ import annotations
 
 import orjson
 from asgiref.sync import sync_to_async
 
+from billing.models import LedgerEntry
 from completions.models import UsageRecord
 from tests.completions.helpers import (
     assert_books_balance,
@@ -185,3 +187,43 @@ def test_given_a_stream_requested_by_query_string_then_the_answer_is_sse(
     # The upstream is always asked for usage in its last chunk.
     assert fake_upstream.requests[-1]["body"]["stream_options"] == {"include_usage": True}
     assert UsageRecord.objects.get(request_id=response.headers["x-request-id"]).streamed
+
+
+def test_completion_through_the_sdk_is_billed_once(tenant, fake_upstream, client_for):
+    client = client_for(tenant)
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}], max_tokens=50
+    )
+    completion = raw.parse()
+
+    assert completion.choices[0].message.content.startswith("The quick")
+    body = raw.http_response.json()
+    validate(body, "CreateChatCompletionResponse")
+    assert body["model_tier"] == "basic"
+    usage = body["usage"]
+    assert usage["credits_used"] == sum(usage["credits_breakdown"].values()) > 0
+    record = UsageRecord.objects.get(request_id=completion.id)
+    assert record.credits == usage["credits_used"]
+    entry = LedgerEntry.objects.get(request_id=completion.id, kind="usage")
+    assert entry.amount == -usage["credits_used"]
+    assert tenant.refresh_account().reserved == 0
+
+
+def test_streaming_through_the_sdk_ends_with_usage(tenant, fake_upstream, client_for):
+    client = client_for(tenant)
+
+    chunks = list(client.chat.completions.create(
+        model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True,
+        max_tokens=50,
+    ))
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith("The quick brown fox")
+    final = chunks[-1]
+    assert final.usage is not None
+    extras = final.usage.model_extra
+    assert extras["credits_used"] == sum(extras["credits_breakdown"].values())
+    record = UsageRecord.objects.get(request_id=final.id)
+    assert record.streamed and record.status == "ok"
+    assert record.credits == extras["credits_used"]

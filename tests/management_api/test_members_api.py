@@ -135,8 +135,8 @@ def test_the_last_owner_can_be_neither_demoted_nor_removed(tenant, person, sessi
     demoted = admin.patch(f"{MEMBERS}/{owner.pk}", {"role": "admin"}, format="json")
     removed = admin.delete(f"{MEMBERS}/{owner.pk}")
 
-    assert "owner" in assert_error(demoted, 409, "invalid_request")["error"]["message"]
-    assert_error(removed, 409, "invalid_request")
+    assert "owner" in assert_error(demoted, 409, "conflict")["error"]["message"]
+    assert_error(removed, 409, "conflict")
     owner.refresh_from_db()
     assert owner.role == Role.OWNER
 

@@ -97,7 +97,7 @@ def test_a_body_over_the_limit_with_its_length_declared_is_413(
 ):
     response = _post(http, tenant, _over_the_limit())
 
-    body = _refused(response, 413)
+    body = _refused(response, 413, "request_too_large")
     assert str(LIMIT) in body["error"]["message"]
 
 
@@ -109,7 +109,7 @@ def test_a_chunked_body_over_the_limit_without_a_length_is_413(tenant, http, boo
 
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
-    body = _refused(response, 413)
+    body = _refused(response, 413, "request_too_large")
     assert str(LIMIT) in body["error"]["message"]
 
 
@@ -202,7 +202,7 @@ def test_an_escaped_null_character_is_relayed_like_any_character(tenant, http, f
 def test_a_json_body_without_a_json_content_type_is_415(tenant, http, books, content_type):
     response = _post(http, tenant, orjson.dumps({"messages": HELLO}), content_type=content_type)
 
-    body = _refused(response, 415)
+    body = _refused(response, 415, "unsupported_media_type")
     assert "application/json" in body["error"]["message"]
 
 
@@ -210,7 +210,7 @@ def test_a_form_encoded_body_is_415(tenant, http, books):
     response = http.post("/chat/completions", data={"messages": "hello", "model": "x"},
                          headers={"Authorization": f"Bearer {tenant.secret}"})
 
-    _refused(response, 415)
+    _refused(response, 415, "unsupported_media_type")
 
 
 def test_a_json_content_type_with_a_charset_is_served(tenant, http, fake_upstream):
