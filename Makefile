@@ -38,8 +38,10 @@ catalog: install
 	$(BIN)/pip install --quiet -e '.[catalog]'
 	$(BIN)/python platform/catalog/generate.py
 
+# ruff, then the apps' layers (import-linter's contract in pyproject.toml: no import cycles).
 lint: install-dev
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 worker: install
 	$(BIN)/celery -A novakit worker --loglevel=INFO
