@@ -38,9 +38,11 @@ catalog: install
 	$(BIN)/pip install --quiet -e '.[catalog]'
 	$(BIN)/python platform/catalog/generate.py
 
+# ruff, mypy ([tool.mypy]), then the apps' layers (import-linter's contract: no import cycles).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 worker: install
 	$(BIN)/celery -A novakit worker --loglevel=INFO

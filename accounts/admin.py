@@ -1,14 +1,11 @@
-import csv
-
 from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
-from django.http import HttpResponse
 from django.shortcuts import render
 
+from accounts.admin_audit import AuditedAdmin
 from accounts.models import APIKey, AuditEvent, Membership, Organization, WebhookEndpoint
 from accounts.services import api_key_revoke, organization_set_active
-from novakit.admin_audit import AuditedAdmin
 
 
 class MembershipInline(admin.TabularInline):
@@ -21,10 +18,6 @@ class BulkReasonForm(forms.Form):
     reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}))
 
 
-class BulkGrantForm(BulkReasonForm):
-    amount = forms.IntegerField(min_value=1)
-
-
 @admin.register(Organization)
 class OrganizationAdmin(AuditedAdmin):
     list_display = ["slug", "name", "is_active", "suspended_reason", "requests_per_minute",
@@ -32,7 +25,9 @@ class OrganizationAdmin(AuditedAdmin):
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     inlines = [MembershipInline]
-    actions = ["grant_credits", "suspend", "export_csv"]
+    # billing/admin.py registers this admin's subclass, which adds granting credits
+    # and the CSV export with balances: both are billing's.
+    actions = ["suspend"]
 
     def audit_organization_id(self, obj: Organization) -> int | None:
         return obj.pk
@@ -59,22 +54,6 @@ class OrganizationAdmin(AuditedAdmin):
                    "opts": self.model._meta}
         return render(request, "admin/accounts/organization/bulk_action.html", context)
 
-    @admin.action(description="Grant credits to selected organizations")
-    def grant_credits(self, request, queryset):  # type: ignore[no-untyped-def]
-        from billing.services import account_for_organization, credits_grant
-
-        form = self._bulk_form(request, queryset, BulkGrantForm, "Grant credits")
-        if not isinstance(form, BulkGrantForm):
-            return form
-        with transaction.atomic():
-            for organization in queryset:
-                credits_grant(account=account_for_organization(organization=organization),
-                              amount=form.cleaned_data["amount"],
-                              reason=form.cleaned_data["reason"], actor=request.user)
-        self.message_user(request, f"Granted {form.cleaned_data['amount']} credits to "
-                                   f"{queryset.count()} organization(s).", messages.SUCCESS)
-        return None
-
     @admin.action(description="Suspend selected organizations")
     def suspend(self, request, queryset):  # type: ignore[no-untyped-def]
         form = self._bulk_form(request, queryset, BulkReasonForm, "Suspend organizations")
@@ -87,22 +66,6 @@ class OrganizationAdmin(AuditedAdmin):
         self.message_user(request, f"Suspended {queryset.count()} organization(s).",
                           messages.SUCCESS)
         return None
-
-    @admin.action(description="Export selected organizations as CSV")
-    def export_csv(self, request, queryset):  # type: ignore[no-untyped-def]
-        response = HttpResponse(content_type="text/csv")
-        response["Content-Disposition"] = 'attachment; filename="organizations.csv"'
-        writer = csv.writer(response)
-        writer.writerow(["slug", "name", "active", "suspended_reason", "balance", "reserved",
-                         "created_at"])
-        for organization in queryset.select_related("credit_account"):
-            account = getattr(organization, "credit_account", None)
-            writer.writerow([organization.slug, organization.name, organization.is_active,
-                             organization.suspended_reason,
-                             account.balance if account else 0,
-                             account.reserved if account else 0,
-                             organization.created_at.isoformat()])
-        return response
 
 
 @admin.register(Membership)

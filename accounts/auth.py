@@ -26,9 +26,9 @@ expired key is refused at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 

@@ -16,6 +16,9 @@ from accounts.auth import KeyContext, authenticate_secret, parse_bearer
 from accounts.models import Membership
 from novakit.errors import forbidden, unauthorized
 
+# The organization a signed-in member acts for: the portal's switcher writes it (portal/access.py).
+ORGANIZATION_SESSION_KEY = "organization_id"
+
 
 @dataclass(frozen=True)
 class KeyPrincipal:
@@ -65,7 +68,7 @@ def caller_for(request: Request, *, scope: str) -> Caller:
     if user is None or not user.is_authenticated:
         raise unauthorized("Authentication required")
     memberships = Membership.objects.filter(user=user, organization__is_active=True)
-    chosen = request.session.get("organization_id") if hasattr(request, "session") else None
+    chosen = request.session.get(ORGANIZATION_SESSION_KEY) if hasattr(request, "session") else None
     membership = (memberships.filter(organization_id=chosen).first() if chosen else None) or (
         memberships.order_by("created_at").first()
     )

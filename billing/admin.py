@@ -1,11 +1,18 @@
+import csv
+
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 
+from accounts.admin import BulkReasonForm
+from accounts.admin import OrganizationAdmin as AccountsOrganizationAdmin
+from accounts.admin_audit import AuditedAdmin
+from accounts.models import Organization
 from billing.models import CreditAccount, LedgerEntry, Quota, Reservation
-from billing.services import credits_adjust, credits_grant
-from novakit.admin_audit import AuditedAdmin
+from billing.services import account_for_organization, credits_adjust, credits_grant
 
 
 class ReadOnlyMixin:
@@ -111,3 +118,51 @@ class QuotaAdmin(AuditedAdmin):
     list_display = ["organization", "api_key", "metric", "period", "limit"]
     list_filter = ["metric", "period"]
     search_fields = ["organization__slug"]
+
+
+# --- organizations: what staff do to their credits ---------------------------------
+
+
+class BulkGrantForm(BulkReasonForm):
+    amount = forms.IntegerField(min_value=1)
+
+
+# accounts registers the organization admin; billing's subclass replaces it to add
+# the actions that touch credits, so accounts needs to know nothing of billing.
+admin.site.unregister(Organization)
+
+
+@admin.register(Organization)
+class OrganizationAdmin(AccountsOrganizationAdmin):
+    actions = ["grant_credits", *AccountsOrganizationAdmin.actions, "export_csv"]
+
+    @admin.action(description="Grant credits to selected organizations")
+    def grant_credits(self, request, queryset):  # type: ignore[no-untyped-def]
+        form = self._bulk_form(request, queryset, BulkGrantForm, "Grant credits")
+        if not isinstance(form, BulkGrantForm):
+            return form
+        # Each grant is a ledger entry naming the staff member and the reason.
+        with transaction.atomic():
+            for organization in queryset:
+                credits_grant(account=account_for_organization(organization=organization),
+                              amount=form.cleaned_data["amount"],
+                              reason=form.cleaned_data["reason"], actor=request.user)
+        self.message_user(request, f"Granted {form.cleaned_data['amount']} credits to "
+                                   f"{queryset.count()} organization(s).", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Export selected organizations as CSV")
+    def export_csv(self, request, queryset):  # type: ignore[no-untyped-def]
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="organizations.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["slug", "name", "active", "suspended_reason", "balance", "reserved",
+                         "created_at"])
+        for organization in queryset.select_related("credit_account"):
+            account = getattr(organization, "credit_account", None)
+            writer.writerow([organization.slug, organization.name, organization.is_active,
+                             organization.suspended_reason,
+                             account.balance if account else 0,
+                             account.reserved if account else 0,
+                             organization.created_at.isoformat()])
+        return response

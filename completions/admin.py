@@ -1,9 +1,9 @@
 from django import forms
 from django.contrib import admin
 
+from accounts.admin_audit import AuditedAdmin, AuditedForm
 from completions.catalog import CAPABILITY_FIELDS
 from completions.models import CatalogModel, ModelRoute, Provider, UsageRecord
-from novakit.admin_audit import AuditedAdmin, AuditedForm
 
 
 class ProviderForm(AuditedForm):

@@ -3,14 +3,18 @@
 With several worker processes (novakit.serve --workers), set PROMETHEUS_MULTIPROC_DIR
 to an empty directory before start (platform/serve does): each process then
 writes its samples there and /metrics adds them up, whichever process answers.
+
+The base layer: it knows no app. An app hands it plain values (`record_outcome`
+reads any object with an outcome's fields) and its scrape-time collectors reach
+`metrics_view` through the URLconf (novakit/urls.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -22,11 +26,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-
-if TYPE_CHECKING:
-    from completions.services import RequestOutcome
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -55,7 +55,24 @@ RATE_LIMIT_REFUSALS = Counter(
 )
 
 
-def record_outcome(outcome: RequestOutcome, *, charged: int) -> None:
+class Outcome(Protocol):
+    """What `record_outcome` reads of a finished request (completions' RequestOutcome has it)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def http_status(self) -> int: ...
+    @property
+    def streamed(self) -> bool: ...
+    @property
+    def latency_ms(self) -> int: ...
+    @property
+    def ttft_ms(self) -> int | None: ...
+
+
+def record_outcome(outcome: Outcome, *, charged: int) -> None:
     REQUESTS.labels(outcome.model, outcome.status, str(outcome.http_status)).inc()
     LATENCY.labels(outcome.model, str(outcome.streamed).lower()).observe(outcome.latency_ms / 1000)
     if outcome.ttft_ms is not None:
@@ -66,19 +83,6 @@ def record_outcome(outcome: RequestOutcome, *, charged: int) -> None:
 
 def record_upstream_error(*, provider: str, kind: str) -> None:
     UPSTREAM_ERRORS.labels(provider, kind).inc()
-
-
-class OpenReservationsCollector(Collector):
-    """Read at scrape time from the database, so every process reports the same truth."""
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        from billing.models import Reservation
-
-        gauge = GaugeMetricFamily(
-            "novakit_open_reservations", "Credit reservations not yet settled or released"
-        )
-        gauge.add_metric([], Reservation.objects.filter(status=Reservation.Status.OPEN).count())
-        yield gauge
 
 
 def _registry() -> CollectorRegistry:
@@ -104,11 +108,15 @@ def _allowed(request: HttpRequest) -> bool:
     return any(address in ipaddress.ip_network(net) for net in settings.METRICS_ALLOWED_NETWORKS)
 
 
-def metrics_view(request: HttpRequest) -> HttpResponse:
+def metrics_view(request: HttpRequest, *,
+                 scrape_collectors: Sequence[Callable[[], Collector]] = ()) -> HttpResponse:
+    """The samples, and those of `scrape_collectors`: collectors read at scrape time (from the
+    database, so every process reports the same truth), made afresh for each scrape."""
     if not _allowed(request):
         return HttpResponse("metrics are not public\n", status=403, content_type="text/plain")
     registry = _registry()
     extra = CollectorRegistry()
-    extra.register(OpenReservationsCollector())
+    for make_collector in scrape_collectors:
+        extra.register(make_collector())
     body = generate_latest(registry) + generate_latest(extra)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

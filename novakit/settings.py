@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "accounts",
     "billing",
     "completions",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -334,7 +335,7 @@ LOGGING = {
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
 
-# --- Developer portal (/portal/, novakit/portal_urls.py) ------------------------------
+# --- Developer portal (/portal/, portal/urls.py) ------------------------------------
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # With the development settings (`make run`, tests) static files are served
 # straight from the apps' folders and static/, no collectstatic needed;

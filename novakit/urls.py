@@ -7,10 +7,12 @@ from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
-from novakit import error_pages, health, staff
+from billing.metrics import OpenReservationsCollector
+from novakit import error_pages, health
 from novakit.api import api
 from novakit.errors import ApiError, error_response, invalid_request
 from novakit.metrics import metrics_view
+from portal.views import staff
 
 # The admin's "View site" link: the portal is the site.
 admin.site.site_url = "/portal/"
@@ -19,10 +21,11 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="portal:home"), name="root"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", metrics_view, name="metrics"),
+    path("metrics", metrics_view, {"scrape_collectors": [OpenReservationsCollector]},
+         name="metrics"),
     path("staff/", staff.dashboard, name="staff-dashboard"),
     path("admin/", admin.site.urls),
-    path("portal/", include("novakit.portal_urls")),
+    path("portal/", include("portal.urls")),
     # Management API (DRF) first: its paths are distinct from the inference API's.
     path("api/v1/", include("accounts.urls")),
     path("api/v1/", include("billing.urls")),

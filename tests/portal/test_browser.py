@@ -23,7 +23,7 @@ from accounts.models import APIKey
 from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
-from completions.views import PLAYGROUND_KEY_NAME
+from portal.views.playground import PLAYGROUND_KEY_NAME
 from tests.portal.conftest import off_loop
 from tests.support.webhook_receiver import Receiver
 

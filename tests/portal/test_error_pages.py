@@ -12,7 +12,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from accounts.models import APIKey
-from completions.views import PLAYGROUND_KEY_NAME
+from portal.views.playground import PLAYGROUND_KEY_NAME
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from django.db.models import Sum
 from accounts.models import APIKey, Membership
 from billing.models import LedgerEntry, Reservation
 from completions.models import UsageRecord
-from completions.views import PLAYGROUND_KEY_NAME
+from portal.views.playground import PLAYGROUND_KEY_NAME
 from tests.conftest import Tenant
 from tests.portal.conftest import PASSWORD, csrf_token_from
 

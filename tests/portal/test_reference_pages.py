@@ -7,7 +7,7 @@ import re
 import pytest
 
 from completions.schemas import ChatCompletionRequest
-from completions.views import management_endpoints
+from portal.views.reference import management_endpoints
 
 pytestmark = pytest.mark.django_db
 

@@ -8,8 +8,8 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.http import require_GET
 
-from accounts.views import PortalMember, member_view, portal_render
 from billing import selectors
+from portal.access import PortalMember, member_view, portal_render
 
 LEDGER_PAGE_SIZE = 25
 CSV_COLUMNS = ["created_at", "kind", "amount", "balance_after", "request_id", "api_key_prefix",

@@ -20,10 +20,10 @@ from accounts import webhooks
 from accounts.api import MANAGERS
 from accounts.models import WebhookEndpoint
 from accounts.new_secrets import secret_stash, secret_take
-from accounts.views import PortalMember, forbidden_page, member_view, portal_render, secret_page
-from accounts.webhook_forms import WebhookActiveForm, WebhookEndpointForm
 from billing.alerts import low_balance_threshold
 from billing.models import CreditAccount
+from portal.access import PortalMember, forbidden_page, member_view, portal_render, secret_page
+from portal.forms import WebhookActiveForm, WebhookEndpointForm
 
 # The attempts listed on an endpoint's page, newest first.
 RECENT_DELIVERIES = 50

@@ -1,0 +1,1 @@
+"""The portal's and the staff dashboard's views, one module per page or group of pages."""
