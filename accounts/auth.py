@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -65,7 +65,7 @@ class KeyContext:
     expires_at: datetime | None
     revoked_at: datetime | None
     # What other apps keep with the key's context, read with it (`context_extras`).
-    extras: Mapping[str, Any] = MappingProxyType({})
+    extras: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     def allows_model(self, model_id: str) -> bool:
         return not self.allowed_models or model_id in self.allowed_models
