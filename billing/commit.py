@@ -89,8 +89,8 @@ class GroupCommit(Generic[In, Out]):
             # sake must not make everyone else on this loop wait in line.
             alone = await asyncio.gather(*[db_async(self.write)([item]) for item, _ in group],
                                          return_exceptions=True)
-            for (_, future), result in zip(group, alone, strict=True):
-                resolve(future, result if isinstance(result, BaseException) else result[0])
+            for (_, future), written in zip(group, alone, strict=True):
+                resolve(future, written if isinstance(written, BaseException) else written[0])
             return
         for (_, future), result in zip(group, results, strict=True):
             resolve(future, result)

@@ -84,7 +84,7 @@ def _append_entry(
         amount=amount,
         balance_after=balance_after,
         reason=reason,
-        actor=actor if actor is not None and actor.is_authenticated else None,
+        actor_id=actor.pk if actor is not None and actor.is_authenticated else None,
         actor_label=actor_label,
         request_id=request_id,
         api_key_id=api_key_id,

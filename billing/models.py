@@ -210,7 +210,7 @@ class Quota(models.Model):
         ]
 
     def __str__(self) -> str:
-        subject = self.api_key.prefix if self.api_key_id else self.organization.slug
+        subject = self.api_key.prefix if self.api_key else self.organization.slug
         return f"{subject} {self.metric} {self.limit}/{self.period}"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
@@ -172,7 +171,7 @@ def quota_set(
 ) -> Quota | None:
     """Set (or with `limit=None` remove) an organization's or a key's quota."""
     existing = Quota.objects.filter(organization=organization, metric=metric, api_key_id=api_key_id)
-    before: dict[str, Any] | None = existing.values("limit", "period").first()
+    before = dict(first) if (first := existing.values("limit", "period").first()) else None
     quota: Quota | None = None
     if limit is None:
         existing.delete()

@@ -31,7 +31,7 @@ def quota_usage(*, organization_id: int, now: dt.datetime | None = None) -> list
         rows.append({
             "metric": quota.metric,
             "scope": "key" if quota.api_key_id else "organization",
-            "key_prefix": quota.api_key.prefix if quota.api_key_id else None,
+            "key_prefix": quota.api_key.prefix if quota.api_key else None,
             "period": quota.period,
             "limit": quota.limit,
             "used": used,
@@ -100,7 +100,7 @@ def organizations_near_limits(*, fraction: float = 0.8, limit: int = 50) -> list
     )
     for counter in crowded:
         quota = counter.quota
-        subject = quota.api_key.prefix if quota.api_key_id else "organization"
+        subject = quota.api_key.prefix if quota.api_key else "organization"
         rows.append({"organization": quota.organization.slug,
                      "reason": f"{quota.metric} quota ({subject})",
                      "value": counter.in_use, "limit": quota.limit})

@@ -40,8 +40,10 @@ def _table(model: type[models.Model]) -> str:
     return _quote(model._meta.db_table)
 
 
-def _column(model: type[models.Model], field: str) -> str:
-    return _quote(model._meta.get_field(field).column)
+def _column(model: type[models.Model], name: str) -> str:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.Field) and field.column
+    return _quote(field.column)
 
 
 def _is_json(field: models.Field[Any, Any]) -> bool:

@@ -119,7 +119,7 @@ def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
         # What the caller sent, as sent: an explicit `"content": null` beside tool calls stays.
         item = message.model_dump(exclude_unset=True, exclude={"images"})
         if message.images:
-            parts = (
+            parts: list[dict[str, Any]] = (
                 [{"type": "text", "text": message.content}]
                 if isinstance(message.content, str)
                 else list(message.content or [])
@@ -208,7 +208,7 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str, *
             prompt_estimate=planned.prompt_estimate, reserved=planned.worst_case,
             bounds=UsageBounds(prompt_tokens=planned.model.context_length,
                                completion_tokens=planned.completion_limit),
-            end_user=body.user or "", streamed=body.stream if stream is None else stream,
+            end_user=body.user or "", streamed=bool(body.stream if stream is None else stream),
             started=started,
             rate_limit_headers=rate.headers(),
             usage_chunk=bool((body.stream_options or {}).get("include_usage")),

@@ -231,7 +231,7 @@ class _StreamBody:
         if self.closed:
             return
         self.closed = True
-        if self.iterator.ag_frame is None:  # ran to its end, and settled on the way
+        if self.iterator.ag_frame is None:  # type: ignore[attr-defined]  # ran to its end, settled
             return
         try:
             # A fresh context: not the closing thread's, which asgiref marks as busy, nor
