@@ -35,10 +35,10 @@ from django.utils import timezone
 
 from accounts import keys
 from accounts.models import APIKey
-from novakit import redis as shared_redis
-from novakit.batching import Batch, Batches, resolve
-from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
+from novakit.runtime import redis as shared_redis
+from novakit.runtime.batching import Batch, Batches, resolve
+from novakit.runtime.db import db_async
 
 if TYPE_CHECKING:
     from billing.services import ReservationTargets

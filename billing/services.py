@@ -27,8 +27,8 @@ from django.utils import timezone
 from accounts.models import APIKey, Organization
 from accounts.services import audit_record
 from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
-from novakit.db import execute_prepared
 from novakit.errors import ApiError
+from novakit.runtime.db import execute_prepared
 
 Kind = LedgerEntry.Kind
 

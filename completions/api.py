@@ -19,8 +19,8 @@ from billing.pricing import credits_per_1k_tokens
 from completions import gateway, idempotency
 from completions.catalog import catalog_cache
 from completions.schemas import ChatCompletionRequest
-from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, json_response
+from novakit.runtime.db import db_async
 
 
 class ApiKeyAuth(AuthBase):

@@ -52,7 +52,6 @@ from completions.usage import (
     usage_within,
 )
 from novakit import metrics
-from novakit.db import db_async
 from novakit.errors import (
     ApiError,
     error_body,
@@ -61,6 +60,7 @@ from novakit.errors import (
     is_database_outage,
     json_response,
 )
+from novakit.runtime.db import db_async
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -48,9 +48,9 @@ from completions.services import (
     request_settle_retrying,
     requests_settle_retrying,
 )
-from novakit.batching import Batch, Batches, resolve
-from novakit.db import db_async
 from novakit.errors import is_database_outage
+from novakit.runtime.batching import Batch, Batches, resolve
+from novakit.runtime.db import db_async
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.schemas import ChatCompletionRequest
 from completions.tokens import count_text
-from novakit.db import db_async
+from novakit.runtime.db import db_async
 from tests.completions.helpers import assert_books_balance, usage_charged
 
 pytestmark = pytest.mark.usefixtures("transactional_db")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from novakit.batching import Batch, Batches, resolve
+from novakit.runtime.batching import Batch, Batches, resolve
 
 
 async def test_given_items_arriving_while_a_batch_runs_then_they_share_the_next_one() -> None:

@@ -1,4 +1,4 @@
-"""The production server (novakit/serve.py): workers on sockets of their own, supervised."""
+"""The production server (novakit/runtime/serve.py): workers on sockets of their own, supervised."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def test_a_port_something_already_listens_on_is_refused(tmp_path: Path):
         taken.listen()
         port = taken.getsockname()[1]
         process = subprocess.run(
-            [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--port", str(port),
+            [str(ROOT / ".venv/bin/python"), "-m", "novakit.runtime.serve", "--port", str(port),
              "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
 
     assert process.returncode == 1

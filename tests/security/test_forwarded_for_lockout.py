@@ -24,7 +24,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import Client
 
-from novakit import serve
+from novakit.runtime import serve
 from tests.ratelimit.conftest import database_url
 from tests.support.gateway_process import GatewayProcess, gateway_spawn
 

@@ -1,21 +1,29 @@
 """NovaKit's web server: uvicorn workers that each listen on a socket of their own.
 
-    python -m novakit.serve --host 0.0.0.0 --port 8000 --workers 2
+    python -m novakit.runtime.serve --host 0.0.0.0 --port 8000 --workers 2
 
 uvicorn's own `--workers` shares one listening socket between its worker
 processes: whichever worker is awake when connections arrive accepts them,
 and a kept-alive connection (load balancers and SDKs keep them) stays where
 it landed. In the benchmark one of two workers ended up holding all 64 of
-the load generator's connections, and two workers served no more than one
-(bench/results/CHANGES.md). Here every worker binds the address itself
-with SO_REUSEPORT, and the kernel spreads new connections over the workers
-by a hash of each connection's addresses (Linux).
+the load generator's connections (6,273 requests answered by one, 595 by the
+other), and two workers served no more than one. Here every worker binds the
+address itself with SO_REUSEPORT, and the kernel spreads new connections
+over the workers by a hash of each connection's addresses (Linux): 28 and 36
+of the 64 in the same run.
+
+Measured (`bench/profile.py --workers 2 --concurrency 64 --duration 10`, the
+servers alternating, 3 rounds, medians): 2026-11-26, against uvicorn
+`--workers 2`, 621 -> 686 req/s, p99 169 -> 145 ms, CPU 1.67 -> 1.71 ms per
+request; 2026-12-02, against gunicorn with uvicorn-worker's UvicornWorker
+and `--reuse-port` (one socket shared by the workers all the same), see
+novakit/runtime/README.md.
 
 The supervisor (this process) starts the workers and starts a new one when
 one dies. On SIGTERM or SIGINT it passes the signal on to each worker and
 waits: a worker stops accepting, finishes its open requests and streams
 within --timeout-graceful-shutdown, settles what is pending (the lifespan
-shutdown, novakit/asgi.py) and exits. After a second signal, of either
+shutdown, novakit/runtime/lifespan.py) and exits. After a second signal, of either
 kind, the workers stop waiting for open requests and skip the lifespan
 shutdown (settlements still running are left to the expiry job). A worker whose supervisor
 is gone shuts itself down the same way, and stops waiting after the
@@ -51,7 +59,7 @@ from multiprocessing.process import BaseProcess
 
 from novakit.env import env_str
 
-logger = logging.getLogger("novakit.serve")
+logger = logging.getLogger("novakit.runtime.serve")
 
 APP = "novakit.asgi:application"
 STARTUP_FAILURE = 3  # a worker that could not start (uvicorn's code for it, too)
@@ -73,10 +81,11 @@ class Options:
     access_log: bool
     log_level: str
     worker_timeout: float
+    process: str  # NOVAKIT_PROCESS for the workers: all, or inference
 
 
 def parse(argv: list[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(prog="python -m novakit.serve",
+    parser = argparse.ArgumentParser(prog="python -m novakit.runtime.serve",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -94,6 +103,10 @@ def parse(argv: list[str] | None = None) -> Options:
     parser.add_argument("--worker-timeout", type=float, default=30.0,
                         help="seconds a worker's event loop may stay unresponsive before the "
                              "worker is killed and replaced")
+    parser.add_argument("--process", default=env_str("NOVAKIT_PROCESS", "all"),
+                        choices=["all", "inference"],
+                        help="what the workers serve: everything, or the inference API only "
+                             "(default: $NOVAKIT_PROCESS, else all)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be at least 1")
@@ -283,6 +296,7 @@ def port_is_free(host: str, port: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
+    os.environ["NOVAKIT_PROCESS"] = options.process  # read by the workers' settings
     logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s "
                         "%(name)s [supervisor %(process)d] %(message)s")
     return Supervisor(options).run()
