@@ -547,7 +547,7 @@ def _reserve_credits_in_one_statement(holds: list[Hold], targets_of: list[Reserv
     Most groups are that (one organization's requests, no quota), and the
     gateway reserves them this way: one prepared statement that commits on
     its own, where the general path takes a transaction of four round trips
-    and plans each statement afresh (bench/results/CHANGES.md). The
+    and plans each statement afresh (c=64: 667 -> 969 req/s, CPU 1.33 -> 0.93 ms). The
     statement holds the summed amount with one conditional UPDATE (it
     matches only while the unreserved balance covers it, re-checked on the
     newest row version by PostgreSQL, so concurrent groups cannot overdraw)
@@ -771,7 +771,7 @@ def credits_close_credit_only(closings: list[Closing], records: ClaimRecords, *,
     runs it; in a transaction of claim, usage records and commit it stayed
     locked over three round trips to the gateway, and under load every other
     reservation and settlement of the organization waited for them
-    (bench/results/CHANGES.md). Inside a transaction it runs in a savepoint:
+    (two workers, c=64: ~820 -> ~1,010 req/s). Inside a transaction it runs in a savepoint:
     a failure leaves the caller's transaction usable.
 
     What this leaves is for `credits_close_many`: requests closed already

@@ -173,7 +173,8 @@ def close_database_threads() -> None:
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
     while _executors:
         size, executor = _executors.popitem()
-        _each_thread(executor, size, connection.close, 10)
+        # Looked up on each thread: `connection` is that thread's own.
+        _each_thread(executor, size, lambda: connection.close(), 10)
         executor.shutdown(wait=True)  # calls still running finish first
 
 
