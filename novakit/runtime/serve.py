@@ -164,6 +164,9 @@ def _serve(options: Options, supervisor: int, heartbeat: ctypes.c_double) -> Non
         sys.exit(STARTUP_FAILURE)
     config = uvicorn.Config(
         APP, host=options.host, port=options.port, lifespan="on",
+        # No websockets anywhere in NovaKit: not loading uvicorn's implementation keeps
+        # ~2.5 MB out of every worker.
+        ws="none",
         timeout_keep_alive=options.timeout_keep_alive,
         timeout_graceful_shutdown=options.timeout_graceful_shutdown,
         limit_concurrency=options.limit_concurrency,
