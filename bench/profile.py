@@ -80,7 +80,7 @@ def main() -> int:
                        "--workers", str(args.workers)]
         elif args.server == "gunicorn":
             command = [str(harness.ROOT / ".venv" / "bin" / "gunicorn"), "novakit.asgi:application",
-                       "--worker-class", "uvicorn_worker.UvicornWorker", "--reuse-port",
+                       "--worker-class", "bench.gunicorn_worker.NovaKitLikeWorker", "--reuse-port",
                        "--workers", str(args.workers)]
         else:
             command = [str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
