@@ -1,72 +1,60 @@
-"""NovaKit's web server: uvicorn workers that each listen on a socket of their own.
+"""NovaKit's web server: gunicorn, running uvicorn workers (novakit/runtime/worker.py).
 
-    python -m novakit.runtime.serve --host 0.0.0.0 --port 8000 --workers 2
+    python -m novakit.runtime.serve --host 0.0.0.0 --port 8000 --workers 2 [--process inference]
 
-uvicorn's own `--workers` shares one listening socket between its worker
-processes: whichever worker is awake when connections arrive accepts them,
-and a kept-alive connection (load balancers and SDKs keep them) stays where
-it landed. In the benchmark one of two workers ended up holding all 64 of
-the load generator's connections (6,273 requests answered by one, 595 by the
-other), and two workers served no more than one. Here every worker binds the
-address itself with SO_REUSEPORT, and the kernel spreads new connections
-over the workers by a hash of each connection's addresses (Linux): 28 and 36
-of the 64 in the same run.
+gunicorn is the process manager: it starts the workers, replaces one that
+dies, kills and replaces one whose event loop has not turned for
+--worker-timeout seconds (30; the worker's loop tells gunicorn it is alive),
+and a worker that cannot start stops the server ("Worker failed to boot.").
+With `reuse_port` every worker binds the address itself with SO_REUSEPORT,
+so the kernel spreads new connections over the workers by a hash of their
+addresses (Linux): with one socket shared by all workers (uvicorn's own
+`--workers`), one of two workers held all 64 of the benchmark's kept-alive
+connections (6,273 requests answered by one, 595 by the other) and two
+workers served no more than one.
 
-Measured (`bench/profile.py --workers 2 --concurrency 64 --duration 10`, the
-servers alternating, 3 rounds, medians): 2026-11-26, against uvicorn
-`--workers 2`, 621 -> 686 req/s, p99 169 -> 145 ms, CPU 1.67 -> 1.71 ms per
-request; 2026-12-02, against gunicorn with uvicorn-worker's UvicornWorker
-and `--reuse-port` (one socket shared by the workers all the same), see
-novakit/runtime/README.md.
+On SIGTERM the workers stop accepting, let open requests and streams finish
+within --timeout-graceful-shutdown, settle what is pending (the lifespan
+shutdown, novakit/runtime/lifespan.py) and exit; SIGINT or SIGQUIT then (or
+instead) stops waiting for open requests (gunicorn's quick shutdown). A
+worker whose server is gone shuts itself down the same way. A port
+something else listens on is refused before anything starts.
 
-The supervisor (this process) starts the workers and starts a new one when
-one dies. On SIGTERM or SIGINT it passes the signal on to each worker and
-waits: a worker stops accepting, finishes its open requests and streams
-within --timeout-graceful-shutdown, settles what is pending (the lifespan
-shutdown, novakit/runtime/lifespan.py) and exits. After a second signal, of either
-kind, the workers stop waiting for open requests and skip the lifespan
-shutdown (settlements still running are left to the expiry job). A worker whose supervisor
-is gone shuts itself down the same way, and stops waiting after the
-graceful-shutdown time (60 s when none is set). A worker that cannot start
-(bad settings, a failing start-up) stops everything: starting it again
-would fail again; so does a port something else already listens on.
-
-A worker whose event loop stops turning (code that blocks it, a deadlock)
-still holds its listening socket, so the kernel would go on handing it a
-share of new connections that nobody answers. Each worker's loop stamps a
-heartbeat every tenth of a second; one silent for --worker-timeout seconds
-(30) is killed and replaced. Its requests in flight are lost with it; the
-expiry job releases their reservations. Not checked: a worker still
-starting (it has not ticked yet) and one shutting down (told to by a
-signal, its own or the supervisor's).
+Measured (`bench/profile.py --workers 2 --concurrency 64 --duration 10`,
+alternating, 3 rounds, medians): 2026-11-26, this file's supervisor of the
+time against uvicorn `--workers 2`: 621 -> 686 req/s, p99 169 -> 145 ms.
+2026-12-02, that supervisor (275 lines: a socket per worker, heartbeats,
+restarts) against gunicorn 27 + uvicorn-worker with `--reuse-port` and the
+same uvicorn settings: 413 (276-416) against 477 (380-507) req/s, p99 308
+(303-426) against 320 (267-337) ms, CPU 2.14 (1.88-2.67) against 2.06
+(1.76-2.16) ms per request; connections spread 36/28 over two workers with
+one stopped while they arrived, for both. So gunicorn, and the supervisor
+is gone. Off switch: run `uvicorn novakit.asgi:application` (one process).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import ipaddress
+import json
 import logging
-import multiprocessing
+import math
 import os
-import signal
 import socket
-import sys
-import threading
-import time
-from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
+from dataclasses import asdict, dataclass
+
+from gunicorn.app.base import BaseApplication
 
 from novakit.env import env_str
 
 logger = logging.getLogger("novakit.runtime.serve")
 
-APP = "novakit.asgi:application"
-STARTUP_FAILURE = 3  # a worker that could not start (uvicorn's code for it, too)
-# How long a worker whose supervisor was killed lets open requests finish, when
-# --timeout-graceful-shutdown does not say.
-ORPHAN_GRACE_SECONDS = 60
-SHUTTING_DOWN = -1.0  # a worker's heartbeat while it drains (0: not started yet)
+WORKER_CLASS = "novakit.runtime.worker.NovaKitWorker"
+# How long a worker lets open requests finish when --timeout-graceful-shutdown does not say.
+DEFAULT_GRACE_SECONDS = 60
+# The lifespan shutdown waits up to 30 s for pending settlements after the open requests
+# (novakit/runtime/lifespan.py): gunicorn's own deadline leaves room for both.
+SETTLEMENT_GRACE_SECONDS = 35
 
 
 @dataclass(frozen=True)
@@ -82,6 +70,13 @@ class Options:
     log_level: str
     worker_timeout: float
     process: str  # NOVAKIT_PROCESS for the workers: all, or inference
+
+    def to_env(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_env(cls) -> Options:
+        return cls(**json.loads(os.environ["NOVAKIT_SERVE_OPTIONS"]))
 
 
 def parse(argv: list[str] | None = None) -> Options:
@@ -130,161 +125,6 @@ def _tcp_socket(host: str) -> socket.socket:
     return sock
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to (host, port) that other workers may bind too (SO_REUSEPORT)."""
-    sock = _tcp_socket(host)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    return sock
-
-
-def _serve(options: Options, supervisor: int, heartbeat: ctypes.c_double) -> None:
-    """One worker: uvicorn on its own socket. Runs in a process of its own."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        async def on_tick(self, counter: int) -> bool:
-            # uvicorn's main loop calls this every 0.1 s, on the event loop.
-            heartbeat.value = time.monotonic()
-            return await super().on_tick(counter)
-
-        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-            # The main loop (and its ticks) has ended: draining is not hanging.
-            heartbeat.value = SHUTTING_DOWN
-            await super().shutdown(sockets=sockets)
-
-    # Its own process group: a terminal's Ctrl+C reaches the supervisor only, which
-    # passes it on. Reaching both, it would be two signals here, and uvicorn takes a
-    # second one as "stop waiting for open requests".
-    os.setpgrp()
-    try:
-        sock = listening_socket(options.host, options.port)
-    except OSError as exc:
-        print(f"cannot listen on {options.host}:{options.port}: {exc}", file=sys.stderr)
-        sys.exit(STARTUP_FAILURE)
-    config = uvicorn.Config(
-        APP, host=options.host, port=options.port, lifespan="on",
-        # No websockets anywhere in NovaKit: not loading uvicorn's implementation keeps
-        # ~2.5 MB out of every worker.
-        ws="none",
-        timeout_keep_alive=options.timeout_keep_alive,
-        timeout_graceful_shutdown=options.timeout_graceful_shutdown,
-        limit_concurrency=options.limit_concurrency,
-        # The client's address is the connection's unless it comes from a proxy named
-        # here. uvicorn's own default trusts loopback, and then anything that reaches the
-        # port from the same host (a sidecar, a local user, a proxy passing X-Forwarded-For
-        # through) chooses the address the sign-in lockout and /metrics go by.
-        proxy_headers=bool(options.forwarded_allow_ips),
-        forwarded_allow_ips=options.forwarded_allow_ips,
-        access_log=options.access_log, log_level=options.log_level,
-    )
-    threading.Thread(target=_stop_when_orphaned, args=(supervisor, options), daemon=True).start()
-    server = Server(config)
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the SIGINT it has shut down for
-        return
-    except Exception:
-        if server.started:
-            raise
-        logger.exception("the worker could not start")
-        sys.exit(STARTUP_FAILURE)
-    if not server.started:  # the application's start-up failed (uvicorn logged why)
-        sys.exit(STARTUP_FAILURE)
-
-
-def _stop_when_orphaned(supervisor: int, options: Options) -> None:
-    """Shut down as if told to once the supervisor is gone (killed: nobody else will)."""
-    while os.getppid() == supervisor:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's graceful shutdown
-    time.sleep(options.timeout_graceful_shutdown or ORPHAN_GRACE_SECONDS)
-    os.kill(os.getpid(), signal.SIGINT)  # then stop waiting for open requests
-
-
-@dataclass(frozen=True)
-class Worker:
-    process: BaseProcess
-    # When its event loop last turned (time.monotonic(); 0 until it runs), in memory
-    # shared with it. Without a lock: a worker killed while holding one would leave
-    # the supervisor waiting for it forever; an aligned double is written and read whole.
-    heartbeat: ctypes.c_double
-
-
-class Supervisor:
-    def __init__(self, options: Options) -> None:
-        self.options = options
-        self.context = multiprocessing.get_context("spawn")
-        self.workers: list[Worker] = []
-        # Signals as they arrive. The handler only appends: the main loop acts on them
-        # (setting a threading.Event from a handler can deadlock with its waiter).
-        self.received: list[int] = []
-        self.failed = False
-
-    def start_worker(self) -> Worker:
-        heartbeat = self.context.Value("d", 0.0, lock=False)
-        process = self.context.Process(target=_serve, args=(self.options, os.getpid(), heartbeat),
-                                       name="novakit-web")
-        process.start()
-        logger.info("started worker %s", process.pid)
-        return Worker(process, heartbeat)
-
-    def on_signal(self, signum: int, _frame: object) -> None:
-        self.received.append(signum)
-
-    def signal_workers(self, signum: int) -> None:
-        for worker in self.workers:
-            if worker.process.pid is not None and worker.process.exitcode is None:
-                os.kill(worker.process.pid, signum)
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self.on_signal)
-        signal.signal(signal.SIGINT, self.on_signal)
-        if not port_is_free(self.options.host, self.options.port):
-            logger.error("%s:%s is taken: another server (or its workers) listens there",
-                         self.options.host, self.options.port)
-            return 1
-        self.workers = [self.start_worker() for _ in range(self.options.workers)]
-        while not self.received and not self.failed:
-            time.sleep(0.2)
-            self.kill_the_unresponsive()
-            self.replace_the_dead()
-        self.signal_workers(self.received[0] if self.received else signal.SIGTERM)
-        forced = False
-        while any(worker.process.is_alive() for worker in self.workers):
-            if len(self.received) > 1 and not forced:
-                # A second signal: the workers stop waiting for open requests. uvicorn
-                # takes that from a SIGINT after the first signal, not from a SIGTERM.
-                self.signal_workers(signal.SIGINT)
-                forced = True
-            time.sleep(0.1)
-        logger.info("all workers stopped")
-        return 1 if self.failed else 0
-
-    def kill_the_unresponsive(self) -> None:
-        now = time.monotonic()
-        for worker in self.workers:
-            last, process = worker.heartbeat.value, worker.process
-            if last > 0 and now - last > self.options.worker_timeout and process.is_alive():
-                logger.error("worker %s has not run its event loop for %.0f s; killing it",
-                             process.pid, now - last)
-                process.kill()
-                process.join(timeout=5)
-
-    def replace_the_dead(self) -> None:
-        for index, worker in enumerate(self.workers):
-            process = worker.process
-            if process.is_alive() or self.received:
-                continue
-            if process.exitcode == STARTUP_FAILURE:
-                logger.error("worker %s could not start; stopping", process.pid)
-                self.failed = True
-                return
-            logger.warning("worker %s exited (%s); starting another", process.pid,
-                           process.exitcode)
-            self.workers[index] = self.start_worker()
-
-
 def port_is_free(host: str, port: int) -> bool:
     """Whether nothing listens on (host, port). Binding without SO_REUSEPORT fails if
     anything does, even another server's SO_REUSEPORT workers, which the workers'
@@ -297,12 +137,51 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn with NovaKit's options, the ASGI application loaded in each worker."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        super().__init__(prog="python -m novakit.runtime.serve")
+
+    def load_config(self) -> None:
+        options = self.options
+        grace = options.timeout_graceful_shutdown or DEFAULT_GRACE_SECONDS
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        for name, value in {
+            "bind": [f"{host}:{options.port}"],
+            "workers": options.workers,
+            "worker_class": WORKER_CLASS,
+            "reuse_port": True,  # a listening socket per worker (the kernel spreads connections)
+            "timeout": math.ceil(options.worker_timeout),
+            "graceful_timeout": grace + SETTLEMENT_GRACE_SECONDS,
+            "keepalive": options.timeout_keep_alive,
+            "forwarded_allow_ips": options.forwarded_allow_ips or "",
+            "accesslog": "-" if options.access_log else None,
+            "loglevel": options.log_level,
+            "proc_name": f"novakit-{options.process}",
+        }.items():
+            self.cfg.set(name, value)
+
+    def load(self) -> object:
+        from novakit.asgi import application
+
+        return application
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
-    os.environ["NOVAKIT_PROCESS"] = options.process  # read by the workers' settings
-    logging.basicConfig(level=options.log_level.upper(), format="%(asctime)s %(levelname)s "
-                        "%(name)s [supervisor %(process)d] %(message)s")
-    return Supervisor(options).run()
+    logging.basicConfig(level=options.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not port_is_free(options.host, options.port):
+        logger.error("%s:%s is taken: another server (or its workers) listens there",
+                     options.host, options.port)
+        return 1
+    # Read by the workers (forked from this process): their settings and uvicorn's.
+    os.environ["NOVAKIT_PROCESS"] = options.process
+    os.environ["NOVAKIT_SERVE_OPTIONS"] = options.to_env()
+    Server(options).run()  # exits the process with gunicorn's status
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """SIGTERM during an open stream: the stream completes, its usage is settled, the process exits;
-a second SIGTERM (novakit.runtime.serve) stops waiting."""
+a second signal (novakit.runtime.serve: SIGINT, gunicorn's quick shutdown) stops waiting."""
 
 from __future__ import annotations
 
@@ -53,14 +53,14 @@ def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     assert rest[-1] == "data: [DONE]"  # the stream was allowed to finish
     assert '"credits_used"' in rest[-2]
     # It exits on its own once the stream is done (uvicorn re-raises the signal it got;
-    # novakit.runtime.serve's supervisor exits 0 once its workers have).
+    # novakit.runtime.serve's gunicorn exits 0 once its workers have).
     assert gateway.process.wait(30) in (0, -signal.SIGTERM)
     record = UsageRecord.objects.get(request_id=request_id)
     assert record.status == "ok" and record.credits > 0
     assert Reservation.objects.get(request_id=request_id).status == "settled"
 
 
-def test_a_second_sigterm_stops_the_workers_without_waiting_for_open_streams(
+def test_a_second_signal_stops_the_workers_without_waiting_for_open_streams(
     tenant, upstream_in_env, gateway_processes  # noqa: F811
 ):
     [gateway] = gateway_processes(1, workers=2)  # novakit.runtime.serve
@@ -70,7 +70,7 @@ def test_a_second_sigterm_stops_the_workers_without_waiting_for_open_streams(
         next(line for line in lines if line.startswith("data:"))
         gateway.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # after the first one the stream would be let finish (seconds more)
-        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.send_signal(signal.SIGINT)
         try:
             rest = [line for line in lines if line.startswith("data:")]
         except httpx.TransportError:  # cut mid-chunk
