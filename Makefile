@@ -28,7 +28,7 @@ run: install
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py bootstrap_demo --host $(HOST) --port $(PORT)
 	$(BIN)/python manage.py collectstatic --no-input --verbosity 0
-	$(BIN)/python -m novakit.serve --host $(HOST) --port $(PORT) --workers $(WORKERS)
+	$(BIN)/python -m novakit.runtime.serve --process all --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 test: install-dev
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -14,7 +14,7 @@ How fast a revocation or a suspension reaches every process:
   epoch is read *before* the database, so a lookup that raced a revocation is
   filed under the old epoch and thrown away. On the event loop, requests
   arriving together share one GET, each one a GET that began after it
-  arrived (novakit/batching.py), so none can miss a bump made before it came.
+  arrived (novakit/runtime/batching.py), so none can miss a bump made before it came.
 - Without Redis, or while Redis is unreachable (the bump or the read fails),
   and for changes made around those services (a raw ORM update, the admin's
   plain edit form): within `API_KEY_CACHE_SECONDS`, which always applies.
@@ -37,10 +37,10 @@ from django.utils import timezone
 
 from accounts import keys
 from accounts.models import APIKey
-from novakit import redis as shared_redis
-from novakit.batching import Batch, Batches, resolve
-from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, unauthorized
+from novakit.runtime import redis as shared_redis
+from novakit.runtime.batching import Batch, Batches, resolve
+from novakit.runtime.db import db_async
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 _CACHE_MAX_ENTRIES = 10_000

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,7 +44,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--mode", default="chat", choices=["chat", "stream"])
     parser.add_argument("--workers", type=int, default=1,
-                        help="more than one: novakit.serve's workers (py-spy cannot follow them)")
+                        help="more than one: novakit.runtime.serve's workers (py-spy cannot "
+                             "follow them)")
+    parser.add_argument("--server", default="serve", choices=["serve", "gunicorn", "uvicorn"],
+                        help="with --workers > 1: the process manager (novakit.runtime.serve, "
+                             "gunicorn with uvicorn-worker and --reuse-port, or uvicorn --workers)")
     parser.add_argument("--db-name", default="novakit_profile")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--py-spy", metavar="OUT",
@@ -70,11 +75,20 @@ def main() -> int:
         if args.workers == 1:  # the worker itself, so py-spy can follow it
             command = [str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
                        "--no-access-log", *harness.uvicorn_speedups()]
-        else:  # the production server, as the benchmark runs it
-            command = [str(harness.VENV_PYTHON), "-m", "novakit.serve",
+        elif args.server == "serve":  # the production server, as the benchmark runs it
+            command = [str(harness.VENV_PYTHON), "-m", "novakit.runtime.serve",
                        "--workers", str(args.workers)]
-        gateway = harness.start("novakit", [*command, "--host", harness.HOST, "--port", str(port)],
-                                env, raw_dir)
+        elif args.server == "gunicorn":
+            command = [str(harness.ROOT / ".venv" / "bin" / "gunicorn"), "novakit.asgi:application",
+                       "--worker-class", "bench.gunicorn_worker.NovaKitLikeWorker", "--reuse-port",
+                       "--workers", str(args.workers)]
+        else:
+            command = [str(harness.ROOT / ".venv" / "bin" / "uvicorn"), "novakit.asgi:application",
+                       "--no-access-log", *harness.uvicorn_speedups(),
+                       "--workers", str(args.workers)]
+        address = (["--bind", f"{harness.HOST}:{port}"] if args.server == "gunicorn" and
+                   args.workers > 1 else ["--host", harness.HOST, "--port", str(port)])
+        gateway = harness.start("novakit", [*command, *address], env, raw_dir)
         servers.append(gateway)
         url = f"http://{harness.HOST}:{port}/api/v1/chat/completions"
         target = harness.Target(name="novakit", label="NovaKit", url=url, key=secret,
@@ -98,6 +112,12 @@ def main() -> int:
         after = pg_counters(args.db_name)
         if spy is not None:
             spy.wait(timeout=args.duration + 60)
+        time.sleep(2)  # idle again: what a worker keeps after warm-up and load
+        memory = harness.memory(gateway)
+        idle_rss = [process["rss_mb"] for process in memory["processes"]
+                    if "resource_tracker" not in process["cmd"]]
+        if len(idle_rss) > 1:  # the first is the supervisor (or gunicorn's arbiter)
+            idle_rss = idle_rss[1:]
         ok = result["ok"] or 1
         per_request = {name: round((after[name] - before[name]) / ok, 2) for name in before}
         print(json.dumps({
@@ -106,6 +126,7 @@ def main() -> int:
             "ttft_ms": result.get("ttft_ms") if args.mode == "stream" else None,
             "cpu_ms_per_request": result.get("cpu_ms_per_request"),
             "postgres_per_request": per_request,
+            "idle_worker_rss_mb": idle_rss,
         }, indent=2))
         errors = harness.server_errors(gateway)
         if errors:

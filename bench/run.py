@@ -7,7 +7,7 @@ What it does, in order:
 1. starts the fake upstream (bench/fake_upstream.py) on a loopback port;
 2. recreates the PostgreSQL database, empties its Redis database, migrates,
    creates an organization with plenty of credits and an API key;
-3. starts NovaKit (novakit.serve, 2 workers) and
+3. starts NovaKit (novakit.runtime.serve, 2 workers) and
    LiteLLM's proxy (2 workers) from its own virtual environment, and checks
    each answers before measuring it;
 4. runs every scenario with the targets interleaved (A B C A B C ...),
@@ -57,7 +57,7 @@ WORKERS = 2
 # uvicorn's supervisor (LiteLLM's proxy runs under it) kills a worker that does
 # not answer its health check in 5 s and starts another. A cold LiteLLM worker
 # imports for longer than that on a busy 2-core machine, so it was restarted
-# forever. (NovaKit's own server, novakit.serve, replaces workers that exit and,
+# forever. (NovaKit's own server, novakit.runtime.serve, replaces workers that exit and,
 # after 30 s, ones whose event loop stopped; start-up is not timed.)
 WORKER_HEALTHCHECK_S = 120
 
@@ -1144,14 +1144,14 @@ def main() -> int:
                                         notes=["no gateway: the physical limit"])]
         port = free_port()
         server = start("novakit", [
-            str(VENV_PYTHON), "-m", "novakit.serve", "--workers", str(WORKERS),
+            str(VENV_PYTHON), "-m", "novakit.runtime.serve", "--workers", str(WORKERS),
             "--host", HOST, "--port", str(port), "--log-level", "warning",
         ], env, raw_dir)
         servers.append(server)
         targets.append(Target(name="novakit", label="NovaKit",
                               url=f"http://{HOST}:{port}/api/v1/chat/completions",
                               key=secret, server=server,
-                              notes=[f"`python -m novakit.serve --workers {WORKERS}` (its "
+                              notes=[f"`python -m novakit.runtime.serve --workers {WORKERS}` (its "
                                      "production server, platform/serve): uvicorn workers, each "
                                      "listening on its own SO_REUSEPORT socket; "
                                      f"{' '.join(speedups) or '(default loop)'} (uvicorn's "

@@ -28,7 +28,7 @@ from billing import statements
 from billing.ledger import USAGE_ACTOR, USAGE_REASON, Kind
 from billing.models import CreditAccount, LedgerEntry, QuotaCounter, Reservation
 from billing.quotas import CounterUse, measure, quota_crossings_announce
-from novakit.db import execute_prepared
+from novakit.runtime.db import execute_prepared
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ account and counter is updated once per group with the summed amounts. This
 took the benchmark (non-streaming completions, c=16, one worker) from 77 to
 105 req/s and cut the commits per request from 1.33 to 0.56.
 
-Nothing waits on a timer (`novakit.batching`): alone, a request is written
+Nothing waits on a timer (`novakit.runtime.batching`): alone, a request is written
 at once; under load the groups grow by themselves. Each caller still waits
 for its own commit, so the guarantees are those of `billing.holds` and
 `billing.closing`. A group that fails as a whole (one request short of
@@ -31,9 +31,9 @@ from billing.holds import Hold, holds_place
 from billing.ledger import InsufficientCredits
 from billing.models import Reservation
 from billing.quotas import QuotaExceeded
-from novakit.batching import Batch, Batches, resolve
-from novakit.db import db_async
 from novakit.errors import is_database_outage
+from novakit.runtime.batching import Batch, Batches, resolve
+from novakit.runtime.db import db_async
 
 logger = logging.getLogger(__name__)
 

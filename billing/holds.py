@@ -33,7 +33,7 @@ from billing.quotas import (
     quota_refusal,
     reservation_targets,
 )
-from novakit.db import execute_prepared
+from novakit.runtime.db import execute_prepared
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ organization's credit-account row, which every request of the organization
 updates. As a transaction of several statements the row stayed locked over
 the round trips and the commit after it, and under load every request queued
 for it; planning each statement afresh took as long as running it. As one
-prepared statement that commits on its own (`novakit.db.execute_prepared`),
+prepared statement that commits on its own (`novakit.runtime.db.execute_prepared`),
 the row is locked only while PostgreSQL runs it. Measured on the benchmark
 (non-streaming completions, c=64, two workers): reservation and settlement
 in one statement each took throughput from 667 to 969 req/s and CPU per

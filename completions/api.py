@@ -19,8 +19,8 @@ from billing.pricing import credits_per_1k_tokens
 from completions import admission, gateway, idempotency, relay
 from completions.catalog import catalog_cache
 from completions.schemas import ChatCompletionRequest
-from novakit.db import db_async
 from novakit.errors import ApiError, forbidden, json_response, model_not_found
+from novakit.runtime.db import db_async
 
 
 class ApiKeyAuth(AuthBase):

@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
-from novakit.db import db_async
+from novakit.runtime.db import db_async
 
 CATALOG_FILE = Path(settings.BASE_DIR) / "platform" / "catalog" / "models.json"
 OPENROUTER = "openrouter"

@@ -213,7 +213,7 @@ class _StreamBody:
     """The body of a streaming response: iterated by Django, and closed by it in every case.
 
     Django calls `close()` once it is done with the response (from a worker
-    thread, or on the event loop in novakit/asgi.py's inference handler); the
+    thread, or on the event loop in novakit/runtime/inference.py's handler); the
     finaliser covers a response dropped before Django got it. Either way a
     stream not yet settled is settled on the event loop.
     """

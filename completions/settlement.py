@@ -34,12 +34,13 @@ from billing.closing import Settlement
 from completions.services import RequestOutcome, UsageRecords, fallback_outcome, usage_record
 from novakit import metrics
 from novakit.errors import ApiError, is_database_outage
+from novakit.runtime import lifespan
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Settlements still running; a graceful shutdown waits for them.
-pending_settlements: set[asyncio.Task[Any]] = set()
+pending_settlements = lifespan.in_flight
 # Waits between attempts at a settlement the database did not take: doubling from the first.
 RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 5.0

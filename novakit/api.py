@@ -157,7 +157,7 @@ api = NinjaAPI(
     version="1.0.0",
     description="OpenAI-compatible chat completions and models.",
     urls_namespace="inference",
-    docs_url="/docs",
+    docs_url="/docs" if settings.NOVAKIT_PROCESS == "all" else None,  # its page is a template
     parser=StrictJsonParser(),
 )
 api.add_router("/", completions_router)

@@ -1,6 +1,6 @@
 """Prometheus metrics, served at /metrics to the scraper only.
 
-With several worker processes (novakit.serve --workers), set PROMETHEUS_MULTIPROC_DIR
+With several worker processes (novakit.runtime.serve --workers), set PROMETHEUS_MULTIPROC_DIR
 to an empty directory before start (platform/serve does): each process then
 writes its samples there and /metrics adds them up, whichever process answers.
 

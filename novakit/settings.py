@@ -122,7 +122,7 @@ REDIS_KEY_PREFIX = env_str("REDIS_KEY_PREFIX", "novakit:")
 # Per event loop (one per worker process); a request holds one only for a command.
 REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 64, minimum=1)
 # Redis answers in well under a millisecond: a slower answer counts as a failure,
-# so a sick Redis costs a request at most this long (see novakit/redis.py).
+# so a sick Redis costs a request at most this long (see novakit/runtime/redis.py).
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5, minimum=0.01)
 # After a failure, Redis is left alone this long: rate limits fail open and the
 # key cache trusts its TTL meanwhile.
@@ -260,14 +260,14 @@ MIDDLEWARE.insert(MIDDLEWARE.index("django.middleware.common.CommonMiddleware") 
                   "novakit.error_pages.NotFoundPageMiddleware")
 CSRF_FAILURE_VIEW = "novakit.error_pages.csrf_failure"
 # The inference API (API keys, JSON, no cookies) is served by a handler of its
-# own with only these (novakit/asgi.py): sessions, CSRF, messages and sign-in
+# own with only these (novakit/runtime/inference.py): sessions, CSRF, messages and sign-in
 # throttling are the portal's, and each of Django's hooks is a thread hop.
 INFERENCE_PATH_PREFIXES = ("/api/v1/chat/", "/api/v1/models")
 INFERENCE_MIDDLEWARE = [
     "novakit.observability.RequestIdMiddleware",
-    "novakit.middleware.EventLoopSecurityMiddleware",
-    "novakit.middleware.EventLoopCommonMiddleware",
-    "novakit.middleware.MethodNotAllowedMiddleware",
+    "novakit.runtime.middleware.EventLoopSecurityMiddleware",
+    "novakit.runtime.middleware.EventLoopCommonMiddleware",
+    "novakit.runtime.middleware.ApiErrorShapeMiddleware",
 ]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -292,7 +292,7 @@ if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresq
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
     }
 # The billing statements of the hot path are prepared once per connection
-# and planned once (novakit/db.py `execute_prepared`). Django's own queries
+# and planned once (novakit/runtime/db.py `execute_prepared`). Django's own queries
 # are bound on the client and never prepared, so neither the threshold (any
 # number: only "not None" matters, it allows `prepare=True`) nor the plan
 # cache mode touches them. Set 0 behind PgBouncer: it refuses the startup
@@ -353,7 +353,7 @@ PORTAL_SIGNUP_CREDITS = env_int("PORTAL_SIGNUP_CREDITS", 10_000, minimum=0)
 # LOGIN_LOCKOUT_SECONDS, even with the right password. Counted in the database, so
 # every process shares the count. The address is the connection's (REMOTE_ADDR), which
 # the server replaces with X-Forwarded-For's only for a proxy FORWARDED_ALLOW_IPS names
-# (novakit/serve.py; none by default): otherwise a client could choose its own address and
+# (novakit/runtime/serve.py; none by default): otherwise a client could choose its own address and
 # never be locked out.
 INSTALLED_APPS.append("axes")
 AUTHENTICATION_BACKENDS = [
@@ -383,6 +383,37 @@ CELERY_BEAT_SCHEDULE["idempotency-purge"] = {
 }
 # The staff dashboard lists open reservations older than this: no request takes so long.
 STAFF_STALE_RESERVATION_SECONDS = env_int("STAFF_STALE_RESERVATION_SECONDS", 600, minimum=1)
+# --- Runtime (novakit/runtime/README.md: what each piece bought, and its off switch) ---
 # Threads (and so database connections) per process for the async request path;
 # 0 uses Django's thread-sensitive default (a thread and connection per request).
 DB_THREADS = env_int("DB_THREADS", 8, minimum=0)
+# The inference API's own handler and short middleware chain (novakit/runtime/inference.py);
+# off: the inference paths go through Django's handler and MIDDLEWARE like the rest.
+INFERENCE_HANDLER = env_bool("INFERENCE_HANDLER", True)
+# Freeze what start-up built out of the garbage collector's reach (novakit/runtime/lifespan.py).
+GC_FREEZE = env_bool("GC_FREEZE", True)
+# Requests that wait together share one database group and one Redis pipeline
+# (novakit/runtime/batching.py); off: every item runs on its own, at once.
+BATCHING = env_bool("BATCHING", True)
+
+# --- Process type -------------------------------------------------------------------
+# `all` (the default; `make run`): one process serves everything. `inference`: only the
+# inference API (/api/v1/chat/completions, /api/v1/models) with /healthz, /readyz and
+# /metrics, without what it does not use (admin, portal, sessions, messages, the
+# management API's DRF, templates, sign-in throttling): a slimmer worker
+# (novakit/runtime/README.md "Process types"). The web process type is `all`; a load
+# balancer sends the inference paths to the inference processes.
+NOVAKIT_PROCESS = env_str("NOVAKIT_PROCESS", "all")
+if NOVAKIT_PROCESS not in ("all", "inference"):
+    raise ImproperlyConfigured(f"NOVAKIT_PROCESS must be all or inference, not {NOVAKIT_PROCESS!r}")
+if NOVAKIT_PROCESS == "inference":
+    _NOT_FOR_INFERENCE = {"django.contrib.admin", "django.contrib.sessions",
+                          "django.contrib.messages", "django.contrib.staticfiles",
+                          "rest_framework", "drf_spectacular", "axes"}
+    INSTALLED_APPS = [app for app in INSTALLED_APPS if app not in _NOT_FOR_INFERENCE]
+    # Every path goes through the short chain: the inference handler's paths and the rest
+    # (health, metrics, 404s) through Django's own handler with the same middleware.
+    MIDDLEWARE = list(INFERENCE_MIDDLEWARE)
+    ROOT_URLCONF = "novakit.inference_urls"
+    TEMPLATES = []
+    AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import openai
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 from accounts import auth, ratelimit
 from accounts.models import APIKey, Membership, Organization
@@ -19,8 +23,8 @@ from billing.services import account_for_organization, credits_grant
 from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
 from completions.upstream import upstream_client
-from novakit import redis as shared_redis
-from novakit.db import close_database_threads
+from novakit.runtime import redis as shared_redis
+from novakit.runtime.db import close_database_threads, on_every_database_thread
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.live_server import LiveGateway
 
@@ -154,16 +158,55 @@ def _database_threads_closed_at_the_end(django_db_setup: None) -> Iterator[None]
 
 
 @pytest.fixture(autouse=True)
-def _database_threads(request: pytest.FixtureRequest, settings) -> None:  # type: ignore[no-untyped-def]
-    """Tests in one wrapping transaction can only see their data from their own thread:
-    they use Django's thread-sensitive default; tests with committed data (transactional)
-    use the production thread pool (novakit/db.py)."""
+def _database_threads(request: pytest.FixtureRequest, settings) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The database work of every test runs on the database threads, as in production
+    (novakit/runtime/db.py). Tests with committed data (transactional) get production's
+    pool of 8, each thread with its own connection. A test in one wrapping transaction
+    can only see its data on its own connection: it gets a pool of one thread that
+    borrows that connection for the test (one thread, so the transaction's savepoints
+    are never taken from two threads at once)."""
+    uses_database = bool(request.node.get_closest_marker("django_db") or {
+        "db", "transactional_db"} & set(request.fixturenames))
     transactional = "transactional_db" in request.fixturenames or any(
         marker.kwargs.get("transaction") for marker in request.node.iter_markers("django_db"))
-    settings.DB_THREADS = 8 if transactional else 0
-    if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
-            request.fixturenames):
-        request.getfixturevalue("_database_threads_closed_at_the_end")
+    settings.DB_THREADS = 8 if transactional or not uses_database else 1
+    if not uses_database:
+        yield
+        return
+    request.getfixturevalue("_database_threads_closed_at_the_end")
+    if transactional:
+        yield
+        return
+    request.getfixturevalue("db")  # the wrapping transaction, begun on this thread
+    with _test_connection_lent_to_the_database_threads():
+        yield
+
+
+@contextmanager
+def _test_connection_lent_to_the_database_threads() -> Iterator[None]:
+    lent = connections[DEFAULT_DB_ALIAS]
+    own: dict[int, BaseDatabaseWrapper | None] = {}
+
+    def borrow() -> None:
+        own[threading.get_ident()] = getattr(connections._connections, DEFAULT_DB_ALIAS, None)
+        connections[DEFAULT_DB_ALIAS] = lent
+
+    def give_back() -> None:
+        mine = own.pop(threading.get_ident(), None)
+        if mine is None:
+            del connections[DEFAULT_DB_ALIAS]
+        else:
+            connections[DEFAULT_DB_ALIAS] = mine
+
+    lent.inc_thread_sharing()
+    try:
+        on_every_database_thread(borrow)
+        try:
+            yield
+        finally:
+            on_every_database_thread(give_back)
+    finally:
+        lent.dec_thread_sharing()
 
 
 @pytest.fixture

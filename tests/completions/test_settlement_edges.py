@@ -28,7 +28,7 @@ from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.schemas import ChatCompletionRequest
 from completions.tokens import count_text
-from novakit.db import db_async
+from novakit.runtime.db import db_async
 from tests.completions.helpers import assert_books_balance, usage_charged
 
 pytestmark = pytest.mark.usefixtures("transactional_db")
@@ -168,7 +168,7 @@ async def test_given_a_client_that_leaves_while_its_credits_are_reserved_then_th
     count_text("warm the tokenizer up")
     request = ChatCompletionRequest.model_validate({"messages": STORY})
     request_id = admission.new_request_id()
-    # Occupy every database thread (novakit/db.py), so the reservation is still
+    # Occupy every database thread (novakit/runtime/db.py), so the reservation is still
     # waiting for one when the client leaves.
     gate = threading.Event()
     blockers = [asyncio.ensure_future(db_async(gate.wait)()) for _ in range(settings.DB_THREADS)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from novakit.batching import Batch, Batches, resolve
+from novakit.runtime.batching import Batch, Batches, resolve
 
 
 async def test_given_items_arriving_while_a_batch_runs_then_they_share_the_next_one() -> None:
@@ -41,3 +41,27 @@ async def test_given_a_batch_that_fails_then_items_waiting_behind_it_still_run()
 
     assert isinstance(done[0], RuntimeError)
     assert done[1:] == [2, 3]
+
+
+async def test_given_batching_off_then_every_item_runs_alone_and_at_once(settings) -> None:
+    settings.BATCHING = False
+    sizes: list[int] = []
+    running = 0
+    most = 0
+
+    async def run(batch: Batch[int, int]) -> None:
+        nonlocal running, most
+        sizes.append(len(batch))
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        for item, future in batch:
+            resolve(future, item * 10)
+
+    batches: Batches[int, int] = Batches(run, max_size=100)
+    results = await asyncio.gather(*[batches.submit(n) for n in range(1, 6)])
+
+    assert results == [10, 20, 30, 40, 50]
+    assert sizes == [1] * 5
+    assert most == 5  # none waited for another's batch

@@ -1,4 +1,4 @@
-"""The database threads (novakit/db.py): their connections are closed at shutdown."""
+"""The database threads (novakit/runtime/db.py): their connections are closed at shutdown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from novakit.db import close_database_threads, db_async
+from novakit.runtime.db import close_database_threads, db_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
 THREADS = 3

@@ -1,5 +1,5 @@
 """SIGTERM during an open stream: the stream completes, its usage is settled, the process exits;
-a second SIGTERM (novakit.serve) stops waiting."""
+a second signal (novakit.runtime.serve: SIGINT, gunicorn's quick shutdown) stops waiting."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def slow_stream(client: httpx.Client, gateway: GatewayProcess, tenant: Tenant,
                          headers={"Authorization": f"Bearer {tenant.secret}"})
 
 
-@pytest.mark.parametrize("workers", [None, 2], ids=["uvicorn", "novakit.serve"])
+@pytest.mark.parametrize("workers", [None, 2], ids=["uvicorn", "novakit.runtime.serve"])
 def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     tenant, upstream_in_env, gateway_processes, workers  # noqa: F811
 ):
@@ -53,24 +53,24 @@ def test_sigterm_lets_an_open_stream_finish_and_settles_it(
     assert rest[-1] == "data: [DONE]"  # the stream was allowed to finish
     assert '"credits_used"' in rest[-2]
     # It exits on its own once the stream is done (uvicorn re-raises the signal it got;
-    # novakit.serve's supervisor exits 0 once its workers have).
+    # novakit.runtime.serve's gunicorn exits 0 once its workers have).
     assert gateway.process.wait(30) in (0, -signal.SIGTERM)
     record = UsageRecord.objects.get(request_id=request_id)
     assert record.status == "ok" and record.credits > 0
     assert Reservation.objects.get(request_id=request_id).status == "settled"
 
 
-def test_a_second_sigterm_stops_the_workers_without_waiting_for_open_streams(
+def test_a_second_signal_stops_the_workers_without_waiting_for_open_streams(
     tenant, upstream_in_env, gateway_processes  # noqa: F811
 ):
-    [gateway] = gateway_processes(1, workers=2)  # novakit.serve
+    [gateway] = gateway_processes(1, workers=2)  # novakit.runtime.serve
 
     with httpx.Client(timeout=60) as client, slow_stream(client, gateway, tenant, 1.0) as response:
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data:"))
         gateway.process.send_signal(signal.SIGTERM)
         time.sleep(0.5)  # after the first one the stream would be let finish (seconds more)
-        gateway.process.send_signal(signal.SIGTERM)
+        gateway.process.send_signal(signal.SIGINT)
         try:
             rest = [line for line in lines if line.startswith("data:")]
         except httpx.TransportError:  # cut mid-chunk

@@ -88,6 +88,20 @@ async def test_without_database_threads_then_django_sends_the_signals_from_a_thr
         ("started", False), ("finished", False)]
 
 
+async def test_with_the_inference_handler_off_then_djangos_own_handler_serves_the_api(
+    settings, fired
+):
+    settings.INFERENCE_HANDLER = False
+    assert settings.DB_THREADS  # the database threads alone do not put the signals on the loop
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        answer = await client.post("/api/v1/chat/completions", json={"model": "x"})
+
+    assert answer.status_code == 401
+    assert [(name, on_loop) for name, on_loop, _ in fired] == [
+        ("started", False), ("finished", False)]
+
+
 @pytest.mark.parametrize("path", ["/api/v1/chat/complete", "/api/v1/chat/", "/api/v1/modelsx"])
 def test_given_an_unknown_inference_path_then_a_404_in_the_api_error_shape(
     live_gateway, path: str

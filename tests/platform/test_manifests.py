@@ -45,7 +45,8 @@ def test_every_manifest_parses_and_has_kind_and_name():
         kinds.setdefault(doc["kind"], []).append(doc["metadata"]["name"])
     assert set(kinds) >= {"Deployment", "Service", "Ingress", "HorizontalPodAutoscaler",
                           "ConfigMap", "Secret", "Job"}
-    assert sorted(kinds["Deployment"]) == ["novakit-beat", "novakit-web", "novakit-worker"]
+    assert sorted(kinds["Deployment"]) == ["novakit-beat", "novakit-inference", "novakit-web",
+                                           "novakit-worker"]
 
 
 def test_beat_runs_exactly_one_replica_and_web_has_probes():
@@ -85,8 +86,8 @@ def _assert_command_exists(argv: list[str]) -> None:
         assert (ROOT / "platform" / "serve").stat().st_mode & 0o111
     elif program.endswith("python") and argv[1] == "manage.py":
         assert argv[2] in get_commands(), argv
-    elif program.endswith("python") and argv[1:3] == ["-m", "novakit.serve"]:
-        assert (ROOT / "novakit" / "serve.py").exists()
+    elif program.endswith("python") and argv[1:3] == ["-m", "novakit.runtime.serve"]:
+        assert (ROOT / "novakit" / "runtime" / "serve.py").exists()
     elif program.endswith("celery"):
         assert argv[1:3] == ["-A", "novakit"] and argv[3] in ("worker", "beat"), argv
     elif program.endswith("uvicorn"):
@@ -113,3 +114,49 @@ def test_compose_names_only_known_settings():
     names = set(compose["x-app"]["environment"])
     assert names <= _settings_variables()
     assert set(compose["services"]) >= {"web", "worker", "beat", "postgres", "redis"}
+
+
+def _env(container: dict) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+
+
+def test_inference_is_a_process_type_of_its_own_in_kubernetes_compose_and_the_procfile(settings):
+    by_name = {(doc["kind"], doc["metadata"]["name"]): doc for doc in _k8s_documents()}
+    inference = _containers(by_name["Deployment", "novakit-inference"])[0]
+    web = _containers(by_name["Deployment", "novakit-web"])[0]
+    assert _env(inference)["NOVAKIT_PROCESS"] == "inference"
+    assert _env(web)["NOVAKIT_PROCESS"] == "all"
+    assert inference["command"] == web["command"] == ["platform/serve"]  # one image, one server
+    assert inference["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert inference["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert ("Service", "novakit-inference") in by_name
+    assert ("HorizontalPodAutoscaler", "novakit-inference") in by_name
+
+    # The Ingress: each inference path to the inference tier, everything else to web.
+    [rule] = by_name["Ingress", "novakit"]["spec"]["rules"]
+    routes = {path["path"]: path["backend"]["service"]["name"] for path in rule["http"]["paths"]}
+
+    def routed(url: str) -> str:  # Prefix matching: whole path elements, the longest wins
+        matches = [prefix for prefix in routes
+                   if prefix == "/" or url == prefix or url.startswith(prefix.rstrip("/") + "/")]
+        return routes[max(matches, key=len)]
+
+    for prefix in settings.INFERENCE_PATH_PREFIXES:
+        assert routed(prefix) == "novakit-inference", prefix
+    assert routed("/api/v1/chat/completions") == routed("/api/v1/models") == "novakit-inference"
+    for path in ("/portal/", "/admin/", "/api/v1/keys", "/api/v1/usage", "/readyz"):
+        assert routed(path) == "novakit-web", path
+
+    compose = _documents(PLATFORM / "compose.yaml")[0]["services"]
+    assert compose["inference"]["environment"]["NOVAKIT_PROCESS"] == "inference"
+    assert compose["web"]["environment"]["NOVAKIT_PROCESS"] == "all"
+    assert compose["inference"]["ports"] != compose["web"]["ports"]
+
+    procfile = {line.split(":", 1)[0]: shlex.split(line.split(":", 1)[1])
+                for line in (PLATFORM / "Procfile").read_text().splitlines()
+                if line and not line.startswith("#")}
+    assert set(procfile) == {"web", "inference", "worker", "beat"}
+    for name, process in (("web", "all"), ("inference", "inference")):
+        argv = procfile[name]
+        assert argv[1:3] == ["-m", "novakit.runtime.serve"]
+        assert argv[argv.index("--process") + 1] == process

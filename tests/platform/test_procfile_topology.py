@@ -1,7 +1,8 @@
-"""Given the Procfile's processes on one machine (two web processes, each on its own port with no
-balancer in front, one worker, one beat) on the run's database and Redis, when traffic goes
-through both web processes at once, then balances, rate limits and rollups come out exactly as
-when the same workload goes through one web process.
+"""Given the Procfile's processes on one machine (two web processes and an inference process,
+each on its own port with no balancer in front, one worker, one beat) on the run's database and
+Redis, when traffic goes through all three at once, then balances, rate limits and rollups come
+out exactly as when the same workload goes through one web process; and the inference process
+serves the inference API only.
 
 The processes are the Procfile's own command lines (tests/support/procfile.py runs them as a
 Procfile runner does), started for real: nothing in the request path, the broker or the
@@ -53,7 +54,7 @@ INITIAL_CREDITS = 1_000_000
 RPM = 8  # the burst key's limit: far fewer than the requests sent
 PER_KIND = 12  # non-streaming and as many streaming completions
 ROLLUP_INTERVAL_SECONDS = 1
-START_TIMEOUT = 40.0
+START_TIMEOUT = 60.0
 SETTLE_TIMEOUT = 20.0
 _CLAIM = "novakit-topology-test:claim"
 
@@ -65,6 +66,7 @@ _CLAIM = "novakit-topology-test:claim"
 class Topology:
     processes: list[ProcfileProcess]
     web_ports: list[int]
+    inference_port: int
     env: dict[str, str]
     exit_statuses: dict[str, int] | None = None
 
@@ -174,7 +176,7 @@ def _topology_env(*, store: TopologyRedis, upstream: FakeUpstream, beat_schedule
 
 def _wait_until_started(topology: Topology) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    pending_web = list(topology.web_ports)
+    pending_web = [*topology.web_ports, topology.inference_port]
     while True:
         topology.check_running()
         for port in list(pending_web):
@@ -194,19 +196,27 @@ def _wait_until_started(topology: Topology) -> None:
 @pytest.fixture
 def procfile_topology(transactional_db: None, catalog: None, fake_upstream: FakeUpstream,
                       topology_redis: TopologyRedis, tmp_path: Path) -> Iterator[Topology]:
-    """web twice (each on its own PORT), worker once, beat once, from platform/Procfile."""
+    """web twice and inference once (each on its own PORT), worker once, beat once, from
+    platform/Procfile."""
     commands = procfile_read(PROCFILE)
-    assert set(commands) == {"web", "worker", "beat"}, f"a new process type? start it: {commands}"
+    assert set(commands) == {"web", "inference", "worker", "beat"}, (
+        f"a new process type? start it: {commands}")
     env = _topology_env(store=topology_redis, upstream=fake_upstream,
                         beat_schedule=tmp_path / "celerybeat-schedule")
     web_ports = [free_port(), free_port()]
+    inference_port = free_port()
     processes: list[ProcfileProcess] = []
-    topology = Topology(processes=processes, web_ports=web_ports, env=env)
+    topology = Topology(processes=processes, web_ports=web_ports, inference_port=inference_port,
+                        env=env)
     try:
         for number, port in enumerate(web_ports, start=1):
             processes.append(procfile_start(name="web", command=commands["web"], number=number,
                                             cwd=ROOT, env={**env, "PORT": str(port)},
                                             log_dir=tmp_path))
+        processes.append(procfile_start(name="inference", command=commands["inference"],
+                                        number=1, cwd=ROOT,
+                                        env={**env, "PORT": str(inference_port)},
+                                        log_dir=tmp_path))
         for name in ("worker", "beat"):
             processes.append(procfile_start(name=name, command=commands[name], number=1,
                                             cwd=ROOT, env=env, log_dir=tmp_path))
@@ -286,7 +296,7 @@ def _call(client: openai.OpenAI, port: int, streamed: bool) -> Outcome:
 
 def _send_workload(ports: list[int], secret: str) -> list[Outcome]:
     """PER_KIND non-streaming and PER_KIND streaming identical completions, alternating between
-    `ports`: the first two (one to each port) on their own, so every port admits and settles
+    `ports`: the first ones (one to each port) on their own, so every port admits and settles
     some; then the rest all at once. All within 60 / RPM seconds, before the key's bucket lets
     one more in."""
     clients = {port: openai.OpenAI(api_key=secret, base_url=f"http://127.0.0.1:{port}/api/v1",
@@ -294,8 +304,9 @@ def _send_workload(ports: list[int], secret: str) -> list[Outcome]:
     kinds = [False, True] * PER_KIND
     plan = [(ports[number % len(ports)], streamed) for number, streamed in enumerate(kinds)]
     with ThreadPoolExecutor(max_workers=len(plan)) as pool:
-        outcomes = list(pool.map(lambda job: _call(clients[job[0]], *job), plan[:2]))
-        outcomes += pool.map(lambda job: _call(clients[job[0]], *job), plan[2:])
+        first = len(ports)
+        outcomes = list(pool.map(lambda job: _call(clients[job[0]], *job), plan[:first]))
+        outcomes += pool.map(lambda job: _call(clients[job[0]], *job), plan[first:])
     for client in clients.values():
         client.close()
     return outcomes
@@ -390,16 +401,26 @@ def _run_and_account(topology: Topology, tenancy: Tenancy, ports: list[int]) -> 
             "balance": account.balance, **expected}
 
 
-def test_two_web_processes_a_worker_and_beat_account_exactly_as_one_web_process(
+def test_two_web_processes_and_an_inference_process_account_exactly_as_one_web_process(
     procfile_topology: Topology,
 ):
     topology = procfile_topology
     both, one = _tenancies(topology, "topo-both", "topo-one")
 
-    across_both = _run_and_account(topology, both, topology.web_ports)
+    across_all = _run_and_account(topology, both,
+                                  [*topology.web_ports, topology.inference_port])
     through_one = _run_and_account(topology, one, topology.web_ports[:1])
 
-    assert across_both == through_one
+    assert across_all == through_one
+    # The inference process serves the inference API only: not the management API nor the
+    # portal, which the web processes serve.
+    for path in ("/api/v1/keys", "/portal/"):
+        on_inference = httpx.get(f"http://127.0.0.1:{topology.inference_port}{path}", timeout=10,
+                                 follow_redirects=False)
+        on_web = httpx.get(f"http://127.0.0.1:{topology.web_ports[0]}{path}", timeout=10,
+                           follow_redirects=False)
+        assert on_inference.status_code == 404, path
+        assert on_web.status_code != 404, (path, on_web.status_code)
     # The rollups came from beat's schedule through the broker to the worker: beat sent the task
     # and the worker ran it; the web processes run no schedule (IN_PROCESS_BEAT=0).
     beat_log = topology.process("beat.1").output()

@@ -20,7 +20,7 @@ from django.db import connection
 from accounts import ratelimit
 from accounts.auth import KeyContext
 from accounts.services import api_key_create
-from novakit import redis as shared_redis
+from novakit.runtime import redis as shared_redis
 from tests.conftest import Tenant
 from tests.support.gateway_process import GatewayProcess, free_port, gateway_spawn
 
@@ -154,7 +154,7 @@ def database_url() -> str:
 @pytest.fixture
 def gateway_processes(transactional_db: None, catalog: None, use_redis: str, tmp_path: Path,
                       settings) -> Iterator[Callable[..., list[GatewayProcess]]]:  # type: ignore[no-untyped-def]
-    """Start N real gateways (`uvicorn novakit.asgi:application`, or `novakit.serve` with
+    """Start N real gateways (`uvicorn novakit.asgi:application`, or `novakit.runtime.serve` with
     `workers=`) as separate processes on the test database and this test's Redis keys. Tests
     see committed data only (transactional_db)."""
     started: list[GatewayProcess] = []

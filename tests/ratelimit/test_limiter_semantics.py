@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 
-from accounts import ratelimit
-from accounts.ratelimit import format_duration, rate_limit_acquire, rate_limit_release
-from novakit import redis as shared_redis
+from accounts.ratelimit import format_duration, leases, rate_limit_acquire, rate_limit_release
 from novakit.errors import ApiError
+from novakit.runtime import redis as shared_redis
 from tests.ratelimit.conftest import key_context
 from tests.ratelimit.durations import seconds
 
@@ -168,7 +167,7 @@ async def test_given_a_concurrency_cap_then_a_slot_frees_when_its_request_ends(b
 
 def _process_dies_holding(request_id: str) -> None:
     """What a killed process leaves: its slot taken, nobody to renew or release it."""
-    ratelimit._open.pop(request_id)
+    leases._open.pop(request_id)
 
 
 async def test_given_a_slot_never_released_then_it_expires_on_its_own(backend, settings):

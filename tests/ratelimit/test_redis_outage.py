@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from accounts import ratelimit
-from novakit import redis as shared_redis
+from novakit.runtime import redis as shared_redis
 from tests.ratelimit.conftest import RedisServer
 
 
@@ -54,7 +54,7 @@ def logged() -> Iterator[Recorder]:
     """Warnings of the limiter and the Redis module. On the loggers themselves rather than
     caplog's root handler, which a reconfiguration of logging elsewhere can drop mid-test."""
     recorder = Recorder()
-    loggers = [logging.getLogger(name) for name in ("accounts.ratelimit", "novakit.redis")]
+    loggers = [logging.getLogger(name) for name in ("accounts.ratelimit", "novakit.runtime.redis")]
     for logger in loggers:
         logger.addHandler(recorder)
     yield recorder

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import redis
 
-from accounts import ratelimit
 from accounts.ratelimit import rate_limit_acquire, rate_limit_release
 from completions.admission import new_request_id as new_id
 from novakit.errors import ApiError
+from novakit.runtime import scripts
 from tests.ratelimit.conftest import key_context
 
 
@@ -18,13 +18,13 @@ from tests.ratelimit.conftest import key_context
 def pipelines(monkeypatch) -> list[int]:  # type: ignore[no-untyped-def]
     """The number of script calls in each batch sent to Redis."""
     sizes: list[int] = []
-    run = ratelimit._script_calls.run
+    run = scripts.script_calls.run
 
     async def recorded(batch):  # type: ignore[no-untyped-def]
         sizes.append(len(batch))
         await run(batch)
 
-    monkeypatch.setattr(ratelimit._script_calls, "run", recorded)
+    monkeypatch.setattr(scripts.script_calls, "run", recorded)
     return sizes
 
 

@@ -5,7 +5,7 @@ trusted unless FORWARDED_ALLOW_IPS names it, so the lockout counts the connectio
 Given FORWARDED_ALLOW_IPS naming the proxy, then the address it forwards is the one counted,
 and another client behind the same proxy is not locked out.
 
-The server tests run the production server (`python -m novakit.serve`) as its own process on
+The server tests run the production server (`python -m novakit.runtime.serve`) as its own process on
 the test database: the trust is uvicorn's, decided before Django sees the request.
 """
 
@@ -24,7 +24,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.test import Client
 
-from novakit import serve
+from novakit.runtime import serve
 from tests.ratelimit.conftest import database_url
 from tests.support.gateway_process import GatewayProcess, gateway_spawn
 
@@ -74,7 +74,7 @@ def test_given_rotating_forwarded_for_headers_the_django_lockout_still_locks(use
 
 @pytest.fixture
 def server(user: None, tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
-    """Start `novakit.serve` (one worker) on the test database, with `env` added."""
+    """Start `novakit.runtime.serve` (one worker) on the test database, with `env` added."""
     started: list[GatewayProcess] = []
 
     def start(**env: str) -> GatewayProcess:

@@ -68,15 +68,15 @@ def gateway_spawn(*, env: dict[str, str], log: Path, workers: int | None = None,
     """Start a gateway process; `wait_until_healthy()` before sending it requests.
 
     Plain uvicorn, one process; with `workers`, the production server
-    (novakit/serve.py): a supervisor and that many worker processes, given
+    (novakit/runtime/serve.py): gunicorn and that many worker processes, given
     `serve_args` too.
     """
     port = free_port()
     if workers is None:
         command = [str(ROOT / ".venv/bin/uvicorn"), "novakit.asgi:application"]
     else:
-        command = [str(ROOT / ".venv/bin/python"), "-m", "novakit.serve", "--workers", str(workers),
-                   *serve_args]
+        command = [str(ROOT / ".venv/bin/python"), "-m", "novakit.runtime.serve",
+                   "--workers", str(workers), *serve_args]
     process = subprocess.Popen(
         [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -104,7 +104,7 @@ def manage(*args: str, env: dict[str, str]) -> str:
 
 
 def workers_of(gateway: GatewayProcess) -> list[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    """The server's worker processes (not multiprocessing's resource tracker)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

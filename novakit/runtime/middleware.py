@@ -17,7 +17,7 @@ from django.http import HttpRequest, HttpResponseBase
 from django.middleware.common import CommonMiddleware
 from django.middleware.security import SecurityMiddleware
 
-from novakit.errors import ApiError, error_response
+from novakit.errors import ApiError, error_response, not_found
 
 
 class _HooksOnTheLoop:
@@ -40,11 +40,13 @@ class EventLoopCommonMiddleware(_HooksOnTheLoop, CommonMiddleware):  # type: ign
     """Django's CommonMiddleware: disallowed user agents, slash redirects, Content-Length."""
 
 
-class MethodNotAllowedMiddleware:
-    """A wrong method on an inference path gets a 405 in the API's error shape.
+class ApiErrorShapeMiddleware:
+    """A wrong method or an unknown path on the inference chain: the API's error shape.
 
-    django-ninja answers it with a plain-text "Method not allowed"; every other
-    error of the API is JSON in one shape, which clients parse.
+    django-ninja answers a wrong method with a plain-text "Method not allowed",
+    and with DEBUG on Django answers an unknown path with its technical HTML
+    page (the full site's chain has error_pages.NotFoundPageMiddleware for
+    that); every other error of the API is JSON in one shape, which clients parse.
     """
 
     sync_capable = False
@@ -56,9 +58,11 @@ class MethodNotAllowedMiddleware:
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = await self.get_response(request)
-        if response.status_code != 405 or response.get("Content-Type", "").startswith(
+        if response.status_code not in (404, 405) or response.get("Content-Type", "").startswith(
                 "application/json"):
             return response
+        if response.status_code == 404:
+            return error_response(not_found())
         allowed = response.get("Allow", "")
         return error_response(ApiError(
             "method_not_allowed",

@@ -12,6 +12,19 @@ is dropped and the call connects afresh, so no request after a restart
 fails on a dead connection; one that broke during a call is dropped after
 it. With psycopg's pool configured, the connection goes back to that pool
 after every call instead.
+
+Measured: the benchmark hit PostgreSQL's "too many clients" at about a
+hundred requests in flight under `sync_to_async`; with the pool the
+connections per process are `DB_THREADS`. Calling the executor directly
+instead of through asgiref's `SyncToAsync` saved ~5% of the gateway's CPU per
+completion (bench/profile.py, 2026-11-26); the same change as a commit
+(3714692, one worker, c=16) measured 120 -> 119 req/s, i.e. no throughput of
+its own. Prepared statements (`execute_prepared`, 06c0c68, c=64): 667 -> 969
+req/s, p99 133.2 -> 102.9 ms, CPU 1.33 -> 0.93 ms per request.
+
+Off switch: `DB_THREADS=0` runs the database work through Django's own
+thread-sensitive `sync_to_async` (a thread and a connection per request);
+`DATABASE_PREPARED_STATEMENTS=0` turns prepared statements off (PgBouncer).
 """
 
 from __future__ import annotations
@@ -75,8 +88,8 @@ def _drop_dead_connection() -> None:
 
 
 def _tidy() -> None:
-    if connection.connection is None:
-        return
+    if connection.connection is None or connection.in_atomic_block:
+        return  # a transaction still open belongs to whoever opened it (a test's)
     if settings.DATABASES["default"].get("OPTIONS", {}).get("pool"):
         connection.close()  # back to psycopg's pool
     elif connection.errors_occurred and not connection.is_usable():
@@ -114,34 +127,54 @@ def db_async(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     return call
 
 
+def on_every_database_thread(func: Callable[[], object], *, timeout: float = 10) -> None:
+    """Run `func` once on each of the current pool's threads (`DB_THREADS` of them), and wait.
+
+    Each call is held at a barrier until all have started, so that no idle
+    thread takes two; a thread still busy breaks the barrier after `timeout`
+    and the others go on all the same (it runs its call once it is free).
+    """
+    size = settings.DB_THREADS
+    if not size:
+        return
+    _each_thread(_executor(size), size, func, timeout)
+
+
+def _each_thread(executor: ThreadPoolExecutor, size: int, func: Callable[[], object],
+                 timeout: float) -> None:
+    if threading.current_thread().name.startswith(_THREAD_PREFIX):
+        raise RuntimeError("a database thread cannot wait for the database threads")
+    barrier = threading.Barrier(size)
+
+    def once() -> None:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(timeout=timeout)
+        func()
+
+    for future in [executor.submit(once) for _ in range(size)]:
+        future.result()
+
+
 def close_database_threads() -> None:
     """Close the connection each database thread keeps, and stop the threads (at shutdown).
 
     Django's connections belong to their thread, so each thread closes its
-    own: one closing call per thread, each held at a barrier until all have
-    started, so that no idle thread takes two. A thread still busy (a
+    own (`_each_thread`: one call per thread). A thread still busy (a
     settlement that outlived the graceful wait) breaks the barrier after
-    10 s; the others close theirs all the same, and it closes its own if a
-    closing call is left when it is done. Left open, the connections would
-    outlive the server's shutdown until the process exits (and a test run
-    could not drop its database). A `db_async` call made after this starts
-    a new pool. The thread Django's own `sync_to_async` uses (DB_THREADS=0)
-    closes its connections too; that thread stays, as asgiref keeps it.
+    10 s; the others close theirs all the same, and it closes its own when
+    it is done. Left open, the connections would outlive the server's
+    shutdown until the process exits (and a test run could not drop its
+    database). A `db_async` call made after this starts a new pool. The
+    thread Django's own `sync_to_async` uses (DB_THREADS=0) closes its
+    connections too; that thread stays, as asgiref keeps it.
     """
     if threading.current_thread().name.startswith(_THREAD_PREFIX):
         raise RuntimeError("a database thread cannot close the database threads")
     SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
     while _executors:
         size, executor = _executors.popitem()
-        barrier = threading.Barrier(size)
-
-        def close_mine(barrier: threading.Barrier = barrier) -> None:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                barrier.wait(timeout=10)
-            connection.close()
-
-        for _ in range(size):
-            executor.submit(close_mine)
+        # Looked up on each thread: `connection` is that thread's own.
+        _each_thread(executor, size, lambda: connection.close(), 10)
         executor.shutdown(wait=True)  # calls still running finish first
 
 
@@ -149,8 +182,8 @@ def execute_prepared(sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...
     """Run one statement on Django's PostgreSQL connection as a prepared statement; its rows.
 
     Django binds parameters on the client, so PostgreSQL plans every statement
-    afresh: for the hot path's CTE statements, planning took as long as
-    running (~0.3 ms each, bench/results/CHANGES.md). Bound on the server and
+    afresh: for the hot path's CTE statements, planning (0.25-0.41 ms) took as
+    long as running. Bound on the server and
     prepared, a statement is planned once per connection (unless settings
     turn prepared statements off: DATABASE_PREPARED_STATEMENTS). It runs in
     the caller's transaction, or commits by itself outside one. Errors come
