@@ -76,7 +76,7 @@ _renewer: asyncio.Task[None] | None = None
 
 def _refusal(decision: Decision, limits: Limits) -> ApiError:
     RATE_LIMIT_REFUSALS.labels(REFUSAL_LABELS[decision.refused_by]).inc()
-    return ApiError(429, "rate_limited", refusal_message(decision, limits),
+    return ApiError("rate_limited", refusal_message(decision, limits),
                     headers=decision.headers())
 
 
