@@ -140,10 +140,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 
 # --- API keys ----------------------------------------------------------------
-# How long a key lookup is trusted in a process before it is read again. With
-# Redis a revocation or an organization's suspension reaches every process at
-# its next request (accounts/auth.py); without Redis (or while it is down) and
-# for any other change to a key (scopes, limits) this is the bound.
+# How long a key lookup is trusted in a process: with Redis a revocation or suspension
+# reaches every process at once (accounts/auth.py); otherwise this is the bound.
 API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0, minimum=0)
 
 # --- Rate limits (accounts/ratelimit.py; README "Rate limits") -----------------
@@ -291,12 +289,9 @@ if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresq
         # stream's last chunk waits for its settlement to fail.
         "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
     }
-# The billing statements of the hot path are prepared once per connection
-# and planned once (novakit/runtime/db.py `execute_prepared`). Django's own queries
-# are bound on the client and never prepared, so neither the threshold (any
-# number: only "not None" matters, it allows `prepare=True`) nor the plan
-# cache mode touches them. Set 0 behind PgBouncer: it refuses the startup
-# option, and before 1.21 cannot keep prepared statements.
+# The hot path's billing statements are prepared and planned once per connection
+# (novakit/runtime/db.py `execute_prepared`); Django's own queries are never prepared.
+# Set 0 behind PgBouncer (it refuses the start-up option; before 1.21 it cannot keep them).
 if (DATABASES["default"]["ENGINE"].endswith("postgresql")
         and env_bool("DATABASE_PREPARED_STATEMENTS", True)):
     _options = DATABASES["default"].setdefault("OPTIONS", {})
@@ -348,13 +343,10 @@ LOGOUT_REDIRECT_URL = "login"
 PORTAL_SIGNUP_CREDITS = env_int("PORTAL_SIGNUP_CREDITS", 10_000, minimum=0)
 
 # --- Sign-in throttling (accounts/signin_throttle.py, django-axes) ------------------
-# After LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address (the
-# portal's or the admin's form), that pair is refused with a 429 for
-# LOGIN_LOCKOUT_SECONDS, even with the right password. Counted in the database, so
-# every process shares the count. The address is the connection's (REMOTE_ADDR), which
-# the server replaces with X-Forwarded-For's only for a proxy FORWARDED_ALLOW_IPS names
-# (novakit/runtime/serve.py; none by default): otherwise a client could choose its own address and
-# never be locked out.
+# After LOGIN_FAILURE_LIMIT failed sign-ins for one username from one address, that pair
+# gets a 429 for LOGIN_LOCKOUT_SECONDS, counted in the database. The address is
+# REMOTE_ADDR, from X-Forwarded-For only for a proxy FORWARDED_ALLOW_IPS names
+# (novakit/runtime/serve.py; none by default), so a client cannot choose its own.
 INSTALLED_APPS.append("axes")
 AUTHENTICATION_BACKENDS = [
     "accounts.signin_throttle.SignInThrottleBackend",  # first: refuses a locked-out pair
@@ -396,13 +388,9 @@ GC_FREEZE = env_bool("GC_FREEZE", True)
 # (novakit/runtime/batching.py); off: every item runs on its own, at once.
 BATCHING = env_bool("BATCHING", True)
 
-# --- Process type -------------------------------------------------------------------
-# `all` (the default; `make run`): one process serves everything. `inference`: only the
-# inference API (/api/v1/chat/completions, /api/v1/models) with /healthz, /readyz and
-# /metrics, without what it does not use (admin, portal, sessions, messages, the
-# management API's DRF, templates, sign-in throttling): a slimmer worker
-# (novakit/runtime/README.md "Process types"). The web process type is `all`; a load
-# balancer sends the inference paths to the inference processes.
+# --- Process type (novakit/runtime/README.md "Process types") ------------------------
+# `all` (the default, `make run`, the web process type) serves everything; `inference`
+# only the inference API with health and metrics, without admin, portal, DRF, templates.
 NOVAKIT_PROCESS = env_str("NOVAKIT_PROCESS", "all")
 if NOVAKIT_PROCESS not in ("all", "inference"):
     raise ImproperlyConfigured(f"NOVAKIT_PROCESS must be all or inference, not {NOVAKIT_PROCESS!r}")
