@@ -185,10 +185,11 @@ def _close_plain(closings: list[Closing], recorder: Recorder | None, *,
             api_key_id=quota.api_key_id, metric=quota.metric, period=quota.period,
             period_start=counter.period_start, limit=quota.limit, used=counter.used,
             reserved=counter.reserved, added=used))
-    account_of = dict(Reservation.objects.filter(
-        request_id__in=[c.request_id for c in claimed]).values_list("request_id", "account_id"))
-    key_of = dict(Reservation.objects.filter(
-        request_id__in=[c.request_id for c in claimed]).values_list("request_id", "api_key_id"))
+    stored = Reservation.objects.filter(request_id__in=[c.request_id for c in claimed])
+    account_of, key_of = {}, {}
+    for request_id, account_id, api_key_id in stored.values_list(
+            "request_id", "account_id", "api_key_id"):
+        account_of[request_id], key_of[request_id] = account_id, api_key_id
     closed: _Closed = {}
     entries = []
     for account_id in sorted(set(account_of.values())):

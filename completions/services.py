@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -146,19 +147,9 @@ class UsageRecords:
     records: list[UsageRecord]
 
     def sql(self) -> tuple[str, dict[str, Any]]:
-        fields = _record_fields()
-        quote = connection.ops.quote_name
-        table = quote(UsageRecord._meta.db_table)
-        names = ", ".join(quote(f.column) for f in fields)
-        picked = ", ".join(f"r.{quote(f.column)}" for f in fields)
-        rows = [{f.column: _json_value(f.pre_save(record, add=True)) for f in fields}
+        rows = [{f.column: _json_value(f.pre_save(record, add=True)) for f in _record_fields()}
                 for record in self.records]
-        statement = (
-            f"INSERT INTO {table} ({names}) SELECT {picked} "  # noqa: S608 (the model's names)
-            f"FROM jsonb_populate_recordset(NULL::{table}, %(usage_records)s::jsonb) AS r "
-            "WHERE r.request_id IN (SELECT request_id FROM claimed) "
-            "ON CONFLICT (request_id) DO NOTHING")
-        return statement, {"usage_records": json.dumps(rows)}
+        return _insert_claimed_records(), {"usage_records": json.dumps(rows)}
 
     def write(self, request_ids: set[str]) -> None:
         UsageRecord.objects.bulk_create(
@@ -173,8 +164,23 @@ class UsageRecords:
         return UsageRecords(records)
 
 
-def _record_fields() -> list[Any]:
-    return [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+@functools.cache
+def _record_fields() -> tuple[Any, ...]:
+    return tuple(f for f in UsageRecord._meta.concrete_fields if not f.primary_key)
+
+
+@functools.cache
+def _insert_claimed_records() -> str:
+    """The records' INSERT as a step of billing's closing statement: the row of each
+    request id the closing claimed, read from one JSON parameter into the table's types."""
+    quote = connection.ops.quote_name
+    table = quote(UsageRecord._meta.db_table)
+    names = ", ".join(quote(f.column) for f in _record_fields())
+    picked = ", ".join(f"r.{quote(f.column)}" for f in _record_fields())
+    return (f"INSERT INTO {table} ({names}) SELECT {picked} "  # noqa: S608 (the model's names)
+            f"FROM jsonb_populate_recordset(NULL::{table}, %(usage_records)s::jsonb) AS r "
+            "WHERE r.request_id IN (SELECT request_id FROM claimed) "
+            "ON CONFLICT (request_id) DO NOTHING")
 
 
 def _json_value(value: Any) -> Any:
