@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 
-from celery import shared_task
 from django.utils import timezone
 
 from accounts import webhooks
+from novakit.celery import app
 
 # Without a broker (eager mode) there is no one to run a retry later: try a
 # few times at once, then give up.
 _EAGER_ATTEMPTS = 3
 
 
-@shared_task(bind=True, max_retries=8, time_limit=60, soft_time_limit=50)
+@app.task(bind=True, max_retries=8, time_limit=60, soft_time_limit=50)
 def webhook_deliver_task(self, delivery_id: int) -> str:  # type: ignore[no-untyped-def]
     attempts = _EAGER_ATTEMPTS if self.request.is_eager else 1
     for attempt in range(attempts):
@@ -37,7 +37,7 @@ def webhook_deliver_task(self, delivery_id: int) -> str:  # type: ignore[no-unty
     return "failed"
 
 
-@shared_task(time_limit=300, soft_time_limit=240)
+@app.task(time_limit=300, soft_time_limit=240)
 def keys_expiring_notify_task() -> int:
     from accounts.services import api_keys_expiring_notify
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from novakit.celery import app
 
 
-@shared_task(time_limit=300, soft_time_limit=240)
+@app.task(time_limit=300, soft_time_limit=240)
 def low_balance_alerts_task() -> int:
     from billing.alerts import low_balance_scan
 

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import httpx
-from celery import shared_task
 
 from completions import catalog_sync, rollups
 from completions.models import Provider
+from novakit.celery import app
 
 
-@shared_task(time_limit=600, soft_time_limit=540)
+@app.task(time_limit=600, soft_time_limit=540)
 def usage_rollup_task() -> int:
     return rollups.usage_rollup()
 
 
-@shared_task(time_limit=1800, soft_time_limit=1700)
+@app.task(time_limit=1800, soft_time_limit=1700)
 def usage_retention_task() -> int:
     return rollups.usage_records_purge()
 
 
-@shared_task(
+@app.task(
     autoretry_for=(httpx.HTTPError,), retry_backoff=True, retry_backoff_max=600, max_retries=5,
     time_limit=300, soft_time_limit=240,
 )
@@ -31,14 +31,14 @@ def catalog_sync_task(provider_slug: str = "openrouter") -> dict[str, int]:
     return catalog_sync.catalog_sync(provider=provider, listing=listing)
 
 
-@shared_task(time_limit=300, soft_time_limit=240)
+@app.task(time_limit=300, soft_time_limit=240)
 def requests_expire_task() -> int:
     from completions.services import requests_expire
 
     return requests_expire()
 
 
-@shared_task(time_limit=300, soft_time_limit=240)
+@app.task(time_limit=300, soft_time_limit=240)
 def idempotency_purge_task() -> int:
     from completions.idempotency import idempotency_purge
 
