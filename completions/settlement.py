@@ -1,7 +1,7 @@
 """Settling from the event loop: once, whatever happens, with one retry policy.
 
 `settle` starts the settlement in a task of its own, held in
-`pending_settlements` (a client that leaves cannot interrupt it, the event
+`lifespan.in_flight` (a client that leaves cannot interrupt it, the event
 loop cannot drop it, and a graceful shutdown waits for it), and answers as
 soon as it knows what will be charged:
 - written: the Settlement;
@@ -39,8 +39,6 @@ from novakit.runtime import lifespan
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Settlements still running; a graceful shutdown waits for them.
-pending_settlements = lifespan.in_flight
 # Waits between attempts at a settlement the database did not take: doubling from the first.
 RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 5.0
@@ -57,10 +55,11 @@ class SettlementFailed(ApiError):
 
 
 def track(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-    """Run `coroutine` as a task held in `pending_settlements` until it ends."""
+    """Run `coroutine` as a task held in `lifespan.in_flight` (a graceful shutdown waits
+    for it) until it ends."""
     task = asyncio.ensure_future(coroutine)
-    pending_settlements.add(task)
-    task.add_done_callback(pending_settlements.discard)
+    lifespan.in_flight.add(task)
+    task.add_done_callback(lifespan.in_flight.discard)
     return task
 
 

@@ -10,13 +10,22 @@ can never succeed.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from django.db import models
 from django.db.backends.base.operations import BaseDatabaseOperations
 from django.urls import register_converter
 
 
+class IntegerBounds(TypedDict):
+    """The keyword arguments of a form's or serializer's IntegerField that bound it."""
+
+    min_value: int
+    max_value: int
+
+
 def column_bounds(model: type[models.Model], field_name: str, *,
-                  minimum: int | None = None) -> dict[str, int]:
+                  minimum: int | None = None) -> IntegerBounds:
     """`min_value` and `max_value` for a form's or serializer's IntegerField storing into
     `model.field_name`, narrowed below by `minimum` (the rule's own floor, e.g. 1).
 
