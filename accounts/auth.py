@@ -196,7 +196,7 @@ def _epoch() -> int | None:
     except shared_redis.ERRORS as exc:
         shared_redis.failed("key_cache", exc)
         return None
-    return int(value or 0)  # type: ignore[arg-type]
+    return int(value or 0)
 
 
 def key_cache_invalidate() -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from ninja import Router
 from ninja.security.base import AuthBase
 
@@ -49,7 +50,7 @@ router = Router(tags=["inference"])
 
 
 @router.post("/chat/completions", auth=ApiKeyAuth(CHAT), summary="Create a chat completion")
-async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) -> HttpResponseBase:
     """OpenAI-compatible chat completions; `stream` in the body or `?stream=true` for SSE."""
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     stream = body.stream or request.GET.get("stream", "").lower() in ("1", "true")
@@ -59,7 +60,8 @@ async def chat_completions(request: HttpRequest, body: ChatCompletionRequest) ->
     return await _completion(body, key, stream)
 
 
-async def _completion(body: ChatCompletionRequest, key: KeyContext, stream: bool) -> HttpResponse:
+async def _completion(body: ChatCompletionRequest, key: KeyContext,
+                      stream: bool) -> HttpResponseBase:
     admitted = await admission.admit(body, key, admission.new_request_id(), stream=stream)
     if not stream:
         return await gateway.answer(admitted)
@@ -73,7 +75,7 @@ _REPLAYED_HEADERS = ("Content-Type", "x-request-id", "x-credits-remaining", "Cac
 async def _idempotent_completion(
     request: HttpRequest, body: ChatCompletionRequest, key: KeyContext, stream: bool,
     idempotency_key: str,
-) -> HttpResponse:
+) -> HttpResponseBase:
     """Run once per (organization, Idempotency-Key); answer repeats from the stored answer.
 
     The first request's work is shielded from its client going away, so a
@@ -88,7 +90,7 @@ async def _idempotent_completion(
     if stored is not None:
         return idempotency_replay(stored)
 
-    async def run() -> HttpResponse:
+    async def run() -> HttpResponseBase:
         try:
             response = await _completion(body, key, stream)
         except ApiError as exc:
@@ -106,6 +108,7 @@ async def _idempotent_completion(
             response.streaming_content = _recorded(response.streaming_content, org,
                                                    idempotency_key, headers)
             return response
+        assert isinstance(response, HttpResponse)
         await db_async(idempotency.idempotency_complete)(
             organization_id=org, key=idempotency_key, status=response.status_code,
             headers=headers, body=response.content, request_id=response.get("x-request-id", ""))
@@ -140,8 +143,8 @@ async def _recorded(content: Any, org: int, idempotency_key: str,
                                                            key=idempotency_key)
 
 
-def idempotency_replay(stored: idempotency.Stored) -> HttpResponse:
-    response: HttpResponse
+def idempotency_replay(stored: idempotency.Stored) -> HttpResponseBase:
+    response: HttpResponseBase
     if stored.streamed and stored.status == 200:
         response = StreamingHttpResponse(iter([stored.body]), content_type="text/event-stream")
     else:

@@ -11,7 +11,8 @@ from django.utils import timezone
 from completions.models import UsageRecord, UsageRollup
 from completions.rollups import window_end, window_start
 
-MAX_WINDOWS = {UsageRollup.Granularity.HOUR: 24 * 31, UsageRollup.Granularity.DAY: 366}
+MAX_WINDOWS: dict[str, int] = {UsageRollup.Granularity.HOUR: 24 * 31,
+                               UsageRollup.Granularity.DAY: 366}
 _SUMS = ("requests", "errors", "cancelled", "prompt_tokens", "completion_tokens", "credits")
 
 

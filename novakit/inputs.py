@@ -35,8 +35,9 @@ def column_bounds(model: type[models.Model], field_name: str, *,
     PositiveIntegerField, and a request accepted in development would fail in production.
     """
     field = model._meta.get_field(field_name)
-    if field.is_relation:  # a foreign key holds what the key it points to holds
+    if isinstance(field, models.ForeignKey):  # it holds what the key it points to holds
         field = field.target_field
+    assert isinstance(field, models.Field), f"{model.__name__}.{field_name} is no column"
     low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
     if minimum is not None:
         low = max(low, minimum)

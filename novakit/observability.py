@@ -39,7 +39,8 @@ class RequestIdMiddleware:
 
     def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
             markcoroutinefunction(self)
 
     def _start(self, request: HttpRequest) -> None:
@@ -47,7 +48,7 @@ class RequestIdMiddleware:
         request_id_var.set(incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex)
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
-        if iscoroutinefunction(self):
+        if self.is_async:
             return self.__acall__(request)
         self._start(request)
         response = self.get_response(request)

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import time
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -45,8 +46,9 @@ async def run_forever(stop: asyncio.Event, *, tick: float = 5.0) -> None:
     last_run: dict[str, float] = {}
     while not stop.is_set():
         now = time.monotonic()
-        for entry in settings.CELERY_BEAT_SCHEDULE.values():
-            task, every = entry["task"], float(entry["schedule"])
+        schedule: dict[str, dict[str, Any]] = settings.CELERY_BEAT_SCHEDULE
+        for entry in schedule.values():
+            task, every = str(entry["task"]), float(entry["schedule"])
             if now - last_run.get(task, float("-inf")) >= every:
                 last_run[task] = now
                 await sync_to_async(_run_task, thread_sensitive=False)(task)

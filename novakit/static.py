@@ -28,7 +28,7 @@ class StaticFilesMiddleware(WhiteNoiseMiddleware):
         if self.is_async:
             markcoroutinefunction(self)
 
-    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def,override]
+    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
         if self.is_async:
             return self.__acall__(request)
         return super().__call__(request)

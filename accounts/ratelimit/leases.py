@@ -14,7 +14,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 
@@ -193,8 +194,8 @@ async def rate_limit_release(*, request_id: str, tokens_used: int) -> None:
     await asyncio.shield(_spawn(_release(lease, in_redis, tokens_used)))
 
 
-def _spawn(coroutine: object) -> asyncio.Task[None]:
-    task = asyncio.ensure_future(coroutine)  # type: ignore[arg-type]
+def _spawn(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    task = asyncio.ensure_future(coroutine)
     _pending.add(task)
     task.add_done_callback(_pending.discard)
     return task

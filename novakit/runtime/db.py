@@ -121,7 +121,7 @@ def db_async(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         # the logs): asgiref's SyncToAsync adds nothing needed here and cost
         # ~5% of the gateway's CPU per completion (bench/profile.py).
         context = contextvars.copy_context()
-        work = functools.partial(context.run, _run, func, *args, **kwargs)
+        work = functools.partial(context.run, functools.partial(_run, func, *args, **kwargs))
         return await asyncio.get_running_loop().run_in_executor(_executor(size), work)
 
     return call

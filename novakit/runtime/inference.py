@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from typing import Any
 
 from django.core import signals
@@ -45,10 +46,11 @@ class InferenceHandler(ASGIHandler):
         finally:
             settings.MIDDLEWARE = everything
 
-    def create_request(self, scope: dict[str, Any], body_file: Any) -> tuple[Any, Any]:
+    def create_request(self, scope: Mapping[str, Any], body_file: Any) -> tuple[Any, Any]:
         request, error_response = super().create_request(scope, body_file)
         if request is not None:
-            request.urlconf = "novakit.inference_urls"  # the inference API's URLs only
+            # The inference API's URLs only (Django's per-request URLconf attribute).
+            request.urlconf = "novakit.inference_urls"  # type: ignore[attr-defined]
         return request, error_response
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

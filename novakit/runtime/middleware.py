@@ -32,11 +32,11 @@ class _HooksOnTheLoop:
         return self.process_response(request, response)
 
 
-class EventLoopSecurityMiddleware(_HooksOnTheLoop, SecurityMiddleware):  # type: ignore[misc]
+class EventLoopSecurityMiddleware(_HooksOnTheLoop, SecurityMiddleware):
     """Django's SecurityMiddleware: HTTPS redirect, HSTS, nosniff, referrer and opener policies."""
 
 
-class EventLoopCommonMiddleware(_HooksOnTheLoop, CommonMiddleware):  # type: ignore[misc]
+class EventLoopCommonMiddleware(_HooksOnTheLoop, CommonMiddleware):
     """Django's CommonMiddleware: disallowed user agents, slash redirects, Content-Length."""
 
 

@@ -137,7 +137,7 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-class Server(BaseApplication):  # type: ignore[misc]
+class Server(BaseApplication):
     """gunicorn with NovaKit's options, the ASGI application loaded in each worker."""
 
     def __init__(self, options: Options) -> None:

@@ -26,7 +26,7 @@ from uvicorn_worker import UvicornWorker
 from novakit.runtime.serve import DEFAULT_GRACE_SECONDS, Options
 
 
-class NovaKitWorker(UvicornWorker):  # type: ignore[misc]
+class NovaKitWorker(UvicornWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         options = Options.from_env()
         self.grace = options.timeout_graceful_shutdown or DEFAULT_GRACE_SECONDS

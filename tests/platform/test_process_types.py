@@ -22,7 +22,8 @@ CHAT = {"model": "openai/gpt-4o-mini", "max_tokens": 5,
         "messages": [{"role": "user", "content": "Which process answers?"}]}
 # What an inference process must never import: the management API, the admin, the portal,
 # and Celery (~10 MB; loaded by the tasks module of whatever it enqueues, when it does).
-NOT_FOR_INFERENCE = ("celery", "kombu", "rest_framework", "drf_spectacular", "axes", "django.contrib.admin",
+NOT_FOR_INFERENCE = ("celery", "kombu", "rest_framework", "drf_spectacular", "axes",
+                     "django.contrib.admin",
                      "django.contrib.sessions", "django.contrib.messages", "novakit.urls",
                      "novakit.portal_urls", "accounts.views", "accounts.api", "billing.api")
 

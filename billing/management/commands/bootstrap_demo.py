@@ -49,6 +49,7 @@ class Command(BaseCommand):
                 admin = user_model.objects.create_superuser(
                     username="admin", email="admin@localhost", password=password
                 )
+            assert admin is not None
             org = organization_create(slug=DEMO_SLUG, name="Demo", actor_label="bootstrap_demo")
             membership_add(organization=org, user=admin, role=Membership.Role.OWNER)
             credits_grant(
