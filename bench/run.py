@@ -61,14 +61,15 @@ WORKERS = 2
 # after 30 s, ones whose event loop stopped; start-up is not timed.)
 WORKER_HEALTHCHECK_S = 120
 
-# The targets the issue sets; printed next to what was measured.
+# The targets of issue #21 (the one-way redesign); printed next to what was measured.
 TARGET_ADDED_P50_MS = 2.0
 TARGET_ADDED_P99_MS = 5.0
 TARGET_RPS_C64 = 800.0
-TARGET_VS_LITELLM = 4.0
+TARGET_VS_LITELLM = 5.0
 TARGET_P99_C64_MS = 150.0
-TARGET_CPU_MS = 2.0
-TARGET_ADDED_TTFT_MS = 5.0
+TARGET_CPU_MS = 1.2
+TARGET_ADDED_TTFT_MS = 5.0  # one stream at a time
+TARGET_ADDED_TTFT_MANY_MS = 10.0  # the run's many streams at once (64)
 TARGET_ADDED_GAP_MS = 5.0
 TARGET_STREAMS_HELD = 1000
 TARGET_IDLE_WORKER_MB = 150.0
@@ -837,8 +838,8 @@ def build_report(ctx: dict[str, Any]) -> str:
         fmt(added_ttft_1, 2, " ms"),
         None if added_ttft_1 is None else added_ttft_1 <= TARGET_ADDED_TTFT_MS)
     row(f"streaming: added TTFT p50, {plan.stream_concurrency} streams at once",
-        f"<= {TARGET_ADDED_TTFT_MS:g} ms", fmt(added_ttft, 2, " ms"),
-        None if added_ttft is None else added_ttft <= TARGET_ADDED_TTFT_MS)
+        f"<= {TARGET_ADDED_TTFT_MANY_MS:g} ms", fmt(added_ttft, 2, " ms"),
+        None if added_ttft is None else added_ttft <= TARGET_ADDED_TTFT_MANY_MS)
     gap_text = fmt(added_gap, 2, " ms")
     if added_gap is not None and added_gap < 0 and st_n and st_d:
         # A gateway that serves fewer streams at once than the direct path has
