@@ -8,6 +8,7 @@ rounded once per request (see `billing.pricing`).
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -212,6 +213,14 @@ class Quota(models.Model):
     def __str__(self) -> str:
         subject = self.api_key.prefix if self.api_key else self.organization.slug
         return f"{subject} {self.metric} {self.limit}/{self.period}"
+
+    def clean(self) -> None:
+        # A quota on another tenant's key would show that key to this organization
+        # and count its use against a limit this organization never set.
+        if (self.api_key is not None and self.organization_id is not None
+                and self.api_key.organization_id != self.organization_id):
+            raise ValidationError(
+                {"api_key": "This key belongs to another organization."}, code="key_of_other_org")
 
 
 class QuotaCounter(models.Model):

@@ -169,7 +169,11 @@ def quota_set(
     actor_label: str = "",
     reason: str = "",
 ) -> Quota | None:
-    """Set (or with `limit=None` remove) an organization's or a key's quota."""
+    """Set (or with `limit=None` remove) an organization's or a key's quota.
+
+    A key's quota must name the key's own organization (ValidationError otherwise).
+    """
+    Quota(organization=organization, api_key_id=api_key_id).clean()
     existing = Quota.objects.filter(organization=organization, metric=metric, api_key_id=api_key_id)
     before = dict(first) if (first := existing.values("limit", "period").first()) else None
     quota: Quota | None = None
