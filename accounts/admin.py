@@ -36,11 +36,13 @@ class OrganizationAdmin(AuditedAdmin):
         # Suspending or reinstating goes through the service, which also makes
         # every process drop its cached keys of this organization.
         if change and "is_active" in form.changed_data:
-            is_active, reason = obj.is_active, obj.suspended_reason
+            is_active, change_reason = obj.is_active, form.cleaned_data["change_reason"]
+            # Reinstating: the form still shows the suspension's reason, which is not
+            # why the organization is back.
+            reason = change_reason if is_active else (obj.suspended_reason or change_reason)
             obj.is_active = not is_active
             super().save_audited(request, obj, form, change)
-            organization_set_active(organization=obj, active=is_active,
-                                    reason=reason or form.cleaned_data["change_reason"],
+            organization_set_active(organization=obj, active=is_active, reason=reason,
                                     actor=request.user)
         else:
             super().save_audited(request, obj, form, change)

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from accounts.auth import authenticate_secret
 from accounts.models import AuditEvent, Organization
+from accounts.services import organization_set_active
 from billing.models import LedgerEntry, Reservation
 from billing.services import credits_reserve
 from completions.models import UsageRecord
@@ -126,6 +127,28 @@ def test_suspending_an_organization_refuses_its_keys_at_once(
     assert authenticate_secret(other_tenant.secret, scope="chat").organization_slug == "globex"
     event = AuditEvent.objects.get(action="organization.suspend")
     assert event.actor.username == "staff" and event.reason == "unpaid invoice"
+
+
+def test_reinstating_an_organization_in_the_admin_records_why_it_is_back_not_why_it_left(
+    staff_client, tenant
+):
+    organization_set_active(organization=tenant.org, active=False, reason="unpaid invoice")
+    url = reverse("admin:accounts_organization_change", args=[tenant.org.pk])
+    # The change form as the page shows it: the suspension's reason still filled in.
+    fields = {"name": "Acme", "slug": "acme", "is_active": "on", "requests_per_minute": "",
+              "tokens_per_minute": "", "suspended_reason": "unpaid invoice",
+              "created_at_0": "2026-01-01", "created_at_1": "00:00:00",
+              "memberships-TOTAL_FORMS": "0", "memberships-INITIAL_FORMS": "0",
+              "change_reason": "invoice paid"}
+
+    response = staff_client.post(url, fields)
+
+    assert response.status_code == 302, response.content.decode()[:500]
+    tenant.org.refresh_from_db()
+    assert (tenant.org.is_active, tenant.org.suspended_reason) == (True, "")
+    event = AuditEvent.objects.get(action="organization.activate")
+    assert event.reason == "invoice paid"
+    assert event.after == {"is_active": True, "suspended_reason": ""}
 
 
 def test_an_edit_in_the_admin_needs_a_reason_and_is_audited(staff_client, tenant):
