@@ -49,6 +49,8 @@ class Plan:
     choices: int
     images: int
     worst_case: Price
+    # Why it would be refused though valid (no configured provider), or None.
+    unavailable: ApiError | None = None
 
     @property
     def completion_limit(self) -> int:
@@ -159,13 +161,15 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
             param="max_tokens",
         )
     routes = [route for route in model.routes if route.configured]
+    unavailable = None
     if not routes:
+        # Not the request's fault: the rest is still validated, and a quote still priced.
         missing = model.routes[0].missing_setting() if model.routes else "a provider route"
-        raise ApiError(
+        unavailable = ApiError(
             "upstream_unavailable",
             f"The model '{model.model_id}' has no configured provider: set {missing}",
         )
-    if body.web_search:
+    elif body.web_search:
         routes = [route for route in routes if route.supports_web_search]
         if not routes:
             raise invalid_request(
@@ -188,7 +192,8 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
         images=images,
     )
     return Plan(model=model, routes=routes, messages=messages, prompt_estimate=prompt_estimate,
-                budget=budget, choices=body.choices(), images=images, worst_case=worst_case)
+                budget=budget, choices=body.choices(), images=images, worst_case=worst_case,
+                unavailable=unavailable)
 
 
 async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str, *,
@@ -196,6 +201,8 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str, *
     """Admit the request, to be answered as a stream if `stream` (default: as its body says)."""
     started = time.monotonic()
     planned = await plan(body, key)
+    if planned.unavailable is not None:
+        raise planned.unavailable
     tokens = planned.prompt_estimate + planned.completion_limit
     # After authentication and validation, before the reservation: a 429 reserves nothing.
     rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=tokens)

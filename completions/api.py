@@ -161,7 +161,8 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
 
     Nothing is charged or reserved and the upstream is not called. Credits,
     quotas and rate limits are checked as admission checks them: the live
-    rate-limit buckets are read by the same script, told to take nothing.
+    rate-limit buckets are read by the same script, told to take nothing. A model
+    with no configured provider is quoted, as a request that would be refused.
     """
     key: KeyContext = request.auth  # type: ignore[attr-defined]
     planned = await admission.plan(body, key)
@@ -169,6 +170,8 @@ async def chat_completions_quote(request: HttpRequest, body: ChatCompletionReque
     check = await db_async(billing_selectors.admission_check)(
         organization_id=key.organization_id, api_key_id=key.key_id,
         credits=planned.worst_case.total, tokens=tokens)
+    if planned.unavailable is not None:
+        check = {**check, "admitted": False, "reason": planned.unavailable.message}
     if check["admitted"]:
         try:
             refused = await rate_limit_peek(key=key, tokens=tokens)

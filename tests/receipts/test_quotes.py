@@ -6,6 +6,7 @@ import httpx
 
 from billing.models import Reservation
 from billing.services import quota_set
+from completions.catalog import catalog_cache
 
 BODY = {"model": "openai/gpt-4o", "max_tokens": 300,
         "messages": [{"role": "user", "content": "What does a quote cost?"}]}
@@ -49,6 +50,22 @@ def test_a_quote_says_why_a_request_would_be_refused(tenant_factory, fake_upstre
     quote = _quote(live_gateway, rich)
     assert (quote["admitted"], quote["reason"]) == (False, "Quota exceeded for chat_tokens")
     assert not Reservation.objects.exists()
+
+
+def test_a_quote_for_a_model_without_a_configured_provider_says_it_would_be_refused(
+    tenant, fake_upstream, live_gateway, settings
+):
+    settings.OPENROUTER_API_KEY = ""
+    catalog_cache.clear()
+
+    quote = _quote(live_gateway, tenant)
+
+    assert quote["admitted"] is False
+    assert quote["reason"] == ("The model 'openai/gpt-4o' has no configured provider: "
+                               "set OPENROUTER_API_KEY")
+    assert quote["worst_case_credits"] == sum(quote["worst_case_breakdown"].values()) > 0
+    assert quote["available_credits"] == 1_000_000
+    assert not Reservation.objects.exists() and fake_upstream.requests == []
 
 
 def test_a_quote_validates_like_a_completion(tenant, fake_upstream, live_gateway):
