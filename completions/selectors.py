@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Max, QuerySet, Sum
 from django.utils import timezone
 
@@ -115,6 +116,20 @@ def usage_report(
         "by_model": by_model,
         "by_key": by_key,
     }
+
+
+def usage_awaiting_rollup(*, organization_id: int, now: dt.datetime | None = None) -> int:
+    """How many of the organization's requests settled after its rollups were last written:
+    listed with the recent requests, in no chart or total yet (rolled up every minute)."""
+    now = now or timezone.now()
+    records = UsageRecord.objects.filter(
+        organization_id=organization_id,
+        created_at__gte=now - dt.timedelta(seconds=settings.USAGE_ROLLUP_LOOKBACK_SECONDS))
+    last = UsageRollup.objects.filter(organization_id=organization_id).aggregate(
+        last=Max("updated_at"))["last"]
+    if last is not None:
+        records = records.filter(created_at__gt=last)
+    return records.count()
 
 
 def recent_usage_records(

@@ -84,6 +84,7 @@ def usage(request: HttpRequest, member: PortalMember) -> HttpResponse:
                        organization_id=organization_id, limit=RECENT_REQUESTS,
                        key_id=filters.get("key_id"), model=filters.get("model") or None)],
         "recent_limit": RECENT_REQUESTS,
+        "awaiting_rollup": selectors.usage_awaiting_rollup(organization_id=organization_id),
         "recent_filtered": bool(filters.get("key_id") or filters.get("model")),
     })
     return portal_render(request, member, "portal/usage.html", context)

@@ -70,12 +70,31 @@ def test_usage_by_hour_for_one_key_and_model(owner, tenant):
     assert 'data-total="credits">12<' in html
 
 
-def test_usage_not_yet_rolled_up_is_not_shown(owner, tenant):
+def test_usage_not_yet_rolled_up_is_listed_and_counted_but_not_charted(owner, tenant,
+                                                                      other_tenant):
     usage_record(tenant, credits=10)
+    usage_record(other_tenant, credits=10)
 
     html = owner.get(USAGE).content.decode()
 
     assert 'data-total="requests">0<' in html and "No usage in this range." in html
+    assert 'data-awaiting-rollup="1"' in html
+    assert "1 request settled since the charts were last updated" in html
+    assert len(re.findall(r'href="/portal/usage/chatcmpl-test-', html)) == 1
+
+
+def test_once_rolled_up_the_page_no_longer_says_requests_are_awaiting(owner, tenant):
+    usage_record(tenant, credits=10)
+    usage_rollup()
+    html = owner.get(USAGE).content.decode()
+    assert 'data-total="requests">1<' in html and "data-awaiting-rollup" not in html
+
+    usage_record(tenant, credits=5)
+    usage_record(tenant, credits=5)
+
+    html = owner.get(USAGE).content.decode()
+    assert 'data-total="requests">1<' in html and 'data-awaiting-rollup="2"' in html
+    assert "2 requests settled since the charts were last updated" in html
 
 
 @pytest.mark.parametrize("query, message", [
