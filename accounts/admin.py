@@ -1,9 +1,9 @@
-from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.shortcuts import render
 
 from accounts.admin_audit import AuditedAdmin
+from accounts.forms import ReasonForm
 from accounts.models import APIKey, AuditEvent, Membership, Organization, WebhookEndpoint
 from accounts.services import api_key_revoke, organization_set_active
 
@@ -12,10 +12,6 @@ class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
-
-
-class BulkReasonForm(forms.Form):
-    reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}))
 
 
 @admin.register(Organization)
@@ -58,8 +54,8 @@ class OrganizationAdmin(AuditedAdmin):
 
     @admin.action(description="Suspend selected organizations")
     def suspend(self, request, queryset):  # type: ignore[no-untyped-def]
-        form = self._bulk_form(request, queryset, BulkReasonForm, "Suspend organizations")
-        if not isinstance(form, BulkReasonForm):
+        form = self._bulk_form(request, queryset, ReasonForm, "Suspend organizations")
+        if not isinstance(form, ReasonForm):
             return form
         with transaction.atomic():
             for organization in queryset.filter(is_active=True):

@@ -1,4 +1,5 @@
-"""The sign-in form: the portal's sign-in page and the sign-in throttle's lockout page render it."""
+"""The sign-in form (the portal's sign-in page and the sign-in throttle's lockout page render
+it), and the reason staff give for an action that leaves an audit row."""
 
 from __future__ import annotations
 
@@ -26,3 +27,9 @@ class EmailAuthenticationForm(AuthenticationForm):
                 if match is not None:
                     self.cleaned_data["username"] = match.get_username()
         return super().clean()
+
+
+class ReasonForm(forms.Form):
+    """Why staff are doing what they do: recorded in the audit row with their name."""
+
+    reason = forms.CharField(max_length=500, widget=forms.TextInput(attrs={"size": 60}))

@@ -7,12 +7,14 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 
-from accounts.admin import BulkReasonForm
 from accounts.admin import OrganizationAdmin as AccountsOrganizationAdmin
 from accounts.admin_audit import AuditedAdmin
+from accounts.forms import ReasonForm
 from accounts.models import Organization
+from billing.forms import CreditChangeForm
 from billing.models import CreditAccount, LedgerEntry, Quota, Reservation
-from billing.services import account_for_organization, credits_adjust, credits_grant
+from billing.services import account_for_organization, credits_change, credits_grant
+from novakit.errors import ApiError
 
 
 class ReadOnlyMixin:
@@ -34,17 +36,6 @@ class LedgerInline(ReadOnlyMixin, admin.TabularInline):
     ordering = ["-created_at", "-id"]
     max_num = 0
     show_change_link = False
-
-
-class CreditChangeForm(forms.Form):
-    kind = forms.ChoiceField(choices=[
-        (LedgerEntry.Kind.GRANT, "Grant (add credits)"),
-        (LedgerEntry.Kind.PURCHASE, "Purchase (add credits)"),
-        (LedgerEntry.Kind.ADJUSTMENT, "Adjustment (signed)"),
-        (LedgerEntry.Kind.REFUND, "Refund (add credits)"),
-    ])
-    amount = forms.IntegerField()
-    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=True)
 
 
 @admin.register(CreditAccount)
@@ -75,16 +66,12 @@ class CreditAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
         form = CreditChangeForm(request.POST or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            kind, amount, reason = data["kind"], data["amount"], data["reason"]
             try:
-                if kind in (LedgerEntry.Kind.GRANT, LedgerEntry.Kind.PURCHASE):
-                    entry = credits_grant(account=account, amount=amount, reason=reason,
-                                          actor=request.user, kind=kind)
-                else:
-                    entry = credits_adjust(account=account, amount=amount, reason=reason,
-                                           actor=request.user, kind=kind)
-            except Exception as exc:  # the service's refusal, shown on the form
-                form.add_error("amount", str(getattr(exc, "message", exc)))
+                entry = credits_change(account=account, kind=data["kind"], amount=data["amount"],
+                                       reason=data["reason"], actor=request.user,
+                                       idempotency_key=data["idempotency_key"] or None)
+            except (ValueError, ApiError) as exc:  # the service's refusal, shown on the form
+                form.add_error("amount", exc.message if isinstance(exc, ApiError) else str(exc))
             else:
                 messages.success(request, f"{entry.kind} {entry.amount:+d}: balance "
                                           f"{entry.balance_after}")
@@ -123,7 +110,7 @@ class QuotaAdmin(AuditedAdmin):
 # --- organizations: what staff do to their credits ---------------------------------
 
 
-class BulkGrantForm(BulkReasonForm):
+class BulkGrantForm(ReasonForm):
     amount = forms.IntegerField(min_value=1)
 
 

@@ -212,3 +212,19 @@ def credits_adjust(
         actor_label=actor_label,
         idempotency_key=idempotency_key,
     )
+
+
+def credits_change(
+    *,
+    account: CreditAccount,
+    kind: str,
+    amount: int,
+    reason: str,
+    actor: AbstractBaseUser | None = None,
+    idempotency_key: str | None = None,
+) -> LedgerEntry:
+    """A change staff make by hand, of any kind they may choose: grants and purchases add
+    (`credits_grant`), adjustments and refunds are signed corrections (`credits_adjust`)."""
+    change = credits_grant if kind in (Kind.GRANT, Kind.PURCHASE) else credits_adjust
+    return change(account=account, kind=kind, amount=amount, reason=reason, actor=actor,
+                  idempotency_key=idempotency_key)

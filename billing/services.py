@@ -28,6 +28,7 @@ from billing.ledger import (
     InsufficientCredits,
     account_for_organization,
     credits_adjust,
+    credits_change,
     credits_grant,
 )
 from billing.quotas import (
@@ -47,8 +48,8 @@ from billing.quotas import (
 __all__ = [
     "Closing", "Hold", "IdempotencyConflict", "InsufficientCredits", "QuotaExceeded",
     "Recorder", "ReservationTargets", "Settlement", "account_for_organization",
-    "applicable_quotas", "closing_for", "credits_adjust", "credits_grant", "credits_release",
-    "credits_reserve", "credits_settle", "holds_close", "holds_place", "key_credit_cap",
-    "key_credit_cap_set", "key_quotas_copy", "measure", "period_end", "period_start",
-    "quota_set", "reservation_targets", "reservations_expire",
+    "applicable_quotas", "closing_for", "credits_adjust", "credits_change", "credits_grant",
+    "credits_release", "credits_reserve", "credits_settle", "holds_close", "holds_place",
+    "key_credit_cap", "key_credit_cap_set", "key_quotas_copy", "measure", "period_end",
+    "period_start", "quota_set", "reservation_targets", "reservations_expire",
 ]

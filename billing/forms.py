@@ -1,0 +1,49 @@
+"""The forms staff change credits and quotas with: the admin's pages and the staff
+organization page (portal/views/staff_organization.py) share them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django import forms
+
+from accounts.models import APIKey, Organization
+from billing.models import LedgerEntry, Quota
+
+
+class CreditChangeForm(forms.Form):
+    kind = forms.ChoiceField(choices=[
+        (LedgerEntry.Kind.GRANT, "Grant (add credits)"),
+        (LedgerEntry.Kind.PURCHASE, "Purchase (add credits)"),
+        (LedgerEntry.Kind.ADJUSTMENT, "Adjustment (signed)"),
+        (LedgerEntry.Kind.REFUND, "Refund (add credits)"),
+    ])
+    amount = forms.IntegerField()
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=True)
+    # One per rendered form: a second submission of the same page (a double click,
+    # a resent POST) is the same ledger entry, not another one.
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("idempotency_key", f"staff-{uuid.uuid4().hex}")
+
+
+class QuotaForm(forms.Form):
+    """Set an organization's quota, or one of its keys'; an empty limit removes it."""
+
+    api_key = forms.ModelChoiceField(queryset=APIKey.objects.none(), required=False,
+                                     empty_label="The whole organization", label="Applies to")
+    metric = forms.ChoiceField(choices=Quota.Metric.choices)
+    period = forms.ChoiceField(choices=Quota.Period.choices)
+    limit = forms.IntegerField(min_value=0, required=False,
+                               help_text="Empty removes the quota.")
+    reason = forms.CharField(max_length=500)
+
+    def __init__(self, *args: Any, organization: Organization, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Only this organization's keys can be chosen (billing.models.Quota.clean).
+        self.fields["api_key"].queryset = APIKey.objects.filter(  # type: ignore[attr-defined]
+            organization=organization, revoked_at__isnull=True).order_by("name")
