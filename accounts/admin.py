@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 from django.db import transaction
 from django.shortcuts import render
+from django.urls import reverse
 
 from accounts.admin_audit import AuditedAdmin
 from accounts.forms import ReasonForm
@@ -27,6 +28,11 @@ class OrganizationAdmin(AuditedAdmin):
 
     def audit_organization_id(self, obj: Organization) -> int | None:
         return obj.pk
+
+    def view_on_site(self, obj: Organization) -> str:
+        # "View on site" opens the staff page of the organization: everything about it,
+        # with its actions.
+        return reverse("staff-organization", args=[obj.pk])
 
     def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         # Suspending or reinstating goes through the service, which also makes

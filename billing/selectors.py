@@ -85,7 +85,8 @@ def organizations_near_limits(*, fraction: float = 0.8, limit: int = 50) -> list
         low = low | accounts.filter(low_balance_threshold__isnull=True,
                                     balance__lt=F("reserved") + default)
     for account in low.order_by("balance")[:limit]:
-        rows.append({"organization": account.organization.slug, "reason": "low balance",
+        rows.append({"organization": account.organization.slug,
+                     "organization_id": account.organization_id, "reason": "low balance",
                      "value": account.balance - account.reserved,
                      "limit": account.low_balance_threshold or default})
     current = Q()
@@ -102,6 +103,7 @@ def organizations_near_limits(*, fraction: float = 0.8, limit: int = 50) -> list
         quota = counter.quota
         subject = quota.api_key.prefix if quota.api_key else "organization"
         rows.append({"organization": quota.organization.slug,
+                     "organization_id": quota.organization_id,
                      "reason": f"{quota.metric} quota ({subject})",
                      "value": counter.in_use, "limit": quota.limit})
     return rows

@@ -133,10 +133,15 @@ def usage_awaiting_rollup(*, organization_id: int, now: dt.datetime | None = Non
 
 
 def recent_usage_records(
-    *, organization_id: int, limit: int = 50, key_id: int | None = None, model: str | None = None
+    *, organization_id: int, limit: int = 50, key_id: int | None = None, model: str | None = None,
+    failed_since: dt.datetime | None = None,
 ) -> QuerySet[UsageRecord]:
-    """The organization's latest settled requests, newest first (optionally of one key or model)."""
+    """The organization's latest settled requests, newest first (optionally of one key or model,
+    or only those that did not succeed, settled since `failed_since`)."""
     records = UsageRecord.objects.filter(organization_id=organization_id)
+    if failed_since is not None:
+        records = records.filter(created_at__gte=failed_since).exclude(
+            status=UsageRecord.Status.OK)
     if key_id is not None:
         records = records.filter(api_key_id=key_id)
     if model:
@@ -150,8 +155,9 @@ def top_organizations(
     """The organizations that spent the most credits in the range (staff dashboard)."""
     rows = _rollups(organization_id=None, granularity=granularity, start=start, end=end)
     return [
-        {"organization": item["organization__slug"], **{name: item[name] or 0 for name in _SUMS}}
-        for item in rows.values("organization__slug").annotate(
+        {"organization": item["organization__slug"], "organization_id": item["organization_id"],
+         **{name: item[name] or 0 for name in _SUMS}}
+        for item in rows.values("organization_id", "organization__slug").annotate(
             **{name: Sum(name) for name in _SUMS}
         ).order_by("-credits", "organization__slug")[:limit]
     ]

@@ -12,10 +12,13 @@ from novakit import error_pages, health
 from novakit.api import api
 from novakit.errors import ApiError, error_response, invalid_request
 from novakit.metrics import metrics_view
-from portal.views import staff
+from portal.views import staff, staff_organization
 
-# The admin's "View site" link: the portal is the site.
+# The admin's "View site" link: the portal is the site. Its header links the staff
+# dashboard too (templates/admin/base_site.html).
 admin.site.site_url = "/portal/"
+admin.site.site_header = admin.site.site_title = "NovaKit admin"
+admin.site.index_title = "Platform administration"
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="portal:home"), name="root"),
@@ -24,6 +27,8 @@ urlpatterns = [
     path("metrics", metrics_view, {"scrape_collectors": [OpenReservationsCollector]},
          name="metrics"),
     path("staff/", staff.dashboard, name="staff-dashboard"),
+    path("staff/organizations/<int:organization_id>/", staff_organization.organization_page,
+         name="staff-organization"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
     # Management API (DRF) first: its paths are distinct from the inference API's.

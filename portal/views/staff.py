@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from typing import Any
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils import timezone
 
 from billing import selectors as billing_selectors
@@ -21,6 +24,12 @@ from completions import charts, selectors
 
 _RANGES = {"48h": ("hour", dt.timedelta(hours=48)), "7d": ("hour", dt.timedelta(days=7)),
            "30d": ("day", dt.timedelta(days=30)), "90d": ("day", dt.timedelta(days=90))}
+
+
+def staff_context(request: HttpRequest) -> dict[str, Any]:
+    """What the admin's templates need for the header (NovaKit's name, the user's links);
+    the staff pages are wide, so without the admin's side bar."""
+    return {**admin.site.each_context(request), "is_nav_sidebar_enabled": False}
 
 
 @staff_member_required
@@ -37,6 +46,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     chart = functools.partial(charts.time_chart, series=report["series"],
                               granularity=granularity, start=start, end=end)
     context = {
+        **staff_context(request),
         "title": "Platform dashboard",
         "range": chosen,
         "ranges": list(_RANGES),
@@ -49,7 +59,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             ("prompt_tokens", "prompt", "fill-a"), ("completion_tokens", "completion", "fill-b")]),
         "credits_chart": chart(title="Credits", parts=[("credits", "credits", "fill-c")]),
         "top_organizations": charts.ranking(
-            selectors.top_organizations(granularity=granularity, start=start, end=end),
+            [{**row, "url": reverse("staff-organization", args=[row["organization_id"]])}
+             for row in selectors.top_organizations(granularity=granularity, start=start,
+                                                    end=end)],
             label_field="organization", value_field="credits"),
         "top_models": charts.ranking(report["by_model"][:10], label_field="model",
                                      value_field="credits"),

@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from accounts.models import AuditEvent, Organization
 from billing.models import LedgerEntry
 from tests.portal.conftest import browser, off_loop  # noqa: F401 (the fixture)
-from tests.portal.test_browser import open_page, screenshot
+from tests.portal.test_browser import assert_fits, assert_only_local, open_page, screenshot
 
 PASSWORD = "staff-password-for-tests-1"
 
@@ -65,3 +65,41 @@ def test_a_staff_member_grants_credits_and_suspends_an_organization(
     client = openai.OpenAI(api_key=tenant.secret, base_url=live_gateway.api_base, max_retries=0)
     with pytest.raises(openai.PermissionDeniedError):
         client.models.list()
+
+
+def test_a_staff_member_works_on_one_organizations_page_at_desktop_and_390_pixels(
+    tenant, other_tenant, browser, live_gateway  # noqa: F811
+):
+    off_loop(get_user_model().objects.create_superuser, "staff", "staff@example.test", PASSWORD)
+    page, requested = open_page(browser, live_gateway)
+    page.goto(f"/admin/login/?next=/admin/accounts/organization/{tenant.org.pk}/change/")
+    page.locator("#id_username").fill("staff")
+    page.locator("#id_password").fill(PASSWORD)
+    page.locator('input[type="submit"]').click()
+    page.get_by_role("link", name="View on site").click()
+    expect(page.get_by_role("heading", name="Acme (acme)")).to_be_visible()
+
+    page.locator("#id_credits-amount").fill("2500")
+    page.locator("#id_credits-reason").fill("support ticket 42")
+    page.locator("#action-credits input[type=submit]").click()
+    expect(page.locator(".messagelist")).to_contain_text("Grant +2500: balance 1002500")
+    expect(page.locator("#kpi-balance")).to_have_text("1002500")
+    page.locator("#id_quota-limit").fill("50000")
+    page.locator("#id_quota-reason").fill("pilot")
+    page.locator("#action-quota input[type=submit]").click()
+    expect(page.locator("#quotas")).to_contain_text("50000")
+    page.reload()  # after post/redirect/get, a reload sends nothing again
+    screenshot(page, "desktop-staff-organization")
+    assert_only_local(requested, live_gateway)
+
+    phone, _ = open_page(browser, live_gateway, viewport={"width": 390, "height": 844})
+    phone.context.add_cookies(page.context.cookies())
+    phone.goto(f"/staff/organizations/{tenant.org.pk}/")
+    expect(phone.locator("#action-suspend")).to_be_visible()
+    screenshot(phone, "staff-organization-390")
+    assert_fits(phone, "staff-organization-390", 390)
+
+    assert off_loop(lambda: LedgerEntry.objects.filter(reason="support ticket 42").count()) == 1
+    assert off_loop(tenant.refresh_account).balance == 1_002_500
+    assert off_loop(lambda: AuditEvent.objects.filter(action="quota.set", reason="pilot",
+                                                      actor__username="staff").count()) == 1
