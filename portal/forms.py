@@ -100,11 +100,14 @@ class APIKeyForm(forms.Form):
 
     def service_arguments(self) -> dict[str, Any]:
         """The cleaned data as `api_key_create_with_cap` takes it."""
+        return {"scopes": self.cleaned_data["scopes"], **self._settings()}
+
+    def _settings(self) -> dict[str, Any]:
+        """The settings besides scopes, by the names the key services give them."""
         data = self.cleaned_data
         day = data.get("expires_on")
         return {
             "name": data["name"],
-            "scopes": data["scopes"],
             "allowed_models": data.get("allowed_models") or [],
             "requests_per_minute": data.get("requests_per_minute"),
             "tokens_per_minute": data.get("tokens_per_minute"),
@@ -112,6 +115,47 @@ class APIKeyForm(forms.Form):
             "expires_at": dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC) if day else None,
             "credit_cap": data.get("credit_cap"),
         }
+
+
+# The key forms' fields that the key services name otherwise.
+_SERVICE_NAMES = {"expires_on": "expires_at"}
+
+
+class APIKeyEditForm(APIKeyForm):
+    """A key's settings, prefilled; only what the member changed is sent to the service.
+
+    So an unchanged field is never rewritten: a resubmitted form changes nothing,
+    and an expiry set through the API at another time of day is not moved to
+    midnight because the form shows days. Scopes are not edited here.
+    """
+
+    scopes = None  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, key: APIKey, credit_cap: int | None, model_ids: list[str],
+                 **kwargs: Any) -> None:
+        expires_on = key.expires_at.astimezone(dt.UTC).date() if key.expires_at else None
+        initial = {
+            "name": key.name, "requests_per_minute": key.requests_per_minute,
+            "tokens_per_minute": key.tokens_per_minute,
+            "max_concurrent_requests": key.max_concurrent_requests, "credit_cap": credit_cap,
+            "allowed_models": list(key.allowed_models), "expires_on": expires_on,
+        }
+        # A model the key allows that left the catalog stays a choice, so saving keeps it.
+        kept = sorted(set(key.allowed_models) - set(model_ids))
+        super().__init__(*args, initial=initial, model_ids=model_ids, **kwargs)
+        field = self.fields["allowed_models"]
+        field.choices = [*field.choices, *((m, f"{m} (not in the catalog)") for m in kept)]
+
+    def clean_expires_on(self) -> dt.date | None:
+        if "expires_on" not in self.changed_data:  # an expiry already set may be today's
+            return self.initial["expires_on"]
+        return super().clean_expires_on()
+
+    def changes(self) -> dict[str, Any]:
+        """The changed fields as `api_key_update_with_cap` takes them (empty: nothing to do)."""
+        settings = self._settings()
+        names = (_SERVICE_NAMES.get(field, field) for field in self.changed_data)
+        return {name: settings[name] for name in names}
 
 
 class RotateForm(forms.Form):

@@ -20,6 +20,7 @@ portal_patterns = [
     path("signup/", account.signup, name="signup"),
     path("organization/switch", account.organization_switch, name="organization-switch"),
     path("keys/", keys.keys, name="keys"),
+    path("keys/<int:key_id>/edit", keys.key_edit, name="key-edit"),
     path("keys/<int:key_id>/revoke", keys.key_revoke, name="key-revoke"),
     path("keys/<int:key_id>/rotate", keys.key_rotate, name="key-rotate"),
     path("keys/<int:key_id>/created", keys.key_created, name="key-created"),

@@ -1,7 +1,8 @@
 """Developer portal: the organization's API keys, each new secret shown once.
 
-A key's credit cap is set with the key, by the same service as the management
-API's (billing/key_caps.py).
+A key's credit cap is set with the key, and a key is edited, by the same
+services as the management API's (billing/key_caps.py). Revoked keys are
+listed only on request (`?revoked=1`): they cannot work again.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 from django.contrib import messages
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.utils import timezone
@@ -19,11 +21,15 @@ from accounts import services
 from accounts.api import KEY_MANAGERS
 from accounts.models import APIKey
 from accounts.new_secrets import secret_stash, secret_take
-from billing.key_caps import api_key_create_with_cap, api_key_rotate_with_quotas
+from billing.key_caps import (
+    api_key_create_with_cap,
+    api_key_rotate_with_quotas,
+    api_key_update_with_cap,
+)
 from billing.services import key_credit_cap
 from completions.models import CatalogModel
 from portal.access import PortalMember, forbidden_page, member_view, portal_render, secret_page
-from portal.forms import APIKeyForm, RotateForm
+from portal.forms import APIKeyEditForm, APIKeyForm, RotateForm
 
 
 def _catalog_model_ids() -> list[str]:
@@ -64,10 +70,42 @@ def keys(request: HttpRequest, member: PortalMember) -> HttpResponse:
             secret_stash(request, _key_secret_name(key), secret)
             return redirect("portal:key-created", key_id=key.pk)
     now = timezone.now()
+    listed = _organization_keys(member)
+    revoked = listed.filter(revoked_at__lte=now)
+    show_revoked = request.GET.get("revoked") == "1"
+    if not show_revoked:  # a key in its rotation's grace period still works: it stays listed
+        listed = listed.filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=now))
     rows = [{"key": key, "status": _key_status(key, now), "credit_cap": key_credit_cap(key)}
-            for key in _organization_keys(member)]
+            for key in listed]
     return portal_render(request, member, "portal/keys.html", {
         "section": "keys", "form": form, "rows": rows, "rotate_form": RotateForm(),
+        "show_revoked": show_revoked, "revoked_count": revoked.count(),
+    }, status=400 if form.errors else 200)
+
+
+@require_http_methods(["GET", "POST"])
+@member_view(roles=KEY_MANAGERS)
+def key_edit(request: HttpRequest, member: PortalMember, key_id: int) -> HttpResponse:
+    """A key's name, limits, credit cap, models and expiry; saved as the API's PATCH saves them."""
+    key = get_object_or_404(_organization_keys(member).select_related("organization"), pk=key_id)
+    if key.revoked_at is not None:
+        # Revoked, or rotated: its settings went to the new key, which is the one to edit.
+        messages.error(request, f"{key.prefix}… is {_key_status(key, timezone.now())}: "
+                                "a revoked or rotated key cannot be edited.")
+        return redirect("portal:keys")
+    form = APIKeyEditForm(request.POST if request.method == "POST" else None, key=key,
+                          credit_cap=key_credit_cap(key), model_ids=_catalog_model_ids())
+    if request.method == "POST" and form.is_valid():
+        changes = form.changes()
+        if changes:
+            api_key_update_with_cap(key=key, changes=changes, actor=request.user)
+            changed = ", ".join(str(form[field].label).lower() for field in form.changed_data)
+            messages.success(request, f"Saved {key.prefix}…: {changed}.")
+        else:
+            messages.info(request, f"Nothing changed on {key.prefix}….")
+        return redirect("portal:keys")
+    return portal_render(request, member, "portal/key_edit.html", {
+        "section": "keys", "key": key, "form": form,
     }, status=400 if form.errors else 200)
 
 

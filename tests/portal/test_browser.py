@@ -245,6 +245,31 @@ def test_at_390_pixels_the_keys_actions_are_on_screen_and_the_grace_choice_is_la
     assert_fits(page, "keys-390", PHONE["width"])
 
 
+def test_at_390_pixels_a_key_is_edited_from_its_row_and_the_list_shows_the_change(
+    browser: Any, live_gateway: Any
+) -> None:
+    page, _ = open_page(browser, live_gateway, PHONE)
+    sign_up(page, email="edit@example.test", organization="Edit Co")
+    secret = create_key(page, "before")
+    page.goto("/portal/keys/")
+    row = f'tr[data-key-prefix="{visible_prefix(secret)}"]'
+
+    page.locator(row).get_by_role("link", name="Edit").click()
+    expect(page.locator("#id_name")).to_have_value("before")
+    screenshot(page, "key-edit-390")
+    assert_fits(page, "key-edit-390", PHONE["width"])
+    page.locator("#id_name").fill("after")
+    page.locator("#id_requests_per_minute").fill("25")
+    page.get_by_role("button", name="Save the key").click()
+
+    expect(page).to_have_url(re.compile(r"/portal/keys/$"))
+    expect(page.locator(".messages")).to_contain_text("Saved")
+    expect(page.locator(row)).to_contain_text("after")
+    expect(page.locator(row)).to_contain_text("25 req/min")
+    key = off_loop(lambda: APIKey.objects.get(prefix=visible_prefix(secret)))
+    assert (key.name, key.requests_per_minute) == ("after", 25)
+
+
 def test_at_390_pixels_the_playgrounds_code_is_not_cut_off(browser: Any, live_gateway: Any
                                                           ) -> None:
     page, _ = open_page(browser, live_gateway, PHONE)
