@@ -204,6 +204,13 @@ def _key_settings(key: APIKey) -> dict[str, Any]:
     return values
 
 
+def api_key_check_changeable(key: APIKey) -> None:
+    """A revoked key, or a rotated one (its settings went to the key that replaced it), keeps
+    the settings it ended with: ValueError."""
+    if key.revoked_at is not None:
+        raise ValueError("a revoked or rotated key cannot be changed")
+
+
 @transaction.atomic
 def api_key_update(
     *,
@@ -215,6 +222,7 @@ def api_key_update(
     unknown = set(changes) - set(API_KEY_EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"cannot change {', '.join(sorted(unknown))}")
+    api_key_check_changeable(key)
     if "scopes" in changes:
         changes = {**changes, "scopes": parse_scopes(changes["scopes"])}
     if "allowed_models" in changes:

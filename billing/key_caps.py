@@ -15,7 +15,12 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from accounts.models import APIKey, Organization
-from accounts.services import api_key_create, api_key_rotate, api_key_update
+from accounts.services import (
+    api_key_check_changeable,
+    api_key_create,
+    api_key_rotate,
+    api_key_update,
+)
 from billing.models import Quota
 from billing.services import key_credit_cap_set, key_quotas_copy
 from novakit.inputs import column_bounds
@@ -50,6 +55,7 @@ def api_key_update_with_cap(
     actor_label: str = "",
 ) -> APIKey:
     """`api_key_update`'s changes, where a "credit_cap" change sets (None: removes) the cap."""
+    api_key_check_changeable(key)
     changes = dict(changes)
     has_cap = "credit_cap" in changes
     credit_cap = changes.pop("credit_cap", None)

@@ -171,8 +171,11 @@ def key_detail(request: Request, key_id: int) -> Response:
     payload.is_valid(raise_exception=True)
     changes = dict(payload.validated_data)
     _check_scopes_grantable(caller, changes.get("scopes"))
-    api_key_update_with_cap(key=key, changes=changes, actor=request_actor(request),
-                            actor_label=_actor_label(caller))
+    try:
+        api_key_update_with_cap(key=key, changes=changes, actor=request_actor(request),
+                                actor_label=_actor_label(caller))
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from exc
     return Response(APIKeySerializer(_keys(caller).get(pk=key.pk)).data)
 
 

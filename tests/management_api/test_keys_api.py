@@ -236,6 +236,21 @@ def test_a_revoked_key_cannot_be_rotated(tenant, key_client):
     assert_error(response, 400, "invalid_request")
 
 
+
+@pytest.mark.parametrize("change", [{"name": "renamed"}, {"credit_cap": 5}])
+def test_a_revoked_key_cannot_be_changed(tenant, key_client, change):
+    spare = key_client(tenant).post(KEYS, {"name": "gone", "credit_cap": 10},
+                                    format="json").json()
+    key_client(tenant).post(f"{KEYS}/{spare['id']}/revoke", format="json")
+
+    response = key_client(tenant).patch(f"{KEYS}/{spare['id']}", change, format="json")
+
+    assert_error(response, 400, "invalid_request")
+    after = key_client(tenant).get(f"{KEYS}/{spare['id']}").json()
+    assert (after["name"], after["credit_cap"]) == ("gone", 10)
+    assert not AuditEvent.objects.filter(action="api_key.update", target=spare["prefix"]).exists()
+
+
 # --- another organization's keys ------------------------------------------------------------
 
 
