@@ -1,4 +1,5 @@
-"""Fixtures for the webhook tests: a real receiver on loopback, which the targets check lets in."""
+"""Fixtures for the webhook tests: a real receiver on loopback, which the targets check lets in,
+and (from tests/celery) a real broker and workers."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.celery.conftest import celery_broker, start_workers  # noqa: F401  (fixtures)
 from tests.support.webhook_receiver import Receiver
 
 

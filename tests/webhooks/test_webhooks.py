@@ -168,6 +168,38 @@ def test_the_in_process_beat_sends_a_due_retry(tenant, receiver):
     assert (delivery.status, delivery.attempts, len(receiver.received)) == ("delivered", 2, 2)
 
 
+def test_with_a_broker_a_worker_makes_the_attempts_and_the_due_job_queues_the_retry(
+        tenant, receiver, celery_broker, start_workers):
+    """Production: the first attempt and the retry run in a Celery worker, not in place."""
+    celery_broker["WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"] = "127.0.0.1/32"
+    start_workers(1)
+    receiver.statuses = [500]
+    endpoint, _ = webhook_endpoint_create(organization=tenant.org, url=receiver.url,
+                                          events=["key.revoked"])
+    key, _ = api_key_create(organization=tenant.org, name="doomed")
+
+    api_key_revoke(key=key)
+
+    delivery = _wait_for(endpoint, lambda d: d.attempts == 1 and d.last_status_code == 500)
+    assert delivery.status == "pending" and len(receiver.received) == 1
+    assert dt.timedelta(seconds=9) <= (delivery.next_attempt_at - delivery.last_attempt_at
+                                       ) <= dt.timedelta(seconds=11)
+    # Beat's run of the due job, once the backoff is over: it queues, the worker sends
+    assert webhooks.webhook_retries_due(now=delivery.next_attempt_at) == 1
+    delivery = _wait_for(endpoint, lambda d: d.status == "delivered")
+    assert (delivery.attempts, len(receiver.received)) == (2, 2)
+
+
+def _wait_for(endpoint, done, timeout: float = 60) -> WebhookDelivery:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        delivery = WebhookDelivery.objects.filter(endpoint=endpoint).first()
+        if delivery is not None and done(delivery):
+            return delivery
+        assert time.monotonic() < deadline, f"the worker did not get there: {delivery!r}"
+        time.sleep(0.1)
+
+
 def test_the_same_event_is_delivered_once(tenant, receiver):
     webhook_endpoint_create(organization=tenant.org, url=receiver.url, events=["key.expiring"])
     key, _ = api_key_create(organization=tenant.org, name="short-lived",
