@@ -201,8 +201,8 @@ def _payload(endpoint: WebhookEndpoint, event: str, data: dict[str, Any]) -> dic
 def _queue(delivery: WebhookDelivery) -> None:
     """Send the first attempt once the row is committed (at once, eagerly, without a broker).
 
-    Its due time is set to the lease: should the task never run (the broker was
-    away at commit), the due job sends it then.
+    Callers create the row due when a lease ends: should the task never run
+    (the broker was away at commit), the due job sends it then.
     """
     from accounts.tasks import webhook_deliver_task
 
