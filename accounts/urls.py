@@ -10,4 +10,7 @@ urlpatterns = [
     path("webhooks/<int:endpoint_id>", webhooks_api.endpoint_detail, name="webhook-detail"),
     path("webhooks/<int:endpoint_id>/deliveries", webhooks_api.endpoint_deliveries,
          name="webhook-deliveries"),
+    path("webhooks/<int:endpoint_id>/test", webhooks_api.endpoint_test, name="webhook-test"),
+    path("webhooks/<int:endpoint_id>/deliveries/<int:delivery_id>/redeliver",
+         webhooks_api.delivery_redeliver, name="webhook-redeliver"),
 ]

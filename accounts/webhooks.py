@@ -5,6 +5,12 @@ where v1 = HMAC-SHA256(endpoint secret, "<t>.<raw body>"). A receiver
 recomputes it and refuses a timestamp older than five minutes, which stops
 replays (`signature_verify` below does both).
 
+Retries: an attempt is made at once; a failed one is not retried in place but
+given a due time (10 s, 20 s, 40 s ... up to an hour, `MAX_ATTEMPTS` in all),
+and the periodic job `webhook_retries_due` sends what is due. Celery beat runs
+that job with a broker, the in-process beat without one (novakit/scheduler.py),
+so a retry waits its backoff in both modes, and the page can say when it is.
+
 Targets must be public addresses: a hostname that resolves to a loopback,
 private, link-local or otherwise non-global address is refused, when the
 endpoint is saved and again at every delivery, for every redirect hop
@@ -15,6 +21,7 @@ tests only.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -22,7 +29,6 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
 
 SIGNATURE_HEADER = "NovaKit-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
+# What "send a test event" sends; no endpoint subscribes to it.
+TEST_EVENT = "webhook.test"
 _MAX_REDIRECTS = 3
 
 
@@ -48,8 +56,22 @@ class UnsafeTarget(ValueError):
     """The URL points somewhere a webhook may not go."""
 
 
-class DeliveryFailed(Exception):
-    """The receiver did not take the delivery; Celery retries with backoff."""
+class TooManyRedirects(Exception):
+    """The receiver redirected more than `_MAX_REDIRECTS` times: a failed attempt."""
+
+
+# Attempts in all, the first included; then the delivery is marked failed.
+MAX_ATTEMPTS = 9
+# An attempt claimed (by the due job, or by starting) that never reports back, its
+# process killed, is picked up again after this. Longer than a task may run (60 s).
+_ATTEMPT_LEASE = dt.timedelta(seconds=120)
+# Deliveries the due job hands out per run; the rest wait for its next run.
+_DUE_BATCH = 50
+
+
+def retry_delay(attempts: int) -> dt.timedelta:
+    """How long after its `attempts`-th failed attempt a delivery is tried again."""
+    return dt.timedelta(seconds=min(3600, 10 * 2 ** (attempts - 1)))
 
 
 # --- targets --------------------------------------------------------------------
@@ -166,6 +188,29 @@ def webhook_endpoint_delete(*, endpoint: WebhookEndpoint, actor: AbstractBaseUse
 # --- events ---------------------------------------------------------------------------
 
 
+def _payload(endpoint: WebhookEndpoint, event: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "type": event,
+        "created": int(time.time()),
+        "organization": endpoint.organization.slug,
+        "data": data,
+    }
+
+
+def _queue(delivery: WebhookDelivery) -> None:
+    """Send the first attempt once the row is committed (at once, eagerly, without a broker).
+
+    Callers create the row due when a lease ends: should the task never run
+    (the broker was away at commit), the due job sends it then.
+    """
+    from accounts.tasks import webhook_deliver_task
+
+    transaction.on_commit(
+        lambda pk=delivery.pk: webhook_deliver_task.delay(pk)  # type: ignore[misc]
+    )
+
+
 def webhook_emit(
     *, organization_id: int, event: str, event_key: str, data: dict[str, Any]
 ) -> list[int]:
@@ -174,30 +219,70 @@ def webhook_emit(
     Safe to call twice for the same happening (a job run twice, two
     processes): the (endpoint, event key) unique constraint keeps one.
     """
-    from accounts.tasks import webhook_deliver_task
-
     created: list[int] = []
     endpoints = WebhookEndpoint.objects.filter(organization_id=organization_id, is_active=True)
     for endpoint in endpoints:
         if event not in endpoint.events:
             continue
-        payload = {
-            "id": f"evt_{secrets.token_hex(12)}",
-            "type": event,
-            "created": int(time.time()),
-            "organization": endpoint.organization.slug,
-            "data": data,
-        }
         delivery, is_new = WebhookDelivery.objects.get_or_create(
             endpoint=endpoint, event_key=event_key,
-            defaults={"event": event, "payload": payload},
+            defaults={"event": event, "payload": _payload(endpoint, event, data),
+                      "next_attempt_at": timezone.now() + _ATTEMPT_LEASE},
         )
         if is_new:
             created.append(delivery.pk)
-            transaction.on_commit(
-                lambda pk=delivery.pk: webhook_deliver_task.delay(pk)  # type: ignore[misc]
-            )
+            _queue(delivery)
     return created
+
+
+@transaction.atomic
+def webhook_test_send(*, endpoint: WebhookEndpoint, actor: AbstractBaseUser | None
+                      ) -> WebhookDelivery:
+    """Send a `webhook.test` event to this endpoint only, as a delivery like any other.
+
+    Whatever it subscribes to: the point is to see a receiver verify a signed
+    delivery before a real event depends on it. A disabled endpoint is refused,
+    as its deliveries would be dropped.
+    """
+    if not endpoint.is_active:
+        raise ValueError("the endpoint is disabled: enable it to send it a test event")
+    event = TEST_EVENT
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event=event, event_key=f"{event}:{secrets.token_hex(12)}",
+        payload=_payload(endpoint, event, {"endpoint_id": endpoint.pk, "url": endpoint.url}),
+        next_attempt_at=timezone.now() + _ATTEMPT_LEASE,
+    )
+    audit_record(action="webhook.test", actor=actor, organization_id=endpoint.organization_id,
+                 target=endpoint.url, after={"delivery_id": delivery.pk,
+                                             "event_id": delivery.payload["id"]})
+    _queue(delivery)
+    return delivery
+
+
+@transaction.atomic
+def webhook_redeliver(*, delivery: WebhookDelivery, actor: AbstractBaseUser | None
+                      ) -> WebhookDelivery:
+    """Queue a fresh delivery of the same payload: the same event id, so a receiver that
+    already took it can tell, and a new signature (timestamp) when it is sent.
+
+    A delivery still being retried is refused: it is sent already, at its due time.
+    """
+    endpoint = delivery.endpoint
+    if delivery.status == WebhookDelivery.Status.PENDING:
+        raise ValueError("this delivery is still pending: it is retried at its next attempt")
+    if not endpoint.is_active:
+        raise ValueError("the endpoint is disabled: enable it to redeliver to it")
+    again = WebhookDelivery.objects.create(
+        endpoint=endpoint, event=delivery.event,
+        event_key=f"redeliver:{delivery.pk}:{secrets.token_hex(12)}",
+        payload=delivery.payload, next_attempt_at=timezone.now() + _ATTEMPT_LEASE,
+    )
+    audit_record(action="webhook.redeliver", actor=actor,
+                 organization_id=endpoint.organization_id, target=endpoint.url,
+                 before={"delivery_id": delivery.pk, "status": delivery.status},
+                 after={"delivery_id": again.pk, "event_id": delivery.payload.get("id")})
+    _queue(again)
+    return again
 
 
 # --- delivery ---------------------------------------------------------------------------
@@ -236,15 +321,17 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
                 url = urljoin(url, response.headers["location"])
                 continue
             return response
-    raise DeliveryFailed("too many redirects")
+    raise TooManyRedirects(f"more than {_MAX_REDIRECTS} redirects")
 
 
 def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
-    """One attempt. DeliveryFailed means retry later; an unsafe target fails for good."""
+    """One attempt, never retried in place: a failure sets when the next one is due
+    (`retry_delay`), or fails the delivery after `MAX_ATTEMPTS`. An unsafe target
+    fails for good."""
     import httpx
 
     delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
-    if delivery.status == WebhookDelivery.Status.DELIVERED:
+    if delivery.status != WebhookDelivery.Status.PENDING:
         return delivery
     endpoint = delivery.endpoint
     if not endpoint.is_active:
@@ -257,40 +344,68 @@ def webhook_deliver(*, delivery_id: int) -> WebhookDelivery:
         SIGNATURE_HEADER: signature_header(crypto.decrypt(endpoint.secret_encrypted), body),
     }
     now = timezone.now()
+    # Should this process die mid-attempt, the due job tries again when the lease ends.
     WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        attempts=delivery.attempts + 1, last_attempt_at=now, next_attempt_at=None)
+        attempts=delivery.attempts + 1, last_attempt_at=now, next_attempt_at=now + _ATTEMPT_LEASE)
     delivery.attempts += 1
-    delivery.last_attempt_at, delivery.next_attempt_at = now, None
+    delivery.last_attempt_at = now
     try:
         response = _post(endpoint.url, body, headers)
     except UnsafeTarget as exc:
         _record(delivery, status=WebhookDelivery.Status.FAILED, error=str(exc))
-        return delivery
-    except httpx.HTTPError as exc:
-        _record(delivery, error=f"{type(exc).__name__}: {exc}"[:500])
-        raise DeliveryFailed(str(exc)) from exc
-    if 200 <= response.status_code < 300:
-        _record(delivery, status=WebhookDelivery.Status.DELIVERED, code=response.status_code)
-        return delivery
-    _record(delivery, code=response.status_code, error=f"HTTP {response.status_code}")
-    raise DeliveryFailed(f"receiver answered {response.status_code}")
+    except (httpx.HTTPError, TooManyRedirects) as exc:
+        _failed(delivery, error=f"{type(exc).__name__}: {exc}"[:500])
+    else:
+        if 200 <= response.status_code < 300:
+            _record(delivery, status=WebhookDelivery.Status.DELIVERED, code=response.status_code)
+        else:
+            _failed(delivery, code=response.status_code, error=f"HTTP {response.status_code}")
+    return delivery
 
 
-def webhook_retry_scheduled(*, delivery_id: int, at: datetime) -> None:
-    """Note when the next attempt is due, for the portal's list of attempts."""
-    WebhookDelivery.objects.filter(pk=delivery_id, status=WebhookDelivery.Status.PENDING).update(
-        next_attempt_at=at)
+def webhook_retries_due(*, now: dt.datetime | None = None) -> int:
+    """Send the deliveries whose next attempt is due; the number handed out.
+
+    Each is claimed by moving its due time on by the lease, only where it is
+    still the time read: two runs at once (two web processes' beats) send it once.
+    """
+    from accounts.tasks import webhook_deliver_task
+
+    now = now or timezone.now()
+    due = list(WebhookDelivery.objects.filter(
+        status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now,
+        endpoint__is_active=True,
+    ).order_by("next_attempt_at").values_list("pk", "next_attempt_at")[:_DUE_BATCH])
+    # Those of a disabled endpoint are dropped, as their attempt would drop them.
+    WebhookDelivery.objects.filter(
+        status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now,
+        endpoint__is_active=False,
+    ).update(status=WebhookDelivery.Status.FAILED, next_attempt_at=None,
+             last_error="endpoint disabled")
+    sent = 0
+    for pk, due_at in due:
+        claimed = WebhookDelivery.objects.filter(
+            pk=pk, status=WebhookDelivery.Status.PENDING, next_attempt_at=due_at,
+        ).update(next_attempt_at=now + _ATTEMPT_LEASE)
+        if claimed:
+            webhook_deliver_task.delay(pk)
+            sent += 1
+    return sent
 
 
-def webhook_give_up(*, delivery_id: int) -> None:
-    WebhookDelivery.objects.filter(pk=delivery_id).exclude(
-        status=WebhookDelivery.Status.DELIVERED).update(status=WebhookDelivery.Status.FAILED,
-                                                        next_attempt_at=None)
+def _failed(delivery: WebhookDelivery, *, code: int | None = None, error: str) -> None:
+    """A failed attempt: the next one is due after the backoff, or there is none."""
+    if delivery.attempts >= MAX_ATTEMPTS:
+        _record(delivery, status=WebhookDelivery.Status.FAILED, code=code, error=error)
+    else:
+        _record(delivery, code=code, error=error,
+                next_attempt_at=timezone.now() + retry_delay(delivery.attempts))
 
 
 def _record(delivery: WebhookDelivery, *, status: str | None = None, code: int | None = None,
-            error: str = "") -> None:
-    changes: dict[str, Any] = {"last_status_code": code, "last_error": error}
+            error: str = "", next_attempt_at: dt.datetime | None = None) -> None:
+    changes: dict[str, Any] = {"last_status_code": code, "last_error": error,
+                               "next_attempt_at": next_attempt_at}
     if status is not None:
         changes["status"] = status
         if status == WebhookDelivery.Status.DELIVERED:

@@ -103,3 +103,36 @@ def endpoint_deliveries(request: Request, endpoint_id: int) -> Response:
     endpoint = get_object_or_404(_endpoints(caller), pk=endpoint_id)
     deliveries = endpoint.deliveries.order_by("-created_at")[:100]
     return Response({"data": DeliverySerializer(deliveries, many=True).data})
+
+
+@extend_schema(request=None, responses={202: DeliverySerializer},
+               summary="Send a signed webhook.test event to an endpoint")
+@api_view(["POST"])
+def endpoint_test(request: Request, endpoint_id: int) -> Response:
+    """Queued like any delivery, and listed with them; the answer is the delivery as it stands
+    (without a broker the first attempt has been made already)."""
+    caller = _manager(request)
+    endpoint = get_object_or_404(_endpoints(caller).select_related("organization"),
+                                 pk=endpoint_id)
+    try:
+        delivery = webhooks.webhook_test_send(endpoint=endpoint, actor=request_actor(request))
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from exc
+    delivery.refresh_from_db()
+    return Response(DeliverySerializer(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+@extend_schema(request=None, responses={202: DeliverySerializer},
+               summary="Deliver a delivery's event again, as a new delivery")
+@api_view(["POST"])
+def delivery_redeliver(request: Request, endpoint_id: int, delivery_id: int) -> Response:
+    """The same payload and event id, signed afresh; the original delivery is left as it was."""
+    caller = _manager(request)
+    endpoint = get_object_or_404(_endpoints(caller), pk=endpoint_id)
+    delivery = get_object_or_404(endpoint.deliveries.select_related("endpoint"), pk=delivery_id)
+    try:
+        again = webhooks.webhook_redeliver(delivery=delivery, actor=request_actor(request))
+    except ValueError as exc:
+        raise invalid_request(str(exc)) from exc
+    again.refresh_from_db()
+    return Response(DeliverySerializer(again).data, status=status.HTTP_202_ACCEPTED)

@@ -368,6 +368,10 @@ WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = env_list("WEBHOOKS_ALLOWED_PRIVATE_NETWORKS"
 CELERY_BEAT_SCHEDULE["keys-expiring"] = {
     "task": "accounts.tasks.keys_expiring_notify_task", "schedule": 3600.0,
 }
+# Failed webhook deliveries are retried by this job when their backoff is over (10 s at first).
+CELERY_BEAT_SCHEDULE["webhook-retries"] = {
+    "task": "accounts.tasks.webhook_retries_due_task", "schedule": 5.0,
+}
 # How long a chat completion sent with an Idempotency-Key keeps its stored answer.
 IDEMPOTENCY_TTL_SECONDS = env_int("IDEMPOTENCY_TTL_SECONDS", 24 * 3600, minimum=60)
 CELERY_BEAT_SCHEDULE["idempotency-purge"] = {

@@ -1,7 +1,8 @@
 """Developer portal: the organization's webhook endpoints and their delivery attempts.
 
-Every member reads; owners and admins register, pause, resume and delete, as
-in the management API (`accounts/webhooks_api.py`). Both go through the
+Every member reads; owners and admins register, pause, resume and delete,
+send a test event and redeliver, as in the management API
+(`accounts/webhooks_api.py`). Both go through the
 services in `accounts/webhooks.py`, which check the target (no private
 addresses) and write the audit rows.
 """
@@ -18,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from accounts import webhooks
 from accounts.api import MANAGERS
-from accounts.models import WebhookEndpoint
+from accounts.models import WebhookDelivery, WebhookEndpoint
 from accounts.new_secrets import secret_stash, secret_take
 from billing.alerts import low_balance_threshold
 from billing.models import CreditAccount
@@ -99,7 +100,7 @@ def webhook_detail(request: HttpRequest, member: PortalMember, endpoint_id: int)
     labels = dict(WebhookEndpoint.Event.choices)
     context: dict[str, Any] = {
         "section": "webhooks", "endpoint": endpoint, "deliveries": deliveries,
-        "can_manage": member.can_manage_members,
+        "can_manage": member.can_manage_members, "max_attempts": webhooks.MAX_ATTEMPTS,
         "events": [(event, labels.get(event, "")) for event in endpoint.events],
     }
     return portal_render(request, member, "portal/webhook_detail.html", context)
@@ -132,3 +133,44 @@ def webhook_delete(request: HttpRequest, member: PortalMember, endpoint_id: int)
     webhooks.webhook_endpoint_delete(endpoint=endpoint, actor=request.user)
     messages.success(request, f"Deleted {url} and its delivery history.")
     return redirect("portal:webhooks")
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def webhook_test(request: HttpRequest, member: PortalMember, endpoint_id: int) -> HttpResponse:
+    endpoint = get_object_or_404(_endpoints(member).select_related("organization"),
+                                 pk=endpoint_id)
+    try:
+        delivery = webhooks.webhook_test_send(endpoint=endpoint, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, f"No test event sent: {exc}.")
+    else:
+        messages.success(request, _sent_message("A test event", delivery))
+    return redirect("portal:webhook-detail", endpoint_id=endpoint.pk)
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def webhook_redeliver(request: HttpRequest, member: PortalMember, endpoint_id: int,
+                      delivery_id: int) -> HttpResponse:
+    endpoint = get_object_or_404(_endpoints(member), pk=endpoint_id)
+    delivery = get_object_or_404(endpoint.deliveries.select_related("endpoint"), pk=delivery_id)
+    try:
+        again = webhooks.webhook_redeliver(delivery=delivery, actor=request.user)
+    except ValueError as exc:
+        messages.error(request, f"Not redelivered: {exc}.")
+    else:
+        messages.success(request, _sent_message(f"{delivery.event} (again)", again))
+    return redirect("portal:webhook-detail", endpoint_id=endpoint.pk)
+
+
+def _sent_message(what: str, delivery: WebhookDelivery) -> str:
+    """What became of the first attempt: made already without a broker, queued with one."""
+    delivery.refresh_from_db()
+    if delivery.status == WebhookDelivery.Status.DELIVERED:
+        return f"{what} was delivered (HTTP {delivery.last_status_code})."
+    if delivery.attempts == 0:
+        return f"{what} is queued; it is listed below."
+    if delivery.status == WebhookDelivery.Status.PENDING:
+        return f"{what} was not taken ({delivery.last_error}); it is retried with backoff."
+    return f"{what} failed: {delivery.last_error}."

@@ -115,6 +115,7 @@ OBJECT_PARAMETERS: dict[str, tuple[Callable[[Victim], object], object]] = {
     "key_id": (lambda victim: victim.key.pk, 987_654_321),
     "member_id": (lambda victim: victim.membership.pk, 987_654_321),
     "endpoint_id": (lambda victim: victim.endpoint.pk, 987_654_321),
+    "delivery_id": (lambda victim: victim.delivery.pk, 987_654_321),
     "generation_id": (lambda victim: victim.generation.request_id, "chatcmpl-no-such-request"),
 }
 
