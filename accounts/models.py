@@ -191,13 +191,19 @@ class WebhookDelivery(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
     last_attempt_at = models.DateTimeField(null=True, blank=True)
-    # When Celery will try again after a failed attempt; null when no retry is scheduled.
+    # When the due job (accounts.webhooks.webhook_retries_due) sends the next attempt, or a
+    # lost first one; null once the delivery succeeded or failed for good.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(fields=["endpoint", "event_key"], name="webhook_event_once")
+        ]
+        indexes = [
+            # The due job's query, every few seconds: only pending rows are in the index.
+            models.Index(fields=["next_attempt_at"], name="webhook_pending_due",
+                         condition=models.Q(status="pending")),
         ]
 
     def __str__(self) -> str:
