@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from accounts.auth import KeyContext
@@ -25,6 +26,7 @@ from billing.holds import Hold
 from billing.pricing import Price, price_request
 from completions.catalog import ModelInfo, Route, catalog_cache
 from completions.parameters import forwarded_parameters, parameters_check
+from completions.refusals import refusal_record
 from completions.schemas import ChatCompletionRequest
 from completions.services import Ending, RequestOutcome
 from completions.settlement import settle_later
@@ -198,11 +200,28 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
 
 async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str, *,
                 stream: bool | None = None) -> Admitted:
-    """Admit the request, to be answered as a stream if `stream` (default: as its body says)."""
+    """Admit the request, to be answered as a stream if `stream` (default: as its body says);
+    a refusal (402, 429, 503) is in the usage records before it is raised."""
     started = time.monotonic()
-    planned = await plan(body, key)
-    if planned.unavailable is not None:
-        raise planned.unavailable
+    streamed = bool(body.stream if stream is None else stream)
+    planned: Plan | None = None
+    try:
+        planned = await plan(body, key)
+        if planned.unavailable is not None:
+            raise planned.unavailable
+        return await _hold(planned, body, key, request_id, streamed=streamed, started=started)
+    except ApiError as exc:
+        await refusal_record(
+            request_id=request_id, key=key, streamed=streamed, error=exc,
+            model=planned.model.model_id if planned else str(body.model or ""),
+            multiplier=planned.model.multiplier if planned else Decimal(0),
+            latency_ms=int((time.monotonic() - started) * 1000))
+        raise
+
+
+async def _hold(planned: Plan, body: ChatCompletionRequest, key: KeyContext, request_id: str,
+                *, streamed: bool, started: float) -> Admitted:
+    """Take the rate limit's slot and tokens, then reserve the worst case."""
     tokens = planned.prompt_estimate + planned.completion_limit
     # After authentication and validation, before the reservation: a 429 reserves nothing.
     rate = await rate_limit_acquire(key=key, request_id=request_id, tokens=tokens)
@@ -215,7 +234,7 @@ async def admit(body: ChatCompletionRequest, key: KeyContext, request_id: str, *
             prompt_estimate=planned.prompt_estimate, reserved=planned.worst_case,
             bounds=UsageBounds(prompt_tokens=planned.model.context_length,
                                completion_tokens=planned.completion_limit),
-            end_user=body.user or "", streamed=bool(body.stream if stream is None else stream),
+            end_user=body.user or "", streamed=streamed,
             started=started,
             rate_limit_headers=rate.headers(),
             usage_chunk=bool((body.stream_options or {}).get("include_usage")),

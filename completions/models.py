@@ -107,6 +107,8 @@ class UsageRecord(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         # Its process died before settling it: recorded by the expiry job.
         INTERRUPTED = "interrupted", "Interrupted"
+        # Refused at admission (402, 429, 503): held and charged nothing (completions/refusals.py).
+        REFUSED = "refused", "Refused"
 
     request_id = models.CharField(max_length=64, unique=True)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")

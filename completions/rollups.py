@@ -49,9 +49,11 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
     records = UsageRecord.objects.filter(started_at__gte=start, started_at__lt=end)
     totals = records.values(*_GROUP).annotate(
         n=Count("id"),
-        # An interrupted request (its process died) failed as far as its client knows.
+        # An interrupted request (its process died) or a refused one (402, 429, 503)
+        # failed as far as its client knows.
         n_errors=Count("id", filter=Q(status__in=[UsageRecord.Status.ERROR,
-                                                  UsageRecord.Status.INTERRUPTED])),
+                                                  UsageRecord.Status.INTERRUPTED,
+                                                  UsageRecord.Status.REFUSED])),
         n_cancelled=Count("id", filter=Q(status=UsageRecord.Status.CANCELLED)),
         n_streamed=Count("id", filter=Q(streamed=True)),
         prompt=Sum("prompt_tokens"),

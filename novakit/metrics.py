@@ -49,6 +49,11 @@ UPSTREAM_ERRORS = Counter(
 CREDITS_CHARGED = Counter(
     "novakit_credits_charged_total", "Credits charged at settlement", ["model"],
 )
+REFUSALS_UNRECORDED = Counter(
+    "novakit_refusals_unrecorded_total",
+    "Refused requests not written to the usage records: past the per-key rate of "
+    "USAGE_REFUSALS_PER_KEY_PER_SECOND", ["http_status"],
+)
 RATE_LIMIT_REFUSALS = Counter(
     "novakit_rate_limit_refusals_total", "Requests refused with 429 by the rate limiter",
     ["limit"],

@@ -44,10 +44,13 @@ def _assert_refused(response, status: int, code: str) -> dict:
     return body
 
 
-def _assert_nothing_happened(tenant, fake_upstream) -> None:
+def _assert_nothing_happened(tenant, fake_upstream, refused_with: str | None = None) -> None:
+    """Nothing sent, held or charged; a refusal (402, 429, 503) is one record of 0 credits,
+    an invalid request none."""
     assert fake_upstream.requests == []
     assert not Reservation.objects.exists()
-    assert not UsageRecord.objects.exists()
+    records = list(UsageRecord.objects.values_list("status", "error_code", "credits"))
+    assert records == ([("refused", refused_with, 0)] if refused_with else [])
     assert_books_balance(tenant)
 
 
@@ -268,7 +271,8 @@ def test_given_too_few_credits_then_402_quota_exceeded_with_remaining(
     validate(body, "ErrorResponse")
     assert body["code"] == "quota_exceeded"
     assert body["remaining"] == 10
-    _assert_nothing_happened(poor, fake_upstream)
+    _assert_nothing_happened(poor, fake_upstream, refused_with="quota_exceeded")
+    assert UsageRecord.objects.get().request_id == error.response.headers["x-request-id"]
     assert not LedgerEntry.objects.filter(kind="usage").exists()
 
 

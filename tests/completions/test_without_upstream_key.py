@@ -32,7 +32,11 @@ def test_given_no_openrouter_key_then_openrouter_models_answer_503_naming_the_se
     assert body["error"]["code"] == "upstream_unavailable"
     assert "OPENROUTER_API_KEY" in body["error"]["message"]
     assert no_upstream_key.requests == []
-    assert not UsageRecord.objects.exists()
+    # Refused, not admitted: in the usage records, charged nothing.
+    refused = UsageRecord.objects.get()
+    assert (refused.status, refused.http_status, refused.error_code, refused.credits) == (
+        "refused", 503, "upstream_unavailable", 0)
+    assert refused.request_id == response.headers["x-request-id"]
     assert_books_balance(tenant)
 
 
