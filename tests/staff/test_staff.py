@@ -6,7 +6,6 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
 
@@ -20,13 +19,6 @@ from completions.rollups import usage_rollup
 from novakit.errors import ApiError
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff_client(client):
-    staff = get_user_model().objects.create_superuser("staff", "staff@example.test", "pw-staff-1")
-    client.force_login(staff)
-    return client
 
 
 def _usage(tenant, *, request_id, model, provider, credits, status="ok", latency=100):

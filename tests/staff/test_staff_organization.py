@@ -20,13 +20,6 @@ from tests.management_api.helpers import usage_record
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff_client(client):
-    staff = get_user_model().objects.create_superuser("staff", "staff@example.test", "pw-staff-1")
-    client.force_login(staff)
-    return client
-
-
 def url_for(tenant) -> str:  # type: ignore[no-untyped-def]
     return reverse("staff-organization", args=[tenant.org.pk])
 
