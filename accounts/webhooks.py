@@ -11,12 +11,9 @@ and the periodic job `webhook_retries_due` sends what is due. Celery beat runs
 that job with a broker, the in-process beat without one (novakit/scheduler.py),
 so a retry waits its backoff in both modes, and the page can say when it is.
 
-Targets must be public addresses: a hostname that resolves to a loopback,
-private, link-local or otherwise non-global address is refused, when the
-endpoint is saved and again at every delivery, for every redirect hop
-(redirects are followed by hand, never by the HTTP client). Networks listed
-in WEBHOOKS_ALLOWED_PRIVATE_NETWORKS are let through, for development and
-tests only.
+Targets must be public addresses (accounts/webhook_targets.py), checked when
+the endpoint is saved and again at every delivery, for every redirect hop
+(redirects are followed by hand, never by the HTTP client).
 """
 
 from __future__ import annotations
@@ -24,22 +21,20 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import secrets
-import socket
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import orjson
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import Organization, WebhookDelivery, WebhookEndpoint
 from accounts.services import audit_record
+from accounts.webhook_targets import UnsafeTarget, target_check
 from novakit import crypto
 
 if TYPE_CHECKING:
@@ -50,10 +45,6 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 # What "send a test event" sends; no endpoint subscribes to it.
 TEST_EVENT = "webhook.test"
 _MAX_REDIRECTS = 3
-
-
-class UnsafeTarget(ValueError):
-    """The URL points somewhere a webhook may not go."""
 
 
 class TooManyRedirects(Exception):
@@ -72,53 +63,6 @@ _DUE_BATCH = 50
 def retry_delay(attempts: int) -> dt.timedelta:
     """How long after its `attempts`-th failed attempt a delivery is tried again."""
     return dt.timedelta(seconds=min(3600, 10 * 2 ** (attempts - 1)))
-
-
-# --- targets --------------------------------------------------------------------
-
-
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped:
-            return _is_public(str(ip.ipv4_mapped))
-        # 6to4 and Teredo addresses carry an IPv4 address they can reach: judge it too.
-        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is not None and not _is_public(str(embedded)):
-            return False
-    return ip.is_global and not (ip.is_multicast or ip.is_reserved)
-
-
-def _is_allowed_private(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return any(ip in ipaddress.ip_network(network)
-               for network in settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS)
-
-
-def target_check(url: str) -> None:
-    """Refuse a URL that is not https, or whose host resolves to a non-public address.
-
-    Addresses in WEBHOOKS_ALLOWED_PRIVATE_NETWORKS (empty by default) are let
-    through, over http too: a development receiver on loopback.
-    """
-    parts = urlsplit(url)
-    if not parts.hostname:
-        raise UnsafeTarget("webhook URL has no host")
-    try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
-    except (socket.gaierror, UnicodeError):
-        raise UnsafeTarget(f"cannot resolve {parts.hostname}") from None
-    addresses = {str(info[4][0]) for info in infos}
-    allowed_private = bool(addresses) and all(_is_allowed_private(a) for a in addresses)
-    if parts.scheme != "https" and not (allowed_private and parts.scheme == "http"):
-        raise UnsafeTarget("webhook URLs must use https")
-    if allowed_private:
-        return
-    blocked = sorted(address for address in addresses if not _is_public(address))
-    if blocked or not addresses:
-        raise UnsafeTarget(
-            f"{parts.hostname} resolves to a non-public address ({', '.join(blocked)})"
-        )
 
 
 # --- endpoints --------------------------------------------------------------------
