@@ -517,6 +517,21 @@ def test_every_page_fits_390_and_375_pixel_screens_and_loads_nothing_from_other_
     assert_only_local(requested, live_gateway)
 
 
+def test_the_readmes_screenshots_are_desktop_screenshots_of_this_suite_and_small() -> None:
+    """The README shows screenshots this suite writes, copied to docs/screenshots/."""
+    root = Path(__file__).resolve().parents[2]
+    links = re.findall(r"!\[[^\]]+\]\((docs/screenshots/[^)]+)\)",
+                       (root / "README.md").read_text())
+    assert {Path(link).name for link in links} == {
+        "desktop-overview.png", "desktop-usage.png", "desktop-staff-organization.png"}
+    for link in links:
+        image = (root / link).read_bytes()
+        assert image[:8] == b"\x89PNG\r\n\x1a\n", link
+        assert len(image) < 300_000, f"{link} is {len(image):,} bytes"
+        width = int.from_bytes(image[16:20], "big")  # the IHDR chunk's width
+        assert width == DESKTOP["width"], f"{link} is {width}px wide, not a desktop screenshot"
+
+
 def test_the_inference_api_docs_load_from_this_server_alone(browser: Any, live_gateway: Any
                                                             ) -> None:
     page, requested = open_page(browser, live_gateway)
