@@ -1,6 +1,7 @@
 """In a real browser (headless Chromium), against the real server: the portal end to end.
 
-Screenshots of every page land in tests/artifacts/screenshots/, named by page.
+Screenshots of every page land in tests/artifacts/screenshots/, named by page: at 390 px
+`<page>-390.png`, at desktop width `desktop-<page>.png`.
 """
 
 from __future__ import annotations
@@ -330,6 +331,25 @@ def test_reloading_the_page_every_form_lands_on_sends_nothing_again(
         expect(page.locator(".messages")).to_contain_text("(again) was delivered")
         counts = assert_reload_sends_nothing_again(page, navigations, "redeliver")
         assert (counts["deliveries"], len(receiver.received)) == (2, 2)
+
+        # Disable the endpoint; revoke the key; remove the member: each a change made once
+        page.get_by_role("button", name="Disable").click()
+        expect(page.get_by_test_id("endpoint-status")).to_have_text("disabled")
+        counts = assert_reload_sends_nothing_again(page, navigations, "disable webhook")
+        page.goto("/portal/keys/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator(f'tr[data-key-prefix="{visible_prefix(rotated)}"]').get_by_role(
+            "button", name="Revoke").click()
+        expect(page.locator(".messages")).to_contain_text("Revoked")
+        revoked = assert_reload_sends_nothing_again(page, navigations, "revoke key")
+        assert revoked["audit rows"] > counts["audit rows"]
+        page.goto("/portal/members/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator('tr[data-member="colleague@example.test"]').get_by_role(
+            "button", name="Remove").click()
+        expect(page.locator(".messages")).to_contain_text("Removed")
+        assert assert_reload_sends_nothing_again(
+            page, navigations, "remove member")["memberships"] == 1
     finally:
         receiver.stop()
 
