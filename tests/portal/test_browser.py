@@ -1,6 +1,7 @@
 """In a real browser (headless Chromium), against the real server: the portal end to end.
 
-Screenshots of every page land in tests/artifacts/screenshots/, named by page.
+Screenshots of every page land in tests/artifacts/screenshots/, named by page: at 390 px
+`<page>-390.png`, at desktop width `desktop-<page>.png`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,21 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
+from django.contrib.auth import get_user_model
 from playwright.sync_api import Page, expect
 
 from accounts import webhooks
 from accounts.keys import visible_prefix
-from accounts.models import APIKey
+from accounts.models import (
+    APIKey,
+    AuditEvent,
+    Membership,
+    Organization,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from accounts.services import membership_add
+from billing.models import LedgerEntry
 from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
@@ -89,7 +100,7 @@ def create_key(page: Page, name: str) -> str:
     return secret
 
 
-def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_and_revokes(
+def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_reads_the_receipt(
     browser: Any, live_gateway: Any, fake_upstream: Any, settings: Any
 ) -> None:
     settings.PORTAL_SIGNUP_CREDITS = 50_000
@@ -149,6 +160,18 @@ def test_a_developer_signs_up_uses_a_key_sees_usage_streams_in_the_playground_an
     assert playground_record.streamed and playground_record.status == "ok"
     assert playground_record.credits == int(credits.inner_text())
 
+    # And the usage page lists the streamed request; its receipt shows what the playground said
+    page.goto("/portal/usage/")
+    page.locator(f'#recent tr[data-request-id="{playground_record.request_id}"]').get_by_role(
+        "link").click()
+    expect(page).to_have_url(re.compile(rf"/portal/usage/{playground_record.request_id}/$"))
+    expect(page.get_by_test_id("receipt-status")).to_have_text("ok")
+    expect(page.locator('[data-receipt="credits_used"]')).to_have_text(
+        f"{playground_record.credits:,}")
+    expect(page.locator("table.kv tr", has=page.locator("th", has_text="Streamed"))
+           .locator("td")).to_have_text("yes")
+    screenshot(page, "desktop-playground-receipt")
+
     # When they revoke the key, the next SDK call is refused
     page.goto("/portal/keys/")
     page.once("dialog", lambda dialog: dialog.accept())
@@ -205,6 +228,130 @@ def test_reloading_the_page_of_a_new_key_makes_no_other_key_and_shows_the_secret
     assert secret not in page.content()
     expect(page.get_by_test_id("new-secret")).to_have_count(0)
     assert off_loop(lambda: APIKey.objects.filter(name="reloaded key").count()) == 1
+
+
+def record_counts() -> dict[str, int]:
+    """How many of each thing a portal or staff form can create, changes being audit rows."""
+    return {"users": get_user_model().objects.count(),
+            "organizations": Organization.objects.count(),
+            "memberships": Membership.objects.count(), "keys": APIKey.objects.count(),
+            "endpoints": WebhookEndpoint.objects.count(),
+            "deliveries": WebhookDelivery.objects.count(),
+            "ledger entries": LedgerEntry.objects.count(),
+            "audit rows": AuditEvent.objects.count()}
+
+
+def navigations_of(page: Page) -> list[tuple[str, str]]:
+    """The (method, URL) of every document the page loads from now on, redirects included."""
+    navigations: list[tuple[str, str]] = []
+    page.on("request", lambda request: request.is_navigation_request() and navigations.append(
+        (request.method, request.url)))
+    return navigations
+
+
+def assert_reload_sends_nothing_again(page: Page, navigations: list[tuple[str, str]],
+                                      after: str) -> dict[str, int]:
+    """Reload the page a form landed on: only GETs, and nothing in the database moves."""
+    before = off_loop(record_counts)
+    navigations.clear()
+    page.reload()
+    page.wait_for_load_state()
+    assert navigations and {method for method, _ in navigations} == {"GET"}, (
+        f"reloading after {after} sent {navigations}")
+    assert off_loop(record_counts) == before, f"reloading after {after} changed the database"
+    return before
+
+
+def test_reloading_the_page_every_form_lands_on_sends_nothing_again(
+    browser: Any, live_gateway: Any, fake_upstream: Any, settings: Any
+) -> None:
+    settings.PORTAL_SIGNUP_CREDITS = 50_000
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    receiver = Receiver()
+    page, _ = open_page(browser, live_gateway)
+    navigations = navigations_of(page)
+    try:
+        # Sign up: a user, an organization, its owner, the starter credits
+        sign_up(page, email="reloader@example.test", organization="Reloader Co")
+        counts = assert_reload_sends_nothing_again(page, navigations, "sign up")
+        assert (counts["users"], counts["organizations"], counts["memberships"],
+                counts["ledger entries"]) == (1, 1, 1, 1)
+
+        # Create a key, then rotate it: the page that shows the new secret, reloaded
+        secret = create_key(page, "reload walk")
+        expect(page).to_have_url(re.compile(r"/portal/keys/\d+/created$"))
+        assert assert_reload_sends_nothing_again(page, navigations, "create key")["keys"] == 1
+        page.locator(f'tr[data-key-prefix="{visible_prefix(secret)}"]').get_by_role(
+            "button", name="Rotate").click()
+        expect(page.get_by_test_id("new-secret")).to_be_visible()
+        rotated = page.get_by_test_id("new-secret").inner_text().strip()
+        assert assert_reload_sends_nothing_again(page, navigations, "rotate key")["keys"] == 2
+
+        # Edit the new key
+        page.goto("/portal/keys/")
+        page.locator(f'tr[data-key-prefix="{visible_prefix(rotated)}"]').get_by_role(
+            "link", name="Edit").click()
+        page.locator("#id_name").fill("reload walk, edited")
+        page.get_by_role("button", name="Save the key").click()
+        expect(page.locator(".messages")).to_contain_text("Saved")
+        edited = assert_reload_sends_nothing_again(page, navigations, "edit key")
+        assert edited["audit rows"] > counts["audit rows"]
+
+        # Invite a member, then change their role
+        page.goto("/portal/members/")
+        page.locator("#id_email").fill("colleague@example.test")
+        page.locator("#id_role").select_option("viewer")
+        page.get_by_role("button", name="Send the invitation").click()
+        expect(page.locator(".messages")).to_contain_text("Invited colleague@example.test")
+        counts = assert_reload_sends_nothing_again(page, navigations, "invite member")
+        assert counts["memberships"] == 2
+        row = page.locator('tr[data-member="colleague@example.test"]')
+        row.locator("select[name=role]").select_option("admin")
+        row.get_by_role("button", name="Change").click()
+        expect(page.locator(".messages")).to_contain_text("is now admin")
+        changed = assert_reload_sends_nothing_again(page, navigations, "change role")
+        assert changed["audit rows"] > counts["audit rows"]
+
+        # Register a webhook: the page that shows its secret, reloaded
+        page.goto("/portal/webhooks/")
+        page.locator("#id_url").fill(receiver.url)
+        page.locator('input[name="events"][value="key.revoked"]').check()
+        page.get_by_role("button", name="Register the endpoint").click()
+        expect(page.get_by_test_id("webhook-secret")).to_be_visible()
+        counts = assert_reload_sends_nothing_again(page, navigations, "register webhook")
+        assert counts["endpoints"] == 1
+
+        # Send it a test event, then redeliver that: one POST to the receiver each
+        page.get_by_role("button", name="Send a test event").click()
+        expect(page.locator(".messages")).to_contain_text("was delivered (HTTP 200)")
+        counts = assert_reload_sends_nothing_again(page, navigations, "send a test event")
+        assert (counts["deliveries"], len(receiver.received)) == (1, 1)
+        page.locator("#deliveries tbody tr").first.get_by_role("button",
+                                                                name="Redeliver").click()
+        expect(page.locator(".messages")).to_contain_text("(again) was delivered")
+        counts = assert_reload_sends_nothing_again(page, navigations, "redeliver")
+        assert (counts["deliveries"], len(receiver.received)) == (2, 2)
+
+        # Disable the endpoint; revoke the key; remove the member: each a change made once
+        page.get_by_role("button", name="Disable").click()
+        expect(page.get_by_test_id("endpoint-status")).to_have_text("disabled")
+        counts = assert_reload_sends_nothing_again(page, navigations, "disable webhook")
+        page.goto("/portal/keys/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator(f'tr[data-key-prefix="{visible_prefix(rotated)}"]').get_by_role(
+            "button", name="Revoke").click()
+        expect(page.locator(".messages")).to_contain_text("Revoked")
+        revoked = assert_reload_sends_nothing_again(page, navigations, "revoke key")
+        assert revoked["audit rows"] > counts["audit rows"]
+        page.goto("/portal/members/")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator('tr[data-member="colleague@example.test"]').get_by_role(
+            "button", name="Remove").click()
+        expect(page.locator(".messages")).to_contain_text("Removed")
+        assert assert_reload_sends_nothing_again(
+            page, navigations, "remove member")["memberships"] == 1
+    finally:
+        receiver.stop()
 
 
 PHONE = {"width": 390, "height": 844}
@@ -303,39 +450,106 @@ SIGNED_OUT_PAGES = {
     "sign-up": "/portal/signup/",
     "password-reset": "/portal/password-reset/",
 }
+DESKTOP = {"width": 1280, "height": 900}
 
 
-def test_every_page_fits_a_375_pixel_screen_and_loads_nothing_from_other_hosts(
-    browser: Any, live_gateway: Any, fake_upstream: Any
+def check_every_width(page: Page, name: str, path: str | None = None) -> None:
+    """A page (`path`, or the one open) fits 390 px and 375 px; screenshots at 390 and desktop.
+
+    390 px is the phone width issue #22 names, 375 px an older, smaller phone.
+    Written as `<name>-390.png` and `desktop-<name>.png`.
+    """
+    page.set_viewport_size(PHONE)
+    if path is not None:
+        page.goto(path)
+    assert_fits(page, f"{name}-390", PHONE["width"])
+    screenshot(page, f"{name}-390")
+    page.set_viewport_size(MOBILE)
+    assert_fits(page, name, MOBILE["width"])
+    page.set_viewport_size(DESKTOP)
+    screenshot(page, f"desktop-{name}")
+
+
+def assert_on_screen(page: Page, scope: Any, buttons: tuple[str, ...], width: int) -> None:
+    """Each named button in `scope` is on a `width`-pixel screen, no sideways scrolling."""
+    for button in buttons:
+        box = scope.get_by_role("button", name=button).first.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (button, box)
+
+
+def test_every_page_fits_390_and_375_pixel_screens_and_loads_nothing_from_other_hosts(
+    browser: Any, live_gateway: Any, fake_upstream: Any, settings: Any
 ) -> None:
-    page, requested = open_page(browser, live_gateway, MOBILE)
+    # Given an organization with a key, usage, a member, and a webhook that has been sent an event
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    receiver = Receiver()
+    page, requested = open_page(browser, live_gateway, PHONE)
     sign_up(page, email="phone@example.test", organization="Pocket Co")
-    assert_fits(page, "keys (empty)")
+    check_every_width(page, "keys-empty")
     secret = create_key(page, "a key with a rather long descriptive name")
-    assert_fits(page, "key-created")
-    screenshot(page, "key-created")
+    check_every_width(page, "key-created")
     client = openai.OpenAI(api_key=secret, base_url=live_gateway.api_base, max_retries=0)
-    for model in ("openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet"):
-        client.chat.completions.create(model=model, max_tokens=20,
-                                       messages=[{"role": "user", "content": "Hi"}])
+    completions = [client.chat.completions.create(model=model, max_tokens=20,
+                                                  messages=[{"role": "user", "content": "Hi"}])
+                   for model in ("openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet")]
     off_loop(usage_rollup)
 
-    for name, path in PAGES.items():
-        page.goto(path)
-        assert_fits(page, name)
-        screenshot(page, name)
-    page.set_viewport_size({"width": 1280, "height": 900})
-    for name, path in PAGES.items():
-        page.goto(path)
-        screenshot(page, f"desktop-{name}")
+    def organization_setup() -> tuple[int, int]:
+        key = APIKey.objects.select_related("organization").get(prefix=visible_prefix(secret))
+        email = "a.colleague.with.a.long.address@pocket-company.example.test"
+        colleague = get_user_model().objects.create_user(username=email, email=email)
+        membership_add(organization=key.organization, user=colleague)
+        endpoint, _ = webhooks.webhook_endpoint_create(
+            organization=key.organization, url=receiver.url + "/a/rather/long/path/for/hooks",
+            events=["key.revoked", "balance.low"])
+        webhooks.webhook_test_send(endpoint=endpoint, actor=None)
+        return key.pk, endpoint.pk
 
-    page.set_viewport_size(MOBILE)
+    try:
+        key_id, endpoint_id = off_loop(organization_setup)
+    finally:
+        receiver.stop()
+    pages = {**PAGES,
+             "key-edit": f"/portal/keys/{key_id}/edit",
+             "webhook-detail": f"/portal/webhooks/{endpoint_id}/",
+             "receipt": f"/portal/usage/{completions[0].id}/"}
+
+    # Then every page fits a phone, at 390 px and at 375 px
+    for name, path in pages.items():
+        check_every_width(page, name, path)
+
+    # And the actions of the pages with tables are on the screen at 390 px
+    page.set_viewport_size(PHONE)
+    page.goto(pages["webhook-detail"])
+    expect(page.locator("#deliveries tbody tr").first).to_contain_text("delivered")
+    assert_on_screen(page, page.locator("main"), ("Disable", "Send a test event", "Delete"),
+                     PHONE["width"])
+    assert_on_screen(page, page.locator("#deliveries tbody tr").first, ("Redeliver",),
+                     PHONE["width"])
+    page.goto(pages["members"])
+    assert_on_screen(page, page.locator("tr[data-member]").last, ("Change", "Remove"),
+                     PHONE["width"])
+
+    # And so do the pages for the signed out
     page.get_by_role("button", name="Sign out").click()
     for name, path in SIGNED_OUT_PAGES.items():
-        page.goto(path)
-        assert_fits(page, name)
-        screenshot(page, name)
+        check_every_width(page, name, path)
     assert_only_local(requested, live_gateway)
+
+
+def test_the_readmes_screenshots_are_desktop_screenshots_of_this_suite_and_small() -> None:
+    """The README shows screenshots this suite writes, copied to docs/screenshots/."""
+    root = Path(__file__).resolve().parents[2]
+    links = re.findall(r"!\[[^\]]+\]\((docs/screenshots/[^)]+)\)",
+                       (root / "README.md").read_text())
+    assert {Path(link).name for link in links} == {
+        "desktop-overview.png", "desktop-usage.png", "desktop-staff-organization.png"}
+    for link in links:
+        image = (root / link).read_bytes()
+        assert image[:8] == b"\x89PNG\r\n\x1a\n", link
+        assert len(image) < 300_000, f"{link} is {len(image):,} bytes"
+        width = int.from_bytes(image[16:20], "big")  # the IHDR chunk's width
+        assert width == DESKTOP["width"], f"{link} is {width}px wide, not a desktop screenshot"
 
 
 def test_the_inference_api_docs_load_from_this_server_alone(browser: Any, live_gateway: Any

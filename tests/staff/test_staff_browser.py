@@ -1,6 +1,7 @@
 """In headless Chromium: a staff member grants credits and suspends an organization in the admin.
 
-Screenshots land in tests/artifacts/screenshots/ (staff-*.png).
+Screenshots land in tests/artifacts/screenshots/ (staff-*.png, admin-*.png; each page at
+390 px as `<page>-390.png` and at desktop as `desktop-<page>.png`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from playwright.sync_api import expect
 from accounts.models import AuditEvent, Organization
 from billing.models import LedgerEntry
 from tests.portal.conftest import browser, off_loop  # noqa: F401 (the fixture)
-from tests.portal.test_browser import assert_fits, assert_only_local, open_page, screenshot
+from tests.portal.test_browser import (
+    PHONE,
+    assert_on_screen,
+    assert_only_local,
+    assert_reload_sends_nothing_again,
+    check_every_width,
+    navigations_of,
+    open_page,
+    screenshot,
+)
 
 PASSWORD = "staff-password-for-tests-1"
 
@@ -84,20 +94,27 @@ def test_a_staff_member_works_on_one_organizations_page_at_desktop_and_390_pixel
     page.locator("#action-credits input[type=submit]").click()
     expect(page.locator(".messagelist")).to_contain_text("Grant +2500: balance 1002500")
     expect(page.locator("#kpi-balance")).to_have_text("1002500")
+    # After post/redirect/get, reloading sends nothing again: the grant is made once
+    navigations = navigations_of(page)
+    assert_reload_sends_nothing_again(page, navigations, "the staff credit grant")
     page.locator("#id_quota-limit").fill("50000")
     page.locator("#id_quota-reason").fill("pilot")
     page.locator("#action-quota input[type=submit]").click()
     expect(page.locator("#quotas")).to_contain_text("50000")
-    page.reload()  # after post/redirect/get, a reload sends nothing again
-    screenshot(page, "desktop-staff-organization")
+    assert_reload_sends_nothing_again(page, navigations, "the staff quota form")
     assert_only_local(requested, live_gateway)
 
-    phone, _ = open_page(browser, live_gateway, viewport={"width": 390, "height": 844})
-    phone.context.add_cookies(page.context.cookies())
-    phone.goto(f"/staff/organizations/{tenant.org.pk}/")
-    expect(phone.locator("#action-suspend")).to_be_visible()
-    screenshot(phone, "staff-organization-390")
-    assert_fits(phone, "staff-organization-390", 390)
+    # Each staff page, and the admin's, fits 390 px and 375 px; screenshots at 390 and desktop
+    for name, path in {"staff-organization": f"/staff/organizations/{tenant.org.pk}/",
+                       "staff-dashboard": "/staff/",
+                       "admin-index": "/admin/",
+                       "admin-organizations": "/admin/accounts/organization/"}.items():
+        check_every_width(page, name, path)
+    page.set_viewport_size(PHONE)
+    page.goto(f"/staff/organizations/{tenant.org.pk}/")
+    expect(page.locator("#action-suspend")).to_be_visible()
+    assert_on_screen(page, page.locator("main, #content").first,
+                     ("Record", "Set quota", "Suspend"), PHONE["width"])
 
     assert off_loop(lambda: LedgerEntry.objects.filter(reason="support ticket 42").count()) == 1
     assert off_loop(tenant.refresh_account).balance == 1_002_500
