@@ -162,6 +162,9 @@ def _topology_env(*, store: TopologyRedis, upstream: FakeUpstream, beat_schedule
         "REDIS_URL": store.url,  # rate limits, key cache and the Celery broker
         "REDIS_KEY_PREFIX": store.prefix,
         "IN_PROCESS_BEAT": "0",  # the beat process is the only scheduler
+        # Refusals are recorded up to a rate per process, so their count depends on the
+        # topology this test compares: it accounts for admitted requests only.
+        "USAGE_REFUSALS_PER_KEY_PER_SECOND": "0",
         "OPENROUTER_BASE_URL": upstream.url,
         "OPENROUTER_API_KEY": UPSTREAM_KEY,
         "HOST": "127.0.0.1",
