@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -86,6 +88,14 @@ class APIKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None and self.revoked_at <= timezone.now()
+
+    def state(self, now: datetime) -> str:
+        """active, expired, rotating (revoked at the end of its grace period) or revoked."""
+        if self.revoked_at is not None:
+            return "revoked" if self.revoked_at <= now else "rotating"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
 
 
 class AuditEventQuerySet(models.QuerySet["AuditEvent"]):

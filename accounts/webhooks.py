@@ -142,12 +142,15 @@ def _payload(endpoint: WebhookEndpoint, event: str, data: dict[str, Any]) -> dic
     }
 
 
-def _queue(delivery: WebhookDelivery) -> None:
-    """Send the first attempt once the row is committed (at once, eagerly, without a broker).
+def _first_attempt_due() -> dt.datetime:
+    """When a new delivery is due should its first attempt never run (the broker was away
+    at commit): the due job sends it then."""
+    return timezone.now() + _ATTEMPT_LEASE
 
-    Callers create the row due when a lease ends: should the task never run
-    (the broker was away at commit), the due job sends it then.
-    """
+
+def _queue(delivery: WebhookDelivery) -> None:
+    """Send the first attempt once the row, created due at `_first_attempt_due`, is committed
+    (at once, eagerly, without a broker)."""
     from accounts.tasks import webhook_deliver_task
 
     transaction.on_commit(
@@ -171,7 +174,7 @@ def webhook_emit(
         delivery, is_new = WebhookDelivery.objects.get_or_create(
             endpoint=endpoint, event_key=event_key,
             defaults={"event": event, "payload": _payload(endpoint, event, data),
-                      "next_attempt_at": timezone.now() + _ATTEMPT_LEASE},
+                      "next_attempt_at": _first_attempt_due()},
         )
         if is_new:
             created.append(delivery.pk)
@@ -194,7 +197,7 @@ def webhook_test_send(*, endpoint: WebhookEndpoint, actor: AbstractBaseUser | No
     delivery = WebhookDelivery.objects.create(
         endpoint=endpoint, event=event, event_key=f"{event}:{secrets.token_hex(12)}",
         payload=_payload(endpoint, event, {"endpoint_id": endpoint.pk, "url": endpoint.url}),
-        next_attempt_at=timezone.now() + _ATTEMPT_LEASE,
+        next_attempt_at=_first_attempt_due(),
     )
     audit_record(action="webhook.test", actor=actor, organization_id=endpoint.organization_id,
                  target=endpoint.url, after={"delivery_id": delivery.pk,
@@ -219,7 +222,7 @@ def webhook_redeliver(*, delivery: WebhookDelivery, actor: AbstractBaseUser | No
     again = WebhookDelivery.objects.create(
         endpoint=endpoint, event=delivery.event,
         event_key=f"redeliver:{delivery.pk}:{secrets.token_hex(12)}",
-        payload=delivery.payload, next_attempt_at=timezone.now() + _ATTEMPT_LEASE,
+        payload=delivery.payload, next_attempt_at=_first_attempt_due(),
     )
     audit_record(action="webhook.redeliver", actor=actor,
                  organization_id=endpoint.organization_id, target=endpoint.url,

@@ -71,7 +71,7 @@ class CreditAccountAdmin(ReadOnlyMixin, admin.ModelAdmin):
                                        reason=data["reason"], actor=request.user,
                                        idempotency_key=data["idempotency_key"] or None)
             except (ValueError, ApiError) as exc:  # the service's refusal, shown on the form
-                form.add_error("amount", exc.message if isinstance(exc, ApiError) else str(exc))
+                form.add_error("amount", str(exc))  # an ApiError's str is its message
             else:
                 messages.success(request, f"{entry.kind} {entry.amount:+d}: balance "
                                           f"{entry.balance_after}")

@@ -202,11 +202,11 @@ SPECTACULAR_SETTINGS = {
 
 # --- Background jobs -----------------------------------------------------------
 USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 3600, minimum=60)
-# How often beat asks for the usage rollup; the default suits production, a test of
-# the whole process topology shortens it so beat -> broker -> worker happens within seconds.
 # Refused requests (402, 429, 503) written to the usage records per key per second and
 # process; the rest are only counted (completions/refusals.py).
 USAGE_REFUSALS_PER_KEY_PER_SECOND = env_int("USAGE_REFUSALS_PER_KEY_PER_SECOND", 5, minimum=0)
+# How often beat asks for the usage rollup; the default suits production, a test of
+# the whole process topology shortens it so beat -> broker -> worker happens within seconds.
 USAGE_ROLLUP_INTERVAL_SECONDS = env_float("USAGE_ROLLUP_INTERVAL_SECONDS", 60.0, minimum=1)
 USAGE_RETENTION_DAYS = env_int("USAGE_RETENTION_DAYS", 90, minimum=1)
 # The tier rule (billing.tiers.tier_for_price): a model staff have not tiered

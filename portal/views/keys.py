@@ -7,7 +7,6 @@ listed only on request (`?revoked=1`): they cannot work again.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from django.contrib import messages
@@ -43,14 +42,6 @@ def _organization_keys(member: PortalMember) -> Any:
             .order_by("revoked_at", "-created_at"))
 
 
-def _key_status(key: APIKey, now: dt.datetime) -> str:
-    if key.revoked_at is not None:
-        return "revoked" if key.revoked_at <= now else "rotating"
-    if key.expires_at is not None and key.expires_at <= now:
-        return "expired"
-    return "active"
-
-
 def _key_secret_name(key: APIKey) -> str:
     return f"key:{key.pk}"
 
@@ -75,7 +66,7 @@ def keys(request: HttpRequest, member: PortalMember) -> HttpResponse:
     show_revoked = request.GET.get("revoked") == "1"
     if not show_revoked:  # a key in its rotation's grace period still works: it stays listed
         listed = listed.filter(Q(revoked_at__isnull=True) | Q(revoked_at__gt=now))
-    rows = [{"key": key, "status": _key_status(key, now), "credit_cap": key_credit_cap(key)}
+    rows = [{"key": key, "status": key.state(now), "credit_cap": key_credit_cap(key)}
             for key in listed]
     return portal_render(request, member, "portal/keys.html", {
         "section": "keys", "form": form, "rows": rows, "rotate_form": RotateForm(),
@@ -90,7 +81,7 @@ def key_edit(request: HttpRequest, member: PortalMember, key_id: int) -> HttpRes
     key = get_object_or_404(_organization_keys(member).select_related("organization"), pk=key_id)
     if key.revoked_at is not None:
         # Revoked, or rotated: its settings went to the new key, which is the one to edit.
-        messages.error(request, f"{key.prefix}… is {_key_status(key, timezone.now())}: "
+        messages.error(request, f"{key.prefix}… is {key.state(timezone.now())}: "
                                 "a revoked or rotated key cannot be edited.")
         return redirect("portal:keys")
     form = APIKeyEditForm(request.POST if request.method == "POST" else None, key=key,

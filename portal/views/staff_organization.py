@@ -96,6 +96,7 @@ def _form(action: str, organization: Organization, data: Any = None) -> forms.Fo
 def _page(request: HttpRequest, organization: Organization, forms_by_action: dict[str, Any],
           status: int = 200) -> HttpResponse:
     pk = organization.pk
+    now = timezone.now()
     context = {
         **staff_context(request),
         "title": f"{organization.name} ({organization.slug})",
@@ -104,20 +105,19 @@ def _page(request: HttpRequest, organization: Organization, forms_by_action: dic
         "ledger": billing_selectors.ledger_entries(organization_id=pk)
         .select_related("actor")[:LEDGER_ROWS],
         "open_reservations": billing_selectors.open_reservations(organization_id=pk)[:10],
-        "keys": APIKey.objects.filter(organization=organization)
-        .order_by("revoked_at", "-created_at")[:50],
+        "keys": [(key, key.state(now)) for key in APIKey.objects.filter(
+            organization=organization).order_by("revoked_at", "-created_at")[:50]],
         "members": Membership.objects.filter(organization=organization)
         .select_related("user").order_by("role", "user__username"),
         "recent": selectors.recent_usage_records(organization_id=pk, limit=REQUEST_ROWS),
         "failed": selectors.recent_usage_records(organization_id=pk, limit=REQUEST_ROWS,
-                                                 failed_since=timezone.now() - ERRORS_SINCE),
+                                                 failed_since=now - ERRORS_SINCE),
         "errors_since_days": ERRORS_SINCE.days,
         "endpoints": organization.webhook_endpoints.order_by("-created_at"),
         "deliveries": WebhookDelivery.objects.filter(endpoint__organization=organization)
         .select_related("endpoint").order_by("-created_at")[:DELIVERY_ROWS],
         "audit": AuditEvent.objects.filter(organization=organization)
         .select_related("actor").order_by("-created_at", "-pk")[:AUDIT_ROWS],
-        "now": timezone.now(),
         **{f"{action}_form": form for action, form in forms_by_action.items()},
     }
     return render(request, "staff/organization.html", context, status=status)
@@ -146,7 +146,7 @@ def organization_page(request: HttpRequest, organization_id: int) -> HttpRespons
             for message in exc.messages:
                 form.add_error(None, message)
         except (ValueError, ApiError) as exc:  # the service's refusal
-            form.add_error(None, exc.message if isinstance(exc, ApiError) else str(exc))
+            form.add_error(None, str(exc))  # an ApiError's str is its message
         else:
             messages.success(request, done)
             return redirect(reverse("staff-organization", args=[organization.pk]))
