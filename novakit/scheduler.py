@@ -26,6 +26,11 @@ def _tasks_loaded() -> None:
     from novakit.celery import app
 
     app.loader.import_default_modules()
+    # Celery's tracer logs every task that succeeds at INFO; with the webhook retry
+    # job due every 5 s that is a line every 5 s in the embedded default's console.
+    # No worker runs in this process, so only these runs are quietened; a failure
+    # is still logged, by the tracer (ERROR) and by `_run_task`.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
 
 
 def _run_task(name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from decimal import Decimal
 
 import pytest
@@ -46,3 +47,41 @@ async def test_the_in_process_beat_rolls_up_usage_and_expires_reservations(
     day = await UsageRollup.objects.aget(granularity="day")
     assert (day.requests, day.credits) == (1, 4)
     assert (await Reservation.objects.aget(request_id="stale")).status == "expired"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.django_db
+def test_a_job_that_succeeds_logs_nothing_and_one_that_fails_is_logged(settings):
+    """Without the quietening, the webhook retry job's success is a line every 5 s."""
+    from novakit.celery import app
+
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    scheduler._tasks_loaded()  # Celery sets up its logging here: listen after it
+    records = _Records()
+    root = logging.getLogger()
+    root.addHandler(records)
+    old_level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        scheduler._run_task("accounts.tasks.webhook_retries_due_task")
+        assert [r.name for r in records.records] == []
+
+        @app.task(name="tests.in_process_beat.failing")
+        def failing() -> None:
+            raise RuntimeError("the job broke")
+
+        scheduler._run_task("tests.in_process_beat.failing")
+    finally:
+        root.removeHandler(records)
+        root.setLevel(old_level)
+    failures = [r for r in records.records if r.name == "novakit.scheduler"]
+    assert len(failures) == 1
+    assert "tests.in_process_beat.failing failed" in failures[0].getMessage()
