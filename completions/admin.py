@@ -1,27 +1,31 @@
 from django import forms
 from django.contrib import admin
+from django.db import transaction
 
 from accounts.admin_audit import AuditedAdmin, AuditedForm
-from completions.catalog import CAPABILITY_FIELDS
-from completions.models import CatalogModel, ModelRoute, Provider, UsageRecord
+from completions.catalog import CAPABILITY_FIELDS, catalog_cache
+from completions.models import CatalogModel, ModelRoute, Provider, ProviderKey, UsageRecord
 
 
-class ProviderForm(AuditedForm):
-    # Write-only: the stored key is never shown; leave blank to keep it.
+class _WriteOnlyKeyForm(AuditedForm):
+    """A form whose `api_key` is write-only: the stored key is never shown; blank keeps it."""
+
     api_key = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False),
                               help_text="Leave blank to keep the current key.")
 
+    def save(self, commit=True):  # type: ignore[no-untyped-def]
+        obj = super().save(commit=False)
+        if self.cleaned_data.get("api_key"):
+            obj.set_api_key(self.cleaned_data["api_key"])
+        if commit:
+            obj.save()
+        return obj
+
+
+class ProviderForm(_WriteOnlyKeyForm):
     class Meta:
         model = Provider
         fields = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
-
-    def save(self, commit=True):  # type: ignore[no-untyped-def]
-        provider = super().save(commit=False)
-        if self.cleaned_data.get("api_key"):
-            provider.set_api_key(self.cleaned_data["api_key"])
-        if commit:
-            provider.save()
-        return provider
 
 
 @admin.register(Provider)
@@ -30,6 +34,31 @@ class ProviderAdmin(AuditedAdmin):
     # The key itself never reaches the audit log; that it changed does.
     audit_exclude = ("api_key",)
     list_display = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
+
+
+class ProviderKeyForm(_WriteOnlyKeyForm):
+    class Meta:
+        model = ProviderKey
+        fields = ["provider", "label", "weight", "is_active"]
+
+    def clean_api_key(self) -> str:
+        api_key: str = self.cleaned_data.get("api_key", "")
+        if not self.instance.api_key_encrypted and not api_key:
+            raise forms.ValidationError("A new key needs its secret.")
+        return api_key
+
+
+@admin.register(ProviderKey)
+class ProviderKeyAdmin(AuditedAdmin):
+    form = ProviderKeyForm
+    audit_exclude = ("api_key",)
+    list_display = ["provider", "label", "weight", "is_active", "created_at"]
+    list_filter = ["provider", "is_active"]
+
+    def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        super().save_audited(request, obj, form, change)
+        # This process reads its routes again at once; the others within CATALOG_CACHE_SECONDS.
+        transaction.on_commit(catalog_cache.clear)
 
 
 class RouteInline(admin.TabularInline):

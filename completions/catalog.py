@@ -125,21 +125,42 @@ def catalog_load(
 
 
 @dataclass(frozen=True, slots=True)
+class RouteKey:
+    """One credential a provider's routes can be tried with.
+
+    `id` names it for its health (completions.routing): `slug:pk` for a stored
+    ProviderKey, the provider's slug for its own single key.
+    """
+
+    id: str
+    label: str
+    # Never in a repr (see Route).
+    api_key: str = field(repr=False)
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     provider: str
     kind: str
     base_url: str
-    # Never in a repr: routes sit inside plans and admitted requests that logs and
-    # test diffs may print.
-    api_key: str = field(repr=False)
     upstream_model: str
     supports_web_search: bool
     # False when the provider's own model list (catalog sync) no longer offers it.
     listed: bool = True
+    # The provider's keys to choose from; never in a repr: routes sit inside plans
+    # and admitted requests that logs and test diffs may print.
+    keys: tuple[RouteKey, ...] = field(default=(), repr=False)
+    # The key this attempt uses, bound by completions.routing when the route is tried.
+    key: RouteKey | None = field(default=None, repr=False)
+
+    @property
+    def api_key(self) -> str:
+        return self.key.api_key if self.key is not None else ""
 
     @property
     def configured(self) -> bool:
-        return self.kind == "builtin" or bool(self.base_url and self.api_key)
+        return self.kind == "builtin" or bool(self.base_url and self.keys)
 
     def missing_setting(self) -> str:
         if self.provider == OPENROUTER:
@@ -175,21 +196,35 @@ class ModelInfo:
         return any(route.configured and route.listed for route in self.routes)
 
 
+def provider_endpoint(provider: Any) -> tuple[str, tuple[RouteKey, ...]]:
+    """A provider's base URL and keys: its active ProviderKeys, else its own key; for
+    OpenRouter the settings fill in what is not stored. No keys: not configured."""
+    is_default = provider.slug == OPENROUTER
+    base_url = provider.base_url or (settings.OPENROUTER_BASE_URL if is_default else "")
+    # `.all()`, not a filter: load_snapshot prefetches the keys with the routes.
+    keys = tuple(
+        RouteKey(id=f"{provider.slug}:{key.pk}", label=key.label, api_key=key.get_api_key(),
+                 weight=key.weight)
+        for key in provider.keys.all() if key.is_active
+    )
+    if not keys:
+        api_key = provider.get_api_key() or (settings.OPENROUTER_API_KEY if is_default else "")
+        if api_key:
+            keys = (RouteKey(id=provider.slug, label="provider key", api_key=api_key),)
+    return base_url.rstrip("/"), keys
+
+
 def _route_for(route: Any) -> Route:
     provider = route.provider
-    base_url = provider.base_url
-    api_key = provider.get_api_key()
-    if provider.slug == OPENROUTER:
-        base_url = base_url or settings.OPENROUTER_BASE_URL
-        api_key = api_key or settings.OPENROUTER_API_KEY
+    base_url, keys = provider_endpoint(provider)
     return Route(
         provider=provider.slug,
         kind=provider.kind,
-        base_url=base_url.rstrip("/"),
-        api_key=api_key,
+        base_url=base_url,
         upstream_model=route.upstream_model,
         supports_web_search=provider.supports_web_search,
         listed=route.is_listed,
+        keys=keys,
     )
 
 
@@ -197,7 +232,7 @@ def load_snapshot() -> dict[str, ModelInfo]:
     from completions.models import CatalogModel
 
     snapshot: dict[str, ModelInfo] = {}
-    models = CatalogModel.objects.filter(is_active=True).prefetch_related("routes__provider")
+    models = CatalogModel.objects.filter(is_active=True).prefetch_related("routes__provider__keys")
     for model in models:
         routes = tuple(
             _route_for(route)

@@ -7,11 +7,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
-from django.conf import settings
 from django.db import transaction
 
 from billing.tiers import tier_for_price
-from completions.catalog import OPENROUTER, catalog_cache
+from completions.catalog import catalog_cache, provider_endpoint
 from completions.models import CatalogModel, ModelRoute, Provider
 
 logger = logging.getLogger(__name__)
@@ -27,11 +26,9 @@ def _usd_per_million(raw: Any) -> Decimal | None:
 
 
 def _endpoint(provider: Provider) -> tuple[str, str]:
-    """The provider's base URL and key; OpenRouter's come from settings unless stored."""
-    is_default = provider.slug == OPENROUTER
-    base_url = provider.base_url or (settings.OPENROUTER_BASE_URL if is_default else "")
-    api_key = provider.get_api_key() or (settings.OPENROUTER_API_KEY if is_default else "")
-    return base_url, api_key
+    """The provider's base URL and the key its model listing is read with (its first)."""
+    base_url, keys = provider_endpoint(provider)
+    return base_url, keys[0].api_key if keys else ""
 
 
 def provider_configured(provider: Provider) -> bool:

@@ -4,8 +4,9 @@ The request path of `POST /api/v1/chat/completions`, top to bottom:
 - `completions.admission.admit` validates, prices the worst case, takes the
   rate limit and holds the credits (billing.commit.hold);
 - `answer` (here) or `open_with_fallback` with `completions.relay` call the
-  provider's routes in order, falling back on connection errors, timeouts,
-  429 and 5xx, but only before a byte has gone to the client;
+  routes in the order `completions.routing` gives (priority, then each
+  provider's keys by weight, cooled keys skipped), falling back on connection
+  errors, timeouts, 429 and 5xx, but only before a byte has gone to the client;
 - `completions.settlement.settle` charges what was used, exactly once,
   whatever happened, in a task the client's disconnect cannot cancel, and
   the answer shows what it charged.
@@ -23,6 +24,7 @@ import orjson
 from django.http import HttpResponse
 
 from billing.closing import Settlement
+from completions import routing
 from completions.admission import Admitted
 from completions.catalog import Route
 from completions.services import (
@@ -97,15 +99,19 @@ async def first_route(admitted: Admitted, attempt: Callable[[Route], Awaitable[T
     failure: UpstreamFailure | None = None
     provider = ""
     try:
-        for route in admitted.routes:
+        for route in routing.board.attempts(admitted.routes):
             provider = route.provider
             try:
-                return await attempt(route), route
+                result = await attempt(route)
             except UpstreamFailure as exc:
                 failure = exc
                 note_failure(admitted, route, exc)
+                routing.board.failed(route, kind=exc.kind, retry_after=exc.retry_after)
                 if not exc.retryable:
                     break
+            else:
+                routing.board.succeeded(route)
+                return result, route
     except asyncio.CancelledError:
         # The provider was sent the prompt: it is charged (README "Credits").
         await settle_quietly(admitted.ended(

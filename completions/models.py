@@ -3,6 +3,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -11,7 +12,19 @@ from billing.tiers import MULTIPLIER_RANGES, Tier, multiplier_in_range
 from novakit import crypto
 
 
-class Provider(models.Model):
+class _EncryptedAPIKey:
+    """An upstream API key kept encrypted at rest in `api_key_encrypted`."""
+
+    api_key_encrypted: str
+
+    def set_api_key(self, plaintext: str) -> None:
+        self.api_key_encrypted = crypto.encrypt(plaintext)
+
+    def get_api_key(self) -> str:
+        return crypto.decrypt(self.api_key_encrypted)
+
+
+class Provider(_EncryptedAPIKey, models.Model):
     """An upstream: OpenRouter by default, or any OpenAI-compatible base URL."""
 
     class Kind(models.TextChoices):
@@ -30,11 +43,31 @@ class Provider(models.Model):
     def __str__(self) -> str:
         return self.slug
 
-    def set_api_key(self, plaintext: str) -> None:
-        self.api_key_encrypted = crypto.encrypt(plaintext)
 
-    def get_api_key(self) -> str:
-        return crypto.decrypt(self.api_key_encrypted)
+class ProviderKey(_EncryptedAPIKey, models.Model):
+    """One of a provider's API keys. A provider with active keys spreads its requests over
+    them by weight (completions.routing); one without uses its own key (or the setting)."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    label = models.CharField(max_length=100, help_text="How staff tell the keys apart.")
+    api_key_encrypted = models.TextField(editable=False)
+    weight = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1)],
+        help_text="Its share of the provider's requests: a key of weight 3 gets three times "
+                  "the requests of a key of weight 1.")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["provider", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "label"], name="provider_key_label_unique"),
+            models.CheckConstraint(condition=models.Q(weight__gte=1),
+                                   name="provider_key_weight_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} / {self.label}"
 
 
 class CatalogModel(models.Model):

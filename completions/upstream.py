@@ -12,7 +12,9 @@ speed does not matter (webhooks, catalog sync).
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ class UpstreamFailure(Exception):
 
     def __init__(
         self, status: int, code: ErrorCode, message: str, *, retryable: bool, kind: str,
-        provider_error: dict[str, Any] | None = None,
+        provider_error: dict[str, Any] | None = None, retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -45,6 +47,24 @@ class UpstreamFailure(Exception):
         self.kind = kind
         # The provider's `error` object when it refused the request itself (a 4xx).
         self.provider_error = provider_error
+        # Seconds the provider asked us to wait (its Retry-After), if it said.
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """An HTTP `Retry-After`: seconds, or a date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _timeout_failure(provider: str, what: str) -> UpstreamFailure:
@@ -136,17 +156,18 @@ def _headers(route: Route) -> dict[str, str]:
     }
 
 
-def _failure_from_status(route: Route, status: int, body: bytes) -> UpstreamFailure:
+def _failure_from_status(route: Route, status: int, body: bytes,
+                         retry_after: str | None = None) -> UpstreamFailure:
     message = _provider_message(body) or f"HTTP {status}"
     if status == 429:
         return UpstreamFailure(
             503, "upstream_unavailable", f"Provider '{route.provider}' is rate limiting: {message}",
-            retryable=True, kind="http_429",
+            retryable=True, kind="http_429", retry_after=retry_after_seconds(retry_after),
         )
     if status >= 500:
         return UpstreamFailure(
             502, "upstream_error", f"Provider '{route.provider}' failed: {message}",
-            retryable=True, kind="http_5xx",
+            retryable=True, kind="http_5xx", retry_after=retry_after_seconds(retry_after),
         )
     if status in (401, 403):
         # Our credentials, not the caller's fault: another route may work.
@@ -200,6 +221,7 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
             ) as response:
                 status = response.status
                 body = await response.read()
+                retry_after = response.headers.get("Retry-After")
     except TimeoutError:  # asyncio's, and aiohttp's connect and read timeouts
         raise _timeout_failure(route.provider, "no response") from None
     except aiohttp.ClientPayloadError:  # a body cut short, or one that cannot be decoded
@@ -207,7 +229,7 @@ async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
     except (aiohttp.ClientError, OSError):
         raise _connect_failure(route.provider) from None
     if status != 200:
-        raise _failure_from_status(route, status, body)
+        raise _failure_from_status(route, status, body, retry_after)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -342,7 +364,8 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
             )
             if response.status != 200:
                 body = await response.read()
-                raise _failure_from_status(route, response.status, body)
+                raise _failure_from_status(route, response.status, body,
+                                           response.headers.get("Retry-After"))
             events = _sse_events(response, route.provider)
             try:
                 first = await anext(events)

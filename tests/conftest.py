@@ -20,6 +20,7 @@ from accounts.scopes import ALL_SCOPES
 from accounts.services import api_key_create, membership_add, organization_create
 from billing.models import CreditAccount
 from billing.services import account_for_organization, credits_grant
+from completions import routing
 from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
 from completions.upstream import upstream_client
@@ -62,6 +63,7 @@ def _fresh_process_caches() -> Iterator[None]:
     # SQLite reuses ids after a rollback: a new test's key must not inherit an old one's counts.
     ratelimit.local_reset()
     shared_redis.reset()
+    routing.board.reset()
     yield
     auth.cache_clear()
     catalog_cache.clear()

@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import selectors as billing_selectors
-from completions import charts, selectors
+from completions import charts, routing, selectors
 
 _RANGES = {"48h": ("hour", dt.timedelta(hours=48)), "7d": ("hour", dt.timedelta(days=7)),
            "30d": ("day", dt.timedelta(days=30)), "90d": ("day", dt.timedelta(days=90))}
@@ -66,6 +66,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "top_models": charts.ranking(report["by_model"][:10], label_field="model",
                                      value_field="credits"),
         "providers": selectors.provider_health(granularity=granularity, start=start, end=end),
+        "provider_keys": routing.provider_keys_health(),
         "near_limits": billing_selectors.organizations_near_limits(),
         "stale_reservations": billing_selectors.stale_reservations(
             older_than=dt.timedelta(seconds=settings.STAFF_STALE_RESERVATION_SECONDS)),

@@ -9,6 +9,7 @@ Scenarios:
   no_usage       a normal answer without any usage numbers
   tools          the answer is a tool call (streamed as tool-call deltas)
   status:CODE    answers HTTP CODE with an OpenAI-style error body
+  limited:SECS   answers 429 with `Retry-After: SECS`
   slow:SECONDS   streams with SECONDS between chunks
   cut:N          streams N chunks, then drops the connection (no [DONE])
   hang           never answers
@@ -31,7 +32,9 @@ than 1, for a reasoning model (o1/o3/o4, or "reasoning" in its name); a prompt o
 than `context_words` words (`context_length_exceeded`, `param: messages`).
 A provider with a fixed behaviour, whatever the scenario, is the base URL
 `url_for(SCENARIO)` (e.g. a failing first route next to a healthy second).
-`hang` lasts until the next `reset()`, so no handler outlives its test.
+`key_scenarios` maps an API key to the scenario of every request it authorises (one
+bad key among good ones). `hang` lasts until the next `reset()`, so no handler
+outlives its test.
 Every request is recorded in `requests` (path, headers, parsed body).
 """
 
@@ -64,6 +67,8 @@ class FakeUpstream:
     context_words: int = 2000
     # What GET /v1/models lists (OpenRouter's format), for catalog sync tests.
     model_listing: list[dict[str, Any]] = field(default_factory=list)
+    # API key -> the scenario of the requests it authorises.
+    key_scenarios: dict[str, str] = field(default_factory=dict)
     # Bumped by reset(): a `hang` ends when the test that asked for it is over.
     _generation: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -87,6 +92,7 @@ class FakeUpstream:
         self.requests.clear()
         self._generation += 1
         self.model_listing = []
+        self.key_scenarios = {}
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -157,7 +163,9 @@ class FakeUpstream:
         self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
         if self.strict and (refusal := strict_refusal(body, self.context_words)):
             return web.json_response({"error": refusal}, status=400)
-        name, arg = self._choose(body, request.match_info.get("scenario"))
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        name, arg = self._choose(body, request.match_info.get("scenario")
+                                 or self.key_scenarios.get(bearer))
         if name == "ok" and _tool_forced(body):
             name = "tools"
         if name == "tools" and _after_tool_result(body):
@@ -167,6 +175,10 @@ class FakeUpstream:
             return web.json_response(
                 {"error": {"message": f"fake upstream says {code}", "code": code}}, status=code
             )
+        if name == "limited":
+            return web.json_response(
+                {"error": {"message": "fake upstream is rate limiting", "code": 429}},
+                status=429, headers={"Retry-After": arg or "1"})
         if name == "hang":
             generation = self._generation
             while generation == self._generation:
