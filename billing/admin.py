@@ -11,8 +11,9 @@ from accounts.admin import OrganizationAdmin as AccountsOrganizationAdmin
 from accounts.admin_audit import AuditedAdmin
 from accounts.forms import ReasonForm
 from accounts.models import Organization
+from billing.codes import code_create
 from billing.forms import CreditChangeForm
-from billing.models import CreditAccount, LedgerEntry, Quota, Reservation
+from billing.models import CreditAccount, LedgerEntry, Quota, RedemptionCode, Reservation
 from billing.services import account_for_organization, credits_change, credits_grant
 from novakit.errors import ApiError
 
@@ -153,3 +154,43 @@ class OrganizationAdmin(AccountsOrganizationAdmin):
                              account.reserved if account else 0,
                              organization.created_at.isoformat()])
         return response
+
+
+@admin.register(RedemptionCode)
+class RedemptionCodeAdmin(AuditedAdmin):
+    """Codes are made here and shown once, on the page after saving; afterwards only their
+    prefix. A change (expiry, uses, switching off) is audited like any admin change."""
+
+    list_display = ["prefix", "credits", "uses", "max_uses", "expires_at", "is_active", "note",
+                    "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["prefix", "note"]
+
+    def get_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        if obj is None:
+            return ["credits", "max_uses", "expires_at", "note"]
+        return ["prefix", "credits", "uses", "max_uses", "expires_at", "is_active", "note"]
+
+    def get_readonly_fields(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return ["prefix", "credits", "uses"] if obj is not None else []
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        # A new code is made (and audited) by the service, which alone sees the code.
+        code, shown = code_create(credits=obj.credits, max_uses=obj.max_uses,
+                                  expires_at=obj.expires_at, note=obj.note,
+                                  created_by=request.user)
+        for name in ("pk", "code_hash", "prefix", "uses", "created_by_id", "created_at"):
+            setattr(obj, name, getattr(code, name))
+        obj._state.adding = False
+        request.redemption_code_shown = shown
+
+    def response_add(self, request, obj, post_url_continue=None):  # type: ignore[no-untyped-def]
+        # Rendered, not redirected to: the code must not travel through a session or a URL.
+        return render(request, "admin/billing/redemptioncode/created.html", {
+            **self.admin_site.each_context(request), "opts": self.model._meta,
+            "title": "Redemption code created", "code": obj,
+            "shown": request.redemption_code_shown,
+        })

@@ -47,3 +47,8 @@ class QuotaForm(forms.Form):
         # Only this organization's keys can be chosen (billing.models.Quota.clean).
         self.fields["api_key"].queryset = APIKey.objects.filter(  # type: ignore[attr-defined]
             organization=organization, revoked_at__isnull=True).order_by("name")
+
+
+class RedeemCodeForm(forms.Form):
+    code = forms.CharField(max_length=64, label="Redemption code", widget=forms.TextInput(
+        attrs={"autocomplete": "off", "placeholder": "NOVA-XXXX-XXXX-XXXX-XXXX"}))

@@ -240,3 +240,57 @@ class QuotaCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.quota_id} from {self.period_start:%Y-%m-%d}: {self.used}+{self.reserved}"
+
+
+class RedemptionCode(models.Model):
+    """Credits staff hand out as a code a member redeems in the portal (billing.codes).
+
+    Only a keyed hash of the code is kept, with a short prefix to tell codes
+    apart: the code itself is shown once, to the staff member who made it.
+    """
+
+    code_hash = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=16, editable=False)
+    credits = models.PositiveBigIntegerField()
+    max_uses = models.PositiveIntegerField(
+        default=1, help_text="How many organizations may redeem it (each at most once).")
+    uses = models.PositiveIntegerField(default=0, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    note = models.CharField(max_length=200, blank=True, help_text="What it was given for.")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                   on_delete=models.SET_NULL, related_name="+", editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(condition=Q(uses__lte=F("max_uses")),
+                                   name="redemption_code_uses_within_max"),
+            models.CheckConstraint(condition=Q(credits__gte=1) & Q(max_uses__gte=1),
+                                   name="redemption_code_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.credits} credits)"
+
+
+class CodeRedemption(models.Model):
+    """One organization's redemption of a code, with the ledger entry that granted it."""
+
+    code = models.ForeignKey(RedemptionCode, on_delete=models.PROTECT, related_name="redemptions")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    redeemed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True,
+                                    on_delete=models.SET_NULL, related_name="+")
+    entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["code", "organization"],
+                                    name="code_redeemed_once_per_organization"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code.prefix}… by organization {self.organization_id}"

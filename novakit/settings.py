@@ -166,6 +166,8 @@ CREDITS_PER_IMAGE_SURCHARGE = env_decimal("CREDITS_PER_IMAGE_SURCHARGE", "2")
 # died with its process; the expiry job releases it.
 RESERVATION_TTL_SECONDS = env_int("RESERVATION_TTL_SECONDS", 900, minimum=60)
 DEMO_CREDITS = env_int("DEMO_CREDITS", 1_000_000, minimum=0)
+# Redemption codes that did not work, per organization per hour, before it is refused.
+REDEMPTION_FAILURES_PER_HOUR = env_int("REDEMPTION_FAILURES_PER_HOUR", 10, minimum=1)
 
 # --- Upstream providers ------------------------------------------------------
 OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")

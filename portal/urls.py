@@ -39,6 +39,7 @@ portal_patterns = [
     path("usage/<text_id:generation_id>/", usage.usage_receipt, name="usage-receipt"),
     path("billing/", billing.billing, name="billing"),
     path("billing/ledger.csv", billing.ledger_csv, name="ledger-csv"),
+    path("billing/redeem/", billing.redeem_code, name="redeem-code"),
     path("playground/", playground.playground, name="playground"),
     path("playground/stream", playground.playground_stream, name="playground-stream"),
     path("reference/", reference.api_reference, name="reference"),

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 
+from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_GET
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET, require_POST
 
+from accounts.api import MANAGERS
 from billing import selectors
+from billing.codes import CodeRefused, code_redeem
+from billing.forms import RedeemCodeForm
 from portal.access import PortalMember, member_view, portal_render
 
 LEDGER_PAGE_SIZE = 25
@@ -34,7 +39,25 @@ def billing(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "reservations": reservations[:50],
         "reservation_count": reservations.count(),
         "page": page,
+        "redeem_form": RedeemCodeForm() if member.role in MANAGERS else None,
     })
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def redeem_code(request: HttpRequest, member: PortalMember) -> HttpResponse:
+    form = RedeemCodeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter a redemption code.")
+        return redirect("portal:billing")
+    try:
+        entry = code_redeem(organization=member.organization, user=member.membership.user,
+                            code=form.cleaned_data["code"])
+    except CodeRefused as refused:
+        messages.error(request, str(refused))
+    else:
+        messages.success(request, f"Redeemed: {entry.amount:,} credits were added.")
+    return redirect("portal:billing")
 
 
 def _text_cell(text: str) -> str:

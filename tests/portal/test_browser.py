@@ -30,7 +30,8 @@ from accounts.models import (
     WebhookEndpoint,
 )
 from accounts.services import membership_add
-from billing.models import LedgerEntry
+from billing.codes import code_create
+from billing.models import CodeRedemption, LedgerEntry
 from completions.catalog import catalog_cache
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
@@ -350,6 +351,15 @@ def test_reloading_the_page_every_form_lands_on_sends_nothing_again(
         expect(page.locator(".messages")).to_contain_text("Removed")
         assert assert_reload_sends_nothing_again(
             page, navigations, "remove member")["memberships"] == 1
+
+        # Redeem a code on the billing page: one grant
+        _, code = off_loop(code_create, credits=1_234)
+        page.goto("/portal/billing/")
+        page.locator("#id_code").fill(code)
+        page.get_by_role("button", name="Redeem").click()
+        expect(page.locator(".messages")).to_contain_text("1,234 credits were added")
+        assert_reload_sends_nothing_again(page, navigations, "redeem a code")
+        assert off_loop(lambda: CodeRedemption.objects.count()) == 1
     finally:
         receiver.stop()
 
