@@ -56,6 +56,14 @@ def price_request(
     return Price(base=math.ceil(raw), surcharges=surcharges)
 
 
+def byok_fee(price: Price) -> Price:
+    """What a request served with the organization's own provider key costs: the platform's
+    fee, `BYOK_FEE_PERCENT` of what it would have cost on the platform's key, rounded up
+    once (the provider bills the tokens to the organization itself)."""
+    fee = math.ceil(Decimal(price.total) * settings.BYOK_FEE_PERCENT / 100)
+    return Price(base=0, surcharges={"byok_fee": fee})
+
+
 def credits_per_1k_tokens(multiplier: Decimal) -> dict[str, Decimal]:
     """What 1,000 tokens of a model cost, for /models and quotes."""
     return {

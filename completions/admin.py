@@ -39,7 +39,7 @@ class ProviderAdmin(AuditedAdmin):
 class ProviderKeyForm(_WriteOnlyKeyForm):
     class Meta:
         model = ProviderKey
-        fields = ["provider", "label", "weight", "is_active"]
+        fields = ["provider", "organization", "label", "weight", "is_active"]
 
     def clean_api_key(self) -> str:
         api_key: str = self.cleaned_data.get("api_key", "")
@@ -52,8 +52,9 @@ class ProviderKeyForm(_WriteOnlyKeyForm):
 class ProviderKeyAdmin(AuditedAdmin):
     form = ProviderKeyForm
     audit_exclude = ("api_key",)
-    list_display = ["provider", "label", "weight", "is_active", "created_at"]
+    list_display = ["provider", "label", "organization", "weight", "is_active", "created_at"]
     list_filter = ["provider", "is_active"]
+    # Empty organization: one of the platform's keys; set: that organization's own.
 
     def save_audited(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         super().save_audited(request, obj, form, change)

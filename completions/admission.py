@@ -23,12 +23,12 @@ from accounts.auth import KeyContext
 from accounts.ratelimit import rate_limit_acquire, rate_limit_release
 from billing import commit
 from billing.holds import Hold
-from billing.pricing import Price, price_request
+from billing.pricing import Price, byok_fee, price_request
 from completions.catalog import ModelInfo, Route, catalog_cache
 from completions.parameters import forwarded_parameters, parameters_check
 from completions.refusals import refusal_record
 from completions.schemas import ChatCompletionRequest
-from completions.services import Ending, RequestOutcome
+from completions.services import KEY_CLASS_OWN, KEY_CLASS_PLATFORM, Ending, RequestOutcome
 from completions.settlement import settle_later
 from completions.tokens import estimate_prompt_tokens
 from completions.usage import UsageBounds, usage_within
@@ -93,12 +93,14 @@ class Admitted:
                              completion_tokens=completion_tokens, web_search=self.web_search,
                              images=self.images)
 
-    def ended(self, ending: Ending, *, provider: str = "", usage: tuple[int, int] | None = None,
+    def ended(self, ending: Ending, *, provider: str = "", own_key: bool = False,
+              usage: tuple[int, int] | None = None,
               source: str = "tokenizer", ttft_ms: int | None = None,
               failure_status: int | None = None, failure_code: str | None = None,
               ) -> RequestOutcome:
         """The request's outcome: how it ended and, unless the ending releases, what it used,
-        held to its bounds (README "Credits") and priced by the one pricing function."""
+        held to its bounds (README "Credits") and priced by the one pricing function; served
+        with the organization's own provider key (`own_key`), at the BYOK fee."""
         outcome = RequestOutcome(
             request_id=self.request_id, organization_id=self.key.organization_id,
             api_key_id=self.key.key_id, model=self.model.model_id,
@@ -106,14 +108,16 @@ class Admitted:
             streamed=self.streamed, ending=ending, end_user=self.end_user, provider=provider,
             failure_status=failure_status, failure_code=failure_code,
             latency_ms=self.elapsed_ms(), ttft_ms=ttft_ms, quota_holds=self.quota_holds,
+            key_class=KEY_CLASS_OWN if own_key else KEY_CLASS_PLATFORM,
         )
         if outcome.release or usage is None:
             return outcome
         held = usage_within(*usage, self.bounds, request_id=self.request_id)
+        price = self.price(held.prompt_tokens, held.completion_tokens)
         return dataclasses.replace(
             outcome, prompt_tokens=held.prompt_tokens, completion_tokens=held.completion_tokens,
             usage_source="clamped" if held.clamped else source,
-            price=self.price(held.prompt_tokens, held.completion_tokens))
+            price=byok_fee(price) if own_key else price)
 
 
 def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
@@ -162,7 +166,7 @@ async def plan(body: ChatCompletionRequest, key: KeyContext) -> Plan:
             f"({model.context_length} tokens)",
             param="max_tokens",
         )
-    routes = [route for route in model.routes if route.configured]
+    routes = [route for route in model.routes if route.configured_for(key.organization_id)]
     unavailable = None
     if not routes:
         # Not the request's fault: the rest is still validated, and a quote still priced.

@@ -137,6 +137,8 @@ class RouteKey:
     # Never in a repr (see Route).
     api_key: str = field(repr=False)
     weight: int = 1
+    # Set for an organization's own key (bring your own key): used only for its requests.
+    organization_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,9 @@ class Route:
     # The provider's keys to choose from; never in a repr: routes sit inside plans
     # and admitted requests that logs and test diffs may print.
     keys: tuple[RouteKey, ...] = field(default=(), repr=False)
+    # Organizations' own keys for the provider, by organization id.
+    own_keys: dict[int, tuple[RouteKey, ...]] = field(default_factory=dict, repr=False,
+                                                      compare=False, hash=False)
     # The key this attempt uses, bound by completions.routing when the route is tried.
     key: RouteKey | None = field(default=None, repr=False)
 
@@ -161,6 +166,15 @@ class Route:
     @property
     def configured(self) -> bool:
         return self.kind == "builtin" or bool(self.base_url and self.keys)
+
+    def configured_for(self, organization_id: int) -> bool:
+        """Whether the organization's requests can use it: with the platform's keys or its own."""
+        return self.configured or bool(self.base_url and organization_id in self.own_keys)
+
+    @property
+    def own_key(self) -> bool:
+        """Whether this attempt uses an organization's own key (billed at the BYOK fee)."""
+        return self.key is not None and self.key.organization_id is not None
 
     def missing_setting(self) -> str:
         if self.provider == OPENROUTER:
@@ -196,27 +210,37 @@ class ModelInfo:
         return any(route.configured and route.listed for route in self.routes)
 
 
-def provider_endpoint(provider: Any) -> tuple[str, tuple[RouteKey, ...]]:
-    """A provider's base URL and keys: its active ProviderKeys, else its own key; for
-    OpenRouter the settings fill in what is not stored. No keys: not configured."""
+def provider_endpoint(provider: Any) -> tuple[str, tuple[RouteKey, ...],
+                                              dict[int, tuple[RouteKey, ...]]]:
+    """A provider's base URL, the platform's keys for it (its active ProviderKeys, else its
+    own key; for OpenRouter the settings fill in what is not stored) and organizations' own
+    keys by organization. No platform keys: not configured, but for those organizations."""
     is_default = provider.slug == OPENROUTER
     base_url = provider.base_url or (settings.OPENROUTER_BASE_URL if is_default else "")
+    platform: list[RouteKey] = []
+    own: dict[int, list[RouteKey]] = {}
     # `.all()`, not a filter: load_snapshot prefetches the keys with the routes.
-    keys = tuple(
-        RouteKey(id=f"{provider.slug}:{key.pk}", label=key.label, api_key=key.get_api_key(),
-                 weight=key.weight)
-        for key in provider.keys.all() if key.is_active
-    )
-    if not keys:
+    for stored in provider.keys.all():
+        if not stored.is_active:
+            continue
+        key = RouteKey(id=f"{provider.slug}:{stored.pk}", label=stored.label,
+                       api_key=stored.get_api_key(), weight=stored.weight,
+                       organization_id=stored.organization_id)
+        if key.organization_id is None:
+            platform.append(key)
+        else:
+            own.setdefault(key.organization_id, []).append(key)
+    if not platform:
         api_key = provider.get_api_key() or (settings.OPENROUTER_API_KEY if is_default else "")
         if api_key:
-            keys = (RouteKey(id=provider.slug, label="provider key", api_key=api_key),)
-    return base_url.rstrip("/"), keys
+            platform.append(RouteKey(id=provider.slug, label="provider key", api_key=api_key))
+    return (base_url.rstrip("/"), tuple(platform),
+            {organization_id: tuple(keys) for organization_id, keys in own.items()})
 
 
 def _route_for(route: Any) -> Route:
     provider = route.provider
-    base_url, keys = provider_endpoint(provider)
+    base_url, keys, own_keys = provider_endpoint(provider)
     return Route(
         provider=provider.slug,
         kind=provider.kind,
@@ -225,6 +249,7 @@ def _route_for(route: Any) -> Route:
         supports_web_search=provider.supports_web_search,
         listed=route.is_listed,
         keys=keys,
+        own_keys=own_keys,
     )
 
 

@@ -27,7 +27,7 @@ def _usd_per_million(raw: Any) -> Decimal | None:
 
 def _endpoint(provider: Provider) -> tuple[str, str]:
     """The provider's base URL and the key its model listing is read with (its first)."""
-    base_url, keys = provider_endpoint(provider)
+    base_url, keys, _ = provider_endpoint(provider)
     return base_url, keys[0].api_key if keys else ""
 
 

@@ -97,10 +97,10 @@ async def first_route(admitted: Admitted, attempt: Callable[[Route], Awaitable[T
     does (or the client leaves, or we fail): fall back only on a retryable failure,
     nothing having reached the client yet."""
     failure: UpstreamFailure | None = None
-    provider = ""
+    provider, own_key = "", False
     try:
-        for route in routing.board.attempts(admitted.routes):
-            provider = route.provider
+        for route in routing.board.attempts(admitted.routes, admitted.key.organization_id):
+            provider, own_key = route.provider, route.own_key
             try:
                 result = await attempt(route)
             except UpstreamFailure as exc:
@@ -115,7 +115,8 @@ async def first_route(admitted: Admitted, attempt: Callable[[Route], Awaitable[T
     except asyncio.CancelledError:
         # The provider was sent the prompt: it is charged (README "Credits").
         await settle_quietly(admitted.ended(
-            Ending.CANCELLED, provider=provider, usage=(admitted.prompt_estimate, 0)))
+            Ending.CANCELLED, provider=provider, own_key=own_key,
+            usage=(admitted.prompt_estimate, 0)))
         raise
     except Exception:
         logger.exception("request %s failed before its answer", admitted.request_id)
@@ -144,7 +145,8 @@ async def answer(admitted: Admitted) -> HttpResponse:
         usage, source = (admitted.prompt_estimate, count_text(_completion_text(data))), "tokenizer"
     else:
         usage, source = reported, "upstream"
-    outcome = admitted.ended(Ending.COMPLETED, provider=route.provider, usage=usage,
+    outcome = admitted.ended(Ending.COMPLETED, provider=route.provider, own_key=route.own_key,
+                             usage=usage,
                              source=source, ttft_ms=admitted.elapsed_ms())
     settlement = await settle(outcome)  # SettlementFailed: a 500, never a free answer
     body = _normalise_completion(data, admitted)

@@ -49,6 +49,10 @@ class ProviderKey(_EncryptedAPIKey, models.Model):
     them by weight (completions.routing); one without uses its own key (or the setting)."""
 
     provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="keys")
+    # Set: an organization's own key (bring your own key), used only for its requests and
+    # billed at the BYOK fee; empty: one of the platform's keys.
+    organization = models.ForeignKey(Organization, null=True, blank=True,
+                                     on_delete=models.CASCADE, related_name="provider_keys")
     label = models.CharField(max_length=100, help_text="How staff tell the keys apart.")
     api_key_encrypted = models.TextField(editable=False)
     weight = models.PositiveSmallIntegerField(
@@ -61,7 +65,8 @@ class ProviderKey(_EncryptedAPIKey, models.Model):
     class Meta:
         ordering = ["provider", "pk"]
         constraints = [
-            models.UniqueConstraint(fields=["provider", "label"], name="provider_key_label_unique"),
+            models.UniqueConstraint(fields=["provider", "organization", "label"],
+                                    name="provider_key_label_unique"),
             models.CheckConstraint(condition=models.Q(weight__gte=1),
                                    name="provider_key_weight_positive"),
         ]
@@ -151,6 +156,9 @@ class UsageRecord(models.Model):
     end_user = models.CharField(max_length=256, blank=True)
     model = models.CharField(max_length=200)
     provider = models.CharField(max_length=64, blank=True)
+    # Whose provider key served it: the platform's, or the organization's own (billed
+    # at the BYOK fee, billing.pricing.byok_fee).
+    key_class = models.CharField(max_length=16, default="platform", blank=True)
     multiplier = models.DecimalField(max_digits=4, decimal_places=2)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

@@ -123,7 +123,8 @@ class _Relay:
         else:
             usage = (admitted.prompt_estimate, count_text("".join(self.delivered)))
             source = "tokenizer"
-        self.outcome = admitted.ended(ending, provider=self.route.provider, usage=usage,
+        self.outcome = admitted.ended(ending, provider=self.route.provider,
+                                      own_key=self.route.own_key, usage=usage,
                                       source=source, ttft_ms=self.ttft_ms,
                                       failure_status=failure_status, failure_code=failure_code)
         if ending is Ending.COMPLETED:

@@ -79,12 +79,12 @@ class RoutingBoard:
         health = self.health.get(key_id)
         return health is not None and health.cooled_until > now
 
-    def _pick(self, route: Route, now: float, tried: set[str]) -> RouteKey | None:
-        """The next key of the route's provider by weight, among those neither cooled nor tried."""
+    def _pick(self, keys: tuple[RouteKey, ...], now: float, tried: set[str]) -> RouteKey | None:
+        """The next of `keys` by weight, among those neither cooled nor tried."""
         best: RouteKey | None = None
         total = 0
         scores = self._scores
-        for key in route.keys:
+        for key in keys:
             if key.id in tried or self.cooled(key.id, now):
                 continue
             total += key.weight
@@ -96,28 +96,36 @@ class RoutingBoard:
             scores[best.id] -= total
         return best
 
-    def attempts(self, routes: Iterable[Route]) -> Iterator[Route]:
-        """The routes to try, in order, each bound to a key; lazy, so a failure reported
+    def attempts(self, routes: Iterable[Route], organization_id: int | None = None,
+                 ) -> Iterator[Route]:
+        """The routes to try, in order, each bound to a key: on each route the organization's
+        own keys for its provider first, then the platform's. Lazy, so a failure reported
         between two attempts is already heeded by the next."""
         routes = tuple(routes)
         now = self.clock()
         tried: set[str] = set()
         for route in routes:
-            if route.kind == "builtin" or not route.keys:
+            own = route.own_keys.get(organization_id, ()) if organization_id is not None else ()
+            if route.kind == "builtin" or not (own or route.keys):
                 if route.provider not in tried and not self.cooled(route.provider, now):
                     tried.add(route.provider)
                     yield route
                 continue
-            while (key := self._pick(route, now, tried)) is not None:
-                tried.add(key.id)
-                yield dataclasses.replace(route, key=key)
-                now = self.clock()
+            for keys in (own, route.keys):
+                while (key := self._pick(keys, now, tried)) is not None:
+                    tried.add(key.id)
+                    yield dataclasses.replace(route, key=key)
+                    now = self.clock()
         if not tried and routes:
-            yield self._soonest(routes)
+            yield self._soonest(routes, organization_id)
 
-    def _soonest(self, routes: tuple[Route, ...]) -> Route:
+    def _soonest(self, routes: tuple[Route, ...], organization_id: int | None) -> Route:
         """Every route cooled: the route and key whose cooldown ends first."""
-        candidates = [(route, key) for route in routes for key in (route.keys or (None,))]
+        candidates = [
+            (route, key) for route in routes
+            for key in ((*route.own_keys.get(organization_id, ()), *route.keys)  # type: ignore[arg-type]
+                        or (None,))
+        ]
 
         def ends(candidate: tuple[Route, RouteKey | None]) -> float:
             route, key = candidate
@@ -222,7 +230,7 @@ def provider_keys_health() -> list[dict[str, Any]]:
     rows = []
     providers = Provider.objects.filter(is_active=True).exclude(kind=Provider.Kind.BUILTIN)
     for provider in providers.prefetch_related("keys").order_by("slug"):
-        _, keys = provider_endpoint(provider)
+        _, keys, _ = provider_endpoint(provider)
         for key in keys:
             entry = overview.get(key.id)
             cooled_until = entry["cooled_until"] if entry else 0.0

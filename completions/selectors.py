@@ -213,6 +213,8 @@ def generation_receipt(*, organization_id: int, request_id: str) -> dict[str, An
         "status": record.status,
         "model": record.model,
         "provider": record.provider,
+        # Whose provider key served it: "platform", or "organization" (its own, at the BYOK fee).
+        "provider_key": record.key_class,
         "api_key_prefix": record.api_key.prefix if record.api_key else None,
         "user": record.end_user or None,
         "streamed": record.streamed,

@@ -28,6 +28,9 @@ from billing.pricing import Price, tokens_affordable
 from completions.models import UsageRecord
 
 Status = UsageRecord.Status
+# Whose provider key served a request (UsageRecord.key_class).
+KEY_CLASS_PLATFORM = "platform"
+KEY_CLASS_OWN = "organization"
 
 
 class Ending(enum.Enum):
@@ -91,6 +94,7 @@ class RequestOutcome:
     ttft_ms: int | None = None
     # The reservation's quota holds ([counter id, held, metric]), given back at closing.
     quota_holds: Sequence[Sequence[Any]] = ()
+    key_class: str = KEY_CLASS_PLATFORM
 
     @property
     def rule(self) -> EndingRule:
@@ -202,6 +206,7 @@ def usage_record(outcome: RequestOutcome, *, now: dt.datetime | None = None) -> 
         end_user=outcome.end_user,
         model=outcome.model,
         provider=outcome.provider,
+        key_class=outcome.key_class,
         multiplier=outcome.multiplier,
         prompt_tokens=outcome.prompt_tokens,
         completion_tokens=outcome.completion_tokens,

@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.models import APIKey, Membership, WebhookEndpoint
 from accounts.scopes import ALL_SCOPES, DEFAULT_SCOPES, SCOPE_DESCRIPTIONS
 from billing.key_caps import CREDIT_CAP_BOUNDS
-from completions.models import UsageRollup
+from completions.models import Provider, UsageRollup
 from novakit.inputs import column_bounds
 
 SCOPE_CHOICES = [(scope, f"{scope} — {SCOPE_DESCRIPTIONS[scope]}") for scope in ALL_SCOPES]
@@ -229,3 +229,16 @@ class UsageFilterForm(forms.Form):
             # Inside the last hour of the day: the selector rounds it up to the day's end.
             dt.datetime.combine(end, dt.time(23, 30), tzinfo=dt.UTC) if end else None,
         )
+
+
+class OwnProviderKeyForm(forms.Form):
+    provider = forms.ModelChoiceField(queryset=Provider.objects.none(), empty_label=None)
+    label = forms.CharField(max_length=100, help_text="How your team tells its keys apart.")
+    secret = forms.CharField(max_length=500, strip=True, label="API key",
+                             widget=forms.PasswordInput(render_value=False),
+                             help_text="Encrypted at rest and never shown again.")
+
+    def __init__(self, *args: Any, providers: list[Provider], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["provider"].queryset = Provider.objects.filter(  # type: ignore[attr-defined]
+            pk__in=[provider.pk for provider in providers]).order_by("name")

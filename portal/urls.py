@@ -13,7 +13,17 @@ from django.urls import include, path
 
 from accounts.forms import EmailAuthenticationForm
 from novakit import inputs  # noqa: F401  (registers the text_id converter)
-from portal.views import account, billing, keys, members, playground, reference, usage, webhooks
+from portal.views import (
+    account,
+    billing,
+    keys,
+    members,
+    playground,
+    provider_keys,
+    reference,
+    usage,
+    webhooks,
+)
 
 portal_patterns = [
     path("", account.home, name="home"),
@@ -27,6 +37,9 @@ portal_patterns = [
     path("members/", members.members, name="members"),
     path("members/<int:member_id>/role", members.member_role, name="member-role"),
     path("members/<int:member_id>/remove", members.member_remove, name="member-remove"),
+    path("provider-keys/", provider_keys.provider_keys_page, name="provider-keys"),
+    path("provider-keys/<int:key_id>/remove", provider_keys.provider_key_remove,
+         name="provider-key-remove"),
     path("webhooks/", webhooks.webhooks_page, name="webhooks"),
     path("webhooks/<int:endpoint_id>/", webhooks.webhook_detail, name="webhook-detail"),
     path("webhooks/<int:endpoint_id>/created", webhooks.webhook_created, name="webhook-created"),

@@ -452,6 +452,7 @@ PAGES = {
     "playground": "/portal/playground/",
     "members": "/portal/members/",
     "webhooks": "/portal/webhooks/",
+    "provider-keys": "/portal/provider-keys/",
     "reference": "/portal/reference/",
     "reference-management": "/portal/reference/management/",
 }
