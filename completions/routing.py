@@ -105,8 +105,8 @@ class RoutingBoard:
         now = self.clock()
         tried: set[str] = set()
         for route in routes:
-            own = route.own_keys.get(organization_id, ()) if organization_id is not None else ()
-            if route.kind == "builtin" or not (own or route.keys):
+            own = self._own_keys(route, organization_id)
+            if not (own or route.keys):  # the built-in model: no key to choose
                 if route.provider not in tried and not self.cooled(route.provider, now):
                     tried.add(route.provider)
                     yield route
@@ -119,12 +119,15 @@ class RoutingBoard:
         if not tried and routes:
             yield self._soonest(routes, organization_id)
 
+    @staticmethod
+    def _own_keys(route: Route, organization_id: int | None) -> tuple[RouteKey, ...]:
+        return route.own_keys.get(organization_id, ()) if organization_id is not None else ()
+
     def _soonest(self, routes: tuple[Route, ...], organization_id: int | None) -> Route:
         """Every route cooled: the route and key whose cooldown ends first."""
-        candidates = [
+        candidates: list[tuple[Route, RouteKey | None]] = [
             (route, key) for route in routes
-            for key in ((*route.own_keys.get(organization_id, ()), *route.keys)  # type: ignore[arg-type]
-                        or (None,))
+            for key in (*self._own_keys(route, organization_id), *route.keys) or (None,)
         ]
 
         def ends(candidate: tuple[Route, RouteKey | None]) -> float:
@@ -136,10 +139,11 @@ class RoutingBoard:
         return route if key is None else dataclasses.replace(route, key=key)
 
     def succeeded(self, route: Route) -> None:
-        health = self.health.get(_key_id(route))
+        key_id = _key_id(route)
+        health = self.health.get(key_id)
         if health is not None and health.failures:
-            self.health[_key_id(route)] = KeyHealth()
-            self._publish(_key_id(route), None)
+            self.health[key_id] = KeyHealth()
+            self._publish(key_id, None)
 
     def failed(self, route: Route, *, kind: str, retry_after: float | None = None) -> None:
         """Cool the attempt's key when the failure says it (not the request) is unwell."""
@@ -156,19 +160,21 @@ class RoutingBoard:
         health.last_failure, health.last_failure_at = kind, time.time()
         logger.warning("provider key %s cooled for %.0f s after %s (%d in a row)",
                        key_id, pause, kind, health.failures)
-        self._publish(key_id, health, pause)
+        self._publish(key_id, health)
 
     # --- the staff dashboard's view ----------------------------------------------------
-    def _publish(self, key_id: str, health: KeyHealth | None, pause: float = 0.0) -> None:
+    def _entry(self, health: KeyHealth) -> dict[str, Any]:
+        """A key's health as the dashboard shows it, in wall-clock times."""
+        return {"failures": health.failures, "last_failure": health.last_failure,
+                "last_failure_at": health.last_failure_at,
+                "cooled_until": health.cooled_until + time.time() - self.clock()}
+
+    def _publish(self, key_id: str, health: KeyHealth | None) -> None:
         """Tell Redis, without waiting for it; nothing to do on the embedded default."""
         client = novakit_redis.async_client() if self.publish else None
         if client is None:
             return
-        entry = None if health is None else json.dumps({
-            "failures": health.failures, "last_failure": health.last_failure,
-            "last_failure_at": health.last_failure_at,
-            "cooled_until": health.last_failure_at + pause,
-        })
+        entry = None if health is None else json.dumps(self._entry(health))
 
         async def send() -> None:
             name = novakit_redis.key("provider-key-health")
@@ -188,13 +194,8 @@ class RoutingBoard:
         task.add_done_callback(self._publishing.discard)
 
     def local_overview(self) -> dict[str, dict[str, Any]]:
-        wall_offset = time.time() - self.clock()
-        return {
-            key_id: {"failures": health.failures, "last_failure": health.last_failure,
-                     "last_failure_at": health.last_failure_at,
-                     "cooled_until": health.cooled_until + wall_offset}
-            for key_id, health in self.health.items() if health.failures
-        }
+        return {key_id: self._entry(health)
+                for key_id, health in self.health.items() if health.failures}
 
 
 board = RoutingBoard(publish=True)
