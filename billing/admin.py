@@ -11,6 +11,7 @@ from accounts.admin import OrganizationAdmin as AccountsOrganizationAdmin
 from accounts.admin_audit import AuditedAdmin
 from accounts.forms import ReasonForm
 from accounts.models import Organization
+from accounts.new_secrets import secret_stash, secret_take
 from billing.codes import code_create
 from billing.forms import CreditChangeForm
 from billing.models import CreditAccount, LedgerEntry, Quota, RedemptionCode, Reservation
@@ -185,12 +186,31 @@ class RedemptionCodeAdmin(AuditedAdmin):
         for name in ("pk", "code_hash", "prefix", "uses", "created_by_id", "created_at"):
             setattr(obj, name, getattr(code, name))
         obj._state.adding = False
-        request.redemption_code_shown = shown
+        # Post/redirect/get, as for API keys (accounts.new_secrets): reloading the page
+        # that shows the code repeats a GET, never the POST that made a code.
+        secret_stash(request, _shown_name(code.pk), shown)
 
     def response_add(self, request, obj, post_url_continue=None):  # type: ignore[no-untyped-def]
-        # Rendered, not redirected to: the code must not travel through a session or a URL.
+        return redirect("admin:billing_redemptioncode_created", obj.pk)
+
+    def get_urls(self):  # type: ignore[no-untyped-def]
+        return [
+            path("<int:pk>/created/", self.admin_site.admin_view(self.created),
+                 name="billing_redemptioncode_created"),
+            *super().get_urls(),
+        ]
+
+    def created(self, request, pk):  # type: ignore[no-untyped-def]
+        """The one page a new code appears on; a reload finds it taken."""
+        code = get_object_or_404(RedemptionCode, pk=pk)
+        taken = secret_take(request, _shown_name(code.pk))
+        # admin_view already marks it never cached (Cache-Control: no-store, ...).
         return render(request, "admin/billing/redemptioncode/created.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta,
-            "title": "Redemption code created", "code": obj,
-            "shown": request.redemption_code_shown,
+            "title": "Redemption code created", "code": code,
+            "shown": taken["secret"] if taken else None,
         })
+
+
+def _shown_name(code_id: int) -> str:
+    return f"redemption-code:{code_id}"

@@ -54,12 +54,17 @@ def test_staff_make_a_code_in_the_admin_and_see_it_once(admin_client, owner, ten
     response = admin_client.post("/admin/billing/redemptioncode/add/", {
         "credits": 750, "max_uses": 3, "expires_at_0": "", "expires_at_1": "",
         "note": "conference", "change_reason": "conference give-away",
-    })
+    }, follow=True)
 
     assert response.status_code == 200, response.content.decode()[:2000]
     shown = re.search(r'id="redemption-code"[^>]*>([A-Z0-9-]+)<', response.content.decode())
     assert shown, response.content.decode()[:3000]
+    assert "no-store" in response["Cache-Control"]
     code = RedemptionCode.objects.get()
+    # Reloading the page is a GET: no second code, and the code is not shown again.
+    reloaded = admin_client.get(response.redirect_chain[-1][0]).content.decode()
+    assert 'id="redemption-code-gone"' in reloaded and shown.group(1) not in reloaded
+    assert RedemptionCode.objects.count() == 1
     assert (code.credits, code.max_uses, code.note) == (750, 3, "conference")
     listing = admin_client.get("/admin/billing/redemptioncode/").content.decode()
     change = admin_client.get(f"/admin/billing/redemptioncode/{code.pk}/change/").content.decode()
