@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 
 from accounts.models import Organization
 from accounts.services import audit_record
@@ -25,9 +26,10 @@ class OwnKeyRefused(ValueError):
     """The key cannot be added; the message says why."""
 
 
-def providers_for_own_keys() -> list[Provider]:
-    return list(Provider.objects.filter(is_active=True).exclude(kind=Provider.Kind.BUILTIN)
-                .order_by("name"))
+def providers_for_own_keys() -> QuerySet[Provider]:
+    """The providers an organization may bring its own key for."""
+    return Provider.objects.filter(is_active=True).exclude(kind=Provider.Kind.BUILTIN).order_by(
+        "name")
 
 
 def own_key_add(*, organization: Organization, provider: Provider, label: str, secret: str,

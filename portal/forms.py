@@ -11,6 +11,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import APIKey, Membership, WebhookEndpoint
@@ -238,7 +239,6 @@ class OwnProviderKeyForm(forms.Form):
                              widget=forms.PasswordInput(render_value=False),
                              help_text="Encrypted at rest and never shown again.")
 
-    def __init__(self, *args: Any, providers: list[Provider], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, providers: QuerySet[Provider], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["provider"].queryset = Provider.objects.filter(  # type: ignore[attr-defined]
-            pk__in=[provider.pk for provider in providers]).order_by("name")
+        self.fields["provider"].queryset = providers  # type: ignore[attr-defined]

@@ -22,9 +22,8 @@ from portal.forms import OwnProviderKeyForm
 @require_http_methods(["GET", "POST"])
 @member_view()
 def provider_keys_page(request: HttpRequest, member: PortalMember) -> HttpResponse:
-    providers = providers_for_own_keys()
     form = OwnProviderKeyForm(request.POST if request.method == "POST" else None,
-                              providers=providers)
+                              providers=providers_for_own_keys())
     if request.method == "POST":
         if not member.can_manage_members:
             return forbidden_page(request, member, "Only owners and admins manage provider keys.")
