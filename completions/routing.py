@@ -54,6 +54,11 @@ class KeyHealth:
     last_failure_at: float = 0.0  # wall-clock time, for people
 
 
+def _health_key() -> str:
+    """The Redis hash of published key health (read when used: the prefix is a setting)."""
+    return novakit_redis.key("provider-key-health")
+
+
 def _key_id(route: Route) -> str:
     return route.key.id if route.key is not None else route.provider
 
@@ -71,9 +76,16 @@ class RoutingBoard:
         self._publishing: set[asyncio.Task[None]] = set()
 
     def reset(self) -> None:
-        """Forget every key's health and score (a test's fresh start)."""
+        """Forget every key's health and score, and what was published (a test's fresh
+        start: another test's key may have had the same id)."""
         self.health.clear()
         self._scores.clear()
+        client = novakit_redis.sync_client() if self.publish else None
+        if client is not None:
+            try:
+                client.delete(_health_key())
+            except novakit_redis.ERRORS as exc:
+                novakit_redis.failed("provider_key_health", exc)
 
     def cooled(self, key_id: str, now: float) -> bool:
         health = self.health.get(key_id)
@@ -177,7 +189,7 @@ class RoutingBoard:
         entry = None if health is None else json.dumps(self._entry(health))
 
         async def send() -> None:
-            name = novakit_redis.key("provider-key-health")
+            name = _health_key()
             try:
                 async with client.pipeline(transaction=False) as pipe:
                     if entry is None:
@@ -209,7 +221,7 @@ def health_overview() -> dict[str, dict[str, Any]]:
     if client is None:
         return overview
     try:
-        published = client.hgetall(novakit_redis.key("provider-key-health"))
+        published = client.hgetall(_health_key())
     except novakit_redis.ERRORS as exc:
         novakit_redis.failed("provider_key_health", exc)
         return overview
