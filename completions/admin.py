@@ -85,8 +85,9 @@ class CatalogModelAdmin(AuditedAdmin):
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin):
     list_display = ["created_at", "request_id", "organization", "model", "status", "streamed",
-                    "prompt_tokens", "completion_tokens", "credits", "latency_ms"]
-    list_filter = ["status", "streamed", "model"]
+                    "prompt_tokens", "completion_tokens", "credits", "upstream_cost_usd",
+                    "latency_ms"]
+    list_filter = ["status", "streamed", "cost_source", "model"]
     search_fields = ["request_id", "organization__slug", "end_user"]
 
     def has_add_permission(self, request):  # type: ignore[no-untyped-def]

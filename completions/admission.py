@@ -25,6 +25,7 @@ from billing import commit
 from billing.holds import Hold
 from billing.pricing import Price, byok_fee, price_request
 from completions.catalog import ModelInfo, Route, catalog_cache
+from completions.costs import upstream_cost
 from completions.parameters import forwarded_parameters, parameters_check
 from completions.refusals import refusal_record
 from completions.schemas import ChatCompletionRequest
@@ -94,13 +95,14 @@ class Admitted:
                              images=self.images)
 
     def ended(self, ending: Ending, *, provider: str = "", own_key: bool = False,
-              usage: tuple[int, int] | None = None,
+              usage: tuple[int, int] | None = None, report: dict[str, Any] | None = None,
               source: str = "tokenizer", ttft_ms: int | None = None,
               failure_status: int | None = None, failure_code: str | None = None,
               ) -> RequestOutcome:
         """The request's outcome: how it ended and, unless the ending releases, what it used,
         held to its bounds (README "Credits") and priced by the one pricing function; served
-        with the organization's own provider key (`own_key`), at the BYOK fee."""
+        with the organization's own provider key (`own_key`), at the BYOK fee. `report` is
+        the upstream's usage object, read for its cost (completions.costs)."""
         outcome = RequestOutcome(
             request_id=self.request_id, organization_id=self.key.organization_id,
             api_key_id=self.key.key_id, model=self.model.model_id,
@@ -114,10 +116,13 @@ class Admitted:
             return outcome
         held = usage_within(*usage, self.bounds, request_id=self.request_id)
         price = self.price(held.prompt_tokens, held.completion_tokens)
+        cost = upstream_cost(self.model.prices, prompt_tokens=held.prompt_tokens,
+                             completion_tokens=held.completion_tokens, usage=report,
+                             images=self.images, own_key=own_key)
         return dataclasses.replace(
             outcome, prompt_tokens=held.prompt_tokens, completion_tokens=held.completion_tokens,
             usage_source="clamped" if held.clamped else source,
-            price=byok_fee(price) if own_key else price)
+            price=byok_fee(price) if own_key else price, cost=cost)
 
 
 def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:

@@ -226,8 +226,8 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "development": model.is_development,
         "available": model.available,
         "pricing": {
-            "prompt_usd_per_million": str(model.prompt_usd_per_m),
-            "completion_usd_per_million": str(model.completion_usd_per_m),
+            "prompt_usd_per_million": str(model.prices.prompt),
+            "completion_usd_per_million": str(model.prices.completion),
             "prompt_credits_per_1k": format(per_1k["prompt"].normalize(), "f"),
             "completion_credits_per_1k": format(per_1k["completion"].normalize(), "f"),
         },

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from completions.costs import UpstreamPrices
 from novakit.runtime.db import db_async
 
 CATALOG_FILE = Path(settings.BASE_DIR) / "platform" / "catalog" / "models.json"
@@ -191,8 +192,7 @@ class ModelInfo:
     multiplier: Decimal
     context_length: int
     supports_vision: bool
-    prompt_usd_per_m: Decimal
-    completion_usd_per_m: Decimal
+    prices: UpstreamPrices
     is_development: bool
     created: int
     routes: tuple[Route, ...]
@@ -272,8 +272,10 @@ def load_snapshot() -> dict[str, ModelInfo]:
             multiplier=model.multiplier,
             context_length=model.context_length,
             supports_vision=model.supports_vision,
-            prompt_usd_per_m=model.prompt_usd_per_m,
-            completion_usd_per_m=model.completion_usd_per_m,
+            prices=UpstreamPrices(prompt=model.prompt_usd_per_m,
+                                  completion=model.completion_usd_per_m,
+                                  cached_prompt=model.cached_prompt_usd_per_m,
+                                  reasoning=model.reasoning_usd_per_m, image=model.image_usd),
             is_development=model.is_development,
             created=int(model.created_at.timestamp()),
             routes=routes,

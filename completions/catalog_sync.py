@@ -9,20 +9,32 @@ from typing import Any
 import httpx
 from django.db import transaction
 
+from accounts.models import AuditEvent
+from accounts.services import audit_record
 from billing.tiers import tier_for_price
 from completions.catalog import catalog_cache, provider_endpoint
+from completions.margins import uncovered_models
 from completions.models import CatalogModel, ModelRoute, Provider
 
 logger = logging.getLogger(__name__)
+UNCOVERED_ACTION = "catalog.uncovered_models"
 _PER_MILLION = Decimal(1_000_000)
 
 
-def _usd_per_million(raw: Any) -> Decimal | None:
+def _usd(raw: Any) -> Decimal | None:
+    """A price from the listing (USD, as a string or number), or None when it is not one."""
+    if raw is None or isinstance(raw, bool):
+        return None
     try:
-        value = Decimal(str(raw)) * _PER_MILLION
+        value = Decimal(str(raw))
     except (InvalidOperation, TypeError):
         return None
-    return value.quantize(Decimal("0.0001")) if value >= 0 else None
+    return value if value.is_finite() and value >= 0 else None
+
+
+def _usd_per_million(raw: Any) -> Decimal | None:
+    value = _usd(raw)
+    return None if value is None else (value * _PER_MILLION).quantize(Decimal("0.0001"))
 
 
 def _endpoint(provider: Provider) -> tuple[str, str]:
@@ -104,8 +116,26 @@ def catalog_sync(*, provider: Provider, listing: list[dict[str, Any]]) -> dict[s
         model.save()
         ModelRoute.objects.create(model=model, provider=provider, upstream_model=upstream_id)
         counts["added"] += 1
+    counts["uncovered"] = _flag_uncovered(provider)
     transaction.on_commit(catalog_cache.clear)
     return counts
+
+
+def _flag_uncovered(provider: Provider) -> int:
+    """Tell staff which models' multipliers no longer cover their prices: a warning in
+    the log each sync, and an audit event whenever that list changes (the staff
+    dashboard lists them, completions.margins). Returns how many there are."""
+    flags = uncovered_models()
+    names = sorted(flag.model_id for flag in flags)
+    if names:
+        logger.warning("after syncing %s, %d models earn less than their upstream prices "
+                       "cost: %s", provider.slug, len(names), ", ".join(names[:20]))
+    last = AuditEvent.objects.filter(action=UNCOVERED_ACTION).order_by("-pk").first()
+    before = (last.after or {}).get("models", []) if last else []
+    if names != before:
+        audit_record(action=UNCOVERED_ACTION, actor_label=f"catalog sync ({provider.slug})",
+                     target="catalog", before={"models": before}, after={"models": names})
+    return len(names)
 
 
 def _apply_listing(model: CatalogModel, item: dict[str, Any]) -> None:
@@ -116,6 +146,13 @@ def _apply_listing(model: CatalogModel, item: dict[str, Any]) -> None:
         model.prompt_usd_per_m = prompt
     if completion is not None:
         model.completion_usd_per_m = completion
+    # Priced apart where the listing gives a price; without one (OpenRouter lists "0"
+    # where a reasoning token is billed as a completion token) they stay unset, and
+    # costs.UpstreamPrices charges a prompt or completion token's price.
+    model.cached_prompt_usd_per_m = _usd_per_million(pricing.get("input_cache_read")) or None
+    model.reasoning_usd_per_m = _usd_per_million(pricing.get("internal_reasoning")) or None
+    image = _usd(pricing.get("image"))
+    model.image_usd = Decimal(0) if image is None else image.quantize(Decimal("0.000001"))
     context = item.get("context_length")
     if isinstance(context, int) and context > 0:
         model.context_length = context

@@ -146,8 +146,8 @@ async def answer(admitted: Admitted) -> HttpResponse:
     else:
         usage, source = reported, "upstream"
     outcome = admitted.ended(Ending.COMPLETED, provider=route.provider, own_key=route.own_key,
-                             usage=usage,
-                             source=source, ttft_ms=admitted.elapsed_ms())
+                             usage=usage, report=data.get("usage"), source=source,
+                             ttft_ms=admitted.elapsed_ms())
     settlement = await settle(outcome)  # SettlementFailed: a 500, never a free answer
     body = _normalise_completion(data, admitted)
     body["usage"] = {**openai_usage_fields(data), **usage_extras(admitted, outcome, settlement)}

@@ -95,6 +95,18 @@ class CatalogModel(models.Model):
     completion_usd_per_m = models.DecimalField(
         max_digits=12, decimal_places=4, default=Decimal("0")
     )
+    # The rates of the tokens some providers price apart (OpenRouter's `input_cache_read`,
+    # `internal_reasoning` and `image`); empty: a cached prompt token costs a prompt
+    # token's price, a reasoning token a completion token's, an input image nothing more.
+    cached_prompt_usd_per_m = models.DecimalField(max_digits=12, decimal_places=4, null=True,
+                                                  blank=True)
+    reasoning_usd_per_m = models.DecimalField(max_digits=12, decimal_places=4, null=True,
+                                              blank=True)
+    # Defaults in the database too (here and on the cost columns below): a process of the
+    # release before, still running during a deploy, inserts rows without these columns.
+    image_usd = models.DecimalField(max_digits=12, decimal_places=6, default=Decimal("0"),
+                                    db_default=Decimal("0"),
+                                    help_text="USD per input image, beside its tokens.")
     is_development = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     # Set when staff edit tier, multiplier or active: a catalog sync leaves those alone.
@@ -165,6 +177,13 @@ class UsageRecord(models.Model):
     credits = models.BigIntegerField(default=0)
     credits_breakdown = models.JSONField(default=dict)
     credits_reserved = models.BigIntegerField(default=0)
+    # What the provider charged the platform for it, in USD (completions.costs): the
+    # provider's own figure ("provider"), else the catalog's prices ("catalog");
+    # "organization_key" when the organization's own key served it, and nothing was
+    # sent upstream or nothing used ("").
+    upstream_cost_usd = models.DecimalField(max_digits=16, decimal_places=10,
+                                            default=Decimal("0"), db_default=Decimal("0"))
+    cost_source = models.CharField(max_length=16, blank=True, default="", db_default="")
     # The rates in force when the request was priced (settings can change later):
     # credits per 1,000 tokens at 1x, before the multiplier.
     prompt_rate = models.DecimalField(max_digits=12, decimal_places=4, default=Decimal("0"))
@@ -222,6 +241,8 @@ class UsageRollup(models.Model):
     prompt_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
     credits = models.BigIntegerField(default=0)
+    upstream_cost_usd = models.DecimalField(max_digits=20, decimal_places=10,
+                                            default=Decimal("0"), db_default=Decimal("0"))
     latency_p50_ms = models.PositiveIntegerField(default=0)
     latency_p95_ms = models.PositiveIntegerField(default=0)
     # Percentiles cannot be added across windows; a sum can, for exact means.

@@ -79,6 +79,7 @@ class _Relay:
         self.delivered: list[str] = []
         self.usage: tuple[int, int] | None = None
         self.usage_fields: dict[str, Any] = {}  # as the upstream reported them (details too)
+        self.report: dict[str, Any] | None = None  # the whole usage object, its cost included
         self.held_finish: dict[str, Any] | None = None
         self.settled = False
 
@@ -118,13 +119,14 @@ class _Relay:
             return None
         self.settled = True
         admitted = self.admitted
+        report = None
         if self.usage is not None and ending is Ending.COMPLETED:
-            usage, source = self.usage, "upstream"
+            usage, source, report = self.usage, "upstream", self.report
         else:
             usage = (admitted.prompt_estimate, count_text("".join(self.delivered)))
             source = "tokenizer"
         self.outcome = admitted.ended(ending, provider=self.route.provider,
-                                      own_key=self.route.own_key, usage=usage,
+                                      own_key=self.route.own_key, usage=usage, report=report,
                                       source=source, ttft_ms=self.ttft_ms,
                                       failure_status=failure_status, failure_code=failure_code)
         if ending is Ending.COMPLETED:
@@ -150,6 +152,7 @@ class _Relay:
                 if reported is not None:
                     self.usage = reported
                     self.usage_fields = openai_usage_fields(event)
+                    self.report = event["usage"]
                 if not event.get("choices"):
                     continue  # a usage-only chunk: its numbers go on our final chunk
                 chunk = self.normalise(event)

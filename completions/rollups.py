@@ -59,6 +59,7 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
         prompt=Sum("prompt_tokens"),
         completion=Sum("completion_tokens"),
         spent=Sum("credits"),
+        cost=Sum("upstream_cost_usd"),
         latency_sum=Sum("latency_ms"),
     )
     latencies: dict[tuple[int, int, str, str], list[int]] = defaultdict(list)
@@ -84,6 +85,7 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
             prompt_tokens=total["prompt"] or 0,
             completion_tokens=total["completion"] or 0,
             credits=total["spent"] or 0,
+            upstream_cost_usd=total["cost"] or 0,
             latency_p50_ms=percentile(latencies[group], 0.50),
             latency_p95_ms=percentile(latencies[group], 0.95),
             latency_sum_ms=total["latency_sum"] or 0,
@@ -95,8 +97,8 @@ def rollup_window(*, granularity: str, start: dt.datetime) -> int:
             unique_fields=["granularity", "window_start", "organization", "key_id", "model",
                            "provider"],
             update_fields=["requests", "errors", "cancelled", "streamed", "prompt_tokens",
-                           "completion_tokens", "credits", "latency_p50_ms", "latency_p95_ms",
-                           "latency_sum_ms", "updated_at"],
+                           "completion_tokens", "credits", "upstream_cost_usd", "latency_p50_ms",
+                           "latency_p95_ms", "latency_sum_ms", "updated_at"],
         )
     return len(rows)
 

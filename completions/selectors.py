@@ -50,7 +50,7 @@ def usage_range(
     return start, end
 
 
-def _rollups(
+def rollups_between(
     *, organization_id: int | None, granularity: str, start: dt.datetime, end: dt.datetime,
     key_id: int | None = None, model: str | None = None,
 ) -> QuerySet[UsageRollup]:
@@ -75,7 +75,7 @@ def usage_totals(
     *, organization_id: int, granularity: str, start: dt.datetime, end: dt.datetime
 ) -> dict[str, int]:
     """The organization's totals over the range, without the report's series and breakdowns."""
-    return _totals(_rollups(organization_id=organization_id, granularity=granularity,
+    return _totals(rollups_between(organization_id=organization_id, granularity=granularity,
                             start=start, end=end))
 
 
@@ -89,7 +89,7 @@ def usage_report(
     model: str | None = None,
 ) -> dict[str, Any]:
     """Totals, a time series, and breakdowns by model and by key (organization None: platform)."""
-    rows = _rollups(organization_id=organization_id, granularity=granularity, start=start,
+    rows = rollups_between(organization_id=organization_id, granularity=granularity, start=start,
                     end=end, key_id=key_id, model=model)
     series = [
         {"window_start": item["window_start"].isoformat(),
@@ -153,7 +153,7 @@ def top_organizations(
     *, granularity: str, start: dt.datetime, end: dt.datetime, limit: int = 10
 ) -> list[dict[str, Any]]:
     """The organizations that spent the most credits in the range (staff dashboard)."""
-    rows = _rollups(organization_id=None, granularity=granularity, start=start, end=end)
+    rows = rollups_between(organization_id=None, granularity=granularity, start=start, end=end)
     return [
         {"organization": item["organization__slug"], "organization_id": item["organization_id"],
          **{name: item[name] or 0 for name in _SUMS}}
@@ -167,7 +167,7 @@ def provider_health(
     *, granularity: str, start: dt.datetime, end: dt.datetime
 ) -> list[dict[str, Any]]:
     """Requests, error rate, mean latency and the worst window's p95 per provider."""
-    rows = _rollups(organization_id=None, granularity=granularity, start=start, end=end)
+    rows = rollups_between(organization_id=None, granularity=granularity, start=start, end=end)
     health = []
     for item in rows.values("provider").annotate(
         n=Sum("requests"), failed=Sum("errors"), latency=Sum("latency_sum_ms"),

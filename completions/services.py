@@ -25,6 +25,7 @@ from django.utils import timezone
 from billing.closing import Closing, Recorder, Settlement, holds_close, reservations_expire
 from billing.models import Reservation
 from billing.pricing import Price, tokens_affordable
+from completions.costs import NO_COST, UpstreamCost
 from completions.models import UsageRecord
 
 Status = UsageRecord.Status
@@ -95,6 +96,7 @@ class RequestOutcome:
     # The reservation's quota holds ([counter id, held, metric]), given back at closing.
     quota_holds: Sequence[Sequence[Any]] = ()
     key_class: str = KEY_CLASS_PLATFORM
+    cost: UpstreamCost = NO_COST
 
     @property
     def rule(self) -> EndingRule:
@@ -213,6 +215,8 @@ def usage_record(outcome: RequestOutcome, *, now: dt.datetime | None = None) -> 
         credits=charged,
         credits_breakdown=charged_breakdown(outcome.price, charged),
         credits_reserved=outcome.credits_reserved,
+        upstream_cost_usd=outcome.cost.usd,
+        cost_source=outcome.cost.source,
         status=outcome.status,
         http_status=outcome.http_status,
         error_code=outcome.error_code,

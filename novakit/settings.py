@@ -166,6 +166,8 @@ CREDITS_PER_IMAGE_SURCHARGE = env_decimal("CREDITS_PER_IMAGE_SURCHARGE", "2")
 # died with its process; the expiry job releases it.
 RESERVATION_TTL_SECONDS = env_int("RESERVATION_TTL_SECONDS", 900, minimum=60)
 DEMO_CREDITS = env_int("DEMO_CREDITS", 1_000_000, minimum=0)
+# What a credit sells for: revenue in the staff margin table, the price of a top-up.
+CREDIT_PRICE_USD = env_decimal("CREDIT_PRICE_USD", "0.00002")
 # A request served with an organization's own provider key (bring your own key) is
 # charged this share of what it would have cost on the platform's key.
 BYOK_FEE_PERCENT = env_decimal("BYOK_FEE_PERCENT", "5")

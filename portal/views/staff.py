@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import selectors as billing_selectors
-from completions import charts, routing, selectors
+from completions import charts, margins, routing, selectors
 
 _RANGES = {"48h": ("hour", dt.timedelta(hours=48)), "7d": ("hour", dt.timedelta(days=7)),
            "30d": ("day", dt.timedelta(days=30)), "90d": ("day", dt.timedelta(days=90))}
@@ -36,6 +36,8 @@ def staff_context(request: HttpRequest) -> dict[str, Any]:
 def dashboard(request: HttpRequest) -> HttpResponse:
     chosen = request.GET.get("range", "7d")
     granularity, span = _RANGES.get(chosen, _RANGES["7d"])
+    by = request.GET.get("by", "model")
+    by = by if by in margins.DIMENSIONS else "model"
     start, end = selectors.usage_range(granularity=granularity, start=timezone.now() - span,
                                        end=None)
     report = selectors.usage_report(organization_id=None, granularity=granularity,
@@ -43,6 +45,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     for row in report["series"]:
         row["ok"] = row["requests"] - row["errors"]
     totals = report["totals"]
+    margin_rows = margins.margins(by=by, granularity=granularity, start=start, end=end)
     chart = functools.partial(charts.time_chart, series=report["series"],
                               granularity=granularity, start=start, end=end)
     context = {
@@ -67,6 +70,12 @@ def dashboard(request: HttpRequest) -> HttpResponse:
                                      value_field="credits"),
         "providers": selectors.provider_health(granularity=granularity, start=start, end=end),
         "provider_keys": routing.provider_keys_health(),
+        "margin_by": by,
+        "margin_dimensions": margins.DIMENSIONS,
+        "margin_rows": margin_rows,
+        "margin_total": margins.margin_total(margin_rows),
+        "credit_price_usd": settings.CREDIT_PRICE_USD,
+        "uncovered_models": margins.uncovered_models(),
         "near_limits": billing_selectors.organizations_near_limits(),
         "stale_reservations": billing_selectors.stale_reservations(
             older_than=dt.timedelta(seconds=settings.STAFF_STALE_RESERVATION_SECONDS)),

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from django.test import Client
 
+from completions.margins import uncovered_models
 from completions.models import CatalogModel, ModelRoute
 from completions.tasks import catalog_sync_task
 
@@ -56,7 +57,8 @@ def test_sync_updates_prices_adds_new_models_and_keeps_staff_overrides(catalog, 
     unlisted = ModelRoute.objects.filter(is_listed=False).count()
     # Every OpenRouter route but the two shipped models and the two new ones listed.
     assert unlisted == ModelRoute.objects.filter(provider__slug="openrouter").count() - 4
-    assert counts == {"updated": 2, "added": 2, "unlisted": unlisted}
+    assert counts == {"updated": 2, "added": 2, "unlisted": unlisted,
+                      "uncovered": len(uncovered_models())}
 
 
 def test_a_synced_model_is_served_and_listed(tenant, fake_upstream, live_gateway):

@@ -18,6 +18,8 @@ Scenarios:
   finish_cut     streams, puts the last word on the finish chunk, then drops the connection
   garbled        valid JSON of the wrong shape (`choices` that are not objects)
   huge_usage     a normal answer whose usage claims 10**12 tokens of each kind
+  no_cost        a normal answer whose usage has no `cost` (OpenAI's shape), with two
+                 cached prompt tokens and one reasoning token
 A request's `n` is honoured: n choices, and usage that counts all of them.
 
 Answers follow what the request asks, as a model would: a `tool_choice` that names a
@@ -149,6 +151,12 @@ class FakeUpstream:
         completion = len(words) * int(body.get("n") or 1)
         if name == "huge_usage":
             prompt = completion = 10**12
+        if name == "no_cost":
+            # Like OpenAI's: no price, and some of the tokens of kinds priced apart.
+            return {"prompt_tokens": prompt, "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": {"cached_tokens": min(2, prompt)},
+                    "completion_tokens_details": {"reasoning_tokens": min(1, completion)}}
         # Like OpenRouter's: its price in dollars rides along, which NovaKit must not pass on.
         return {"prompt_tokens": prompt, "completion_tokens": completion,
                 "total_tokens": prompt + completion, "cost": 0.000042,
