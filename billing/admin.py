@@ -14,7 +14,15 @@ from accounts.models import Organization
 from accounts.new_secrets import secret_stash, secret_take
 from billing.codes import code_create
 from billing.forms import CreditChangeForm
-from billing.models import CreditAccount, LedgerEntry, Quota, RedemptionCode, Reservation
+from billing.models import (
+    CreditAccount,
+    LedgerEntry,
+    Payment,
+    Quota,
+    RedemptionCode,
+    Reservation,
+    StripeEvent,
+)
 from billing.services import account_for_organization, credits_change, credits_grant
 from novakit.errors import ApiError
 
@@ -100,6 +108,23 @@ class ReservationAdmin(ReadOnlyMixin, admin.ModelAdmin):
                     "expires_at"]
     list_filter = ["status"]
     search_fields = ["request_id"]
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Top-ups, as Stripe's webhooks left them: nothing here is edited by hand."""
+
+    list_display = ["created_at", "organization", "credits", "amount", "currency", "status",
+                    "payment_intent_id", "paid_at"]
+    list_filter = ["status"]
+    search_fields = ["organization__slug", "checkout_session_id", "payment_intent_id"]
+
+
+@admin.register(StripeEvent)
+class StripeEventAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    list_display = ["received_at", "type", "event_id", "payment", "outcome"]
+    list_filter = ["type"]
+    search_fields = ["event_id"]
 
 
 @admin.register(Quota)

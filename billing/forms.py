@@ -52,3 +52,10 @@ class QuotaForm(forms.Form):
 class RedeemCodeForm(forms.Form):
     code = forms.CharField(max_length=64, label="Redemption code", widget=forms.TextInput(
         attrs={"autocomplete": "off", "placeholder": "NOVA-XXXX-XXXX-XXXX-XXXX"}))
+
+
+class TopupForm(forms.Form):
+    """How much to buy, in USD; billing.topups checks the bounds and the cents."""
+
+    amount = forms.CharField(max_length=12, label="Amount (USD)", widget=forms.TextInput(
+        attrs={"inputmode": "decimal", "autocomplete": "off", "placeholder": "20"}))

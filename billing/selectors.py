@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from billing.models import CreditAccount, LedgerEntry, Quota, QuotaCounter, Reservation
+from billing.models import CreditAccount, LedgerEntry, Payment, Quota, QuotaCounter, Reservation
 from billing.quotas import applicable_quotas, measure, period_end, period_start
 
 
@@ -59,6 +59,11 @@ def ledger_entries(*, organization_id: int) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(account__organization_id=organization_id).order_by(
         "-created_at", "-id"
     )
+
+
+def payments(*, organization_id: int) -> QuerySet[Payment]:
+    """The organization's top-ups, newest first (those still open at Stripe included)."""
+    return Payment.objects.filter(organization_id=organization_id).order_by("-created_at", "-id")
 
 
 def open_reservations(*, organization_id: int) -> QuerySet[Reservation]:

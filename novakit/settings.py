@@ -174,6 +174,15 @@ BYOK_FEE_PERCENT = env_decimal("BYOK_FEE_PERCENT", "5")
 # Redemption codes that did not work, per organization per hour, before it is refused.
 REDEMPTION_FAILURES_PER_HOUR = env_int("REDEMPTION_FAILURES_PER_HOUR", 10, minimum=1)
 
+# --- Payments: credit top-ups through Stripe Checkout (README "Payments") -------
+# Empty: top-ups are off, and the portal does not offer them.
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "https://api.stripe.com")
+# What one top-up may be, in USD (credits at CREDIT_PRICE_USD).
+TOPUP_MIN_USD = env_decimal("TOPUP_MIN_USD", "5")
+TOPUP_MAX_USD = env_decimal("TOPUP_MAX_USD", "1000")
+
 # --- Upstream providers ------------------------------------------------------
 OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")
 OPENROUTER_BASE_URL = env_str("OPENROUTER_BASE_URL", "https://openrouter.ai/api/v1")

@@ -8,6 +8,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from billing.metrics import OpenReservationsCollector
+from billing.views import stripe_webhook
 from novakit import error_pages, health
 from novakit.api import api
 from novakit.errors import ApiError, error_response, invalid_request
@@ -29,6 +30,7 @@ urlpatterns = [
     path("staff/", staff.dashboard, name="staff-dashboard"),
     path("staff/organizations/<int:organization_id>/", staff_organization.organization_page,
          name="staff-organization"),
+    path("webhooks/stripe", stripe_webhook, name="stripe-webhook"),
     path("admin/", admin.site.urls),
     path("portal/", include("portal.urls")),
     # Management API (DRF) first: its paths are distinct from the inference API's.

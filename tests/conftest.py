@@ -26,6 +26,9 @@ from completions.models import CatalogModel, ModelRoute, Provider
 from completions.upstream import upstream_client
 from novakit.runtime import redis as shared_redis
 from novakit.runtime.db import close_database_threads, on_every_database_thread
+from tests.support.fake_stripe import SECRET_KEY as STRIPE_SECRET_KEY
+from tests.support.fake_stripe import WEBHOOK_SECRET as STRIPE_WEBHOOK_SECRET
+from tests.support.fake_stripe import FakeStripe
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.live_server import LiveGateway
 
@@ -133,6 +136,27 @@ def fake_upstream(fake_upstream_server: FakeUpstream, settings) -> Iterator[Fake
     catalog_cache.clear()
     yield fake_upstream_server
     fake_upstream_server.reset()
+
+
+@pytest.fixture(scope="session")
+def fake_stripe_server() -> Iterator[FakeStripe]:
+    server = FakeStripe().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_stripe(fake_stripe_server: FakeStripe, live_gateway: LiveGateway, settings  # type: ignore[no-untyped-def]
+                ) -> Iterator[FakeStripe]:
+    """The fake Stripe, reset, with the platform's Stripe settings pointing at it and its
+    webhooks at the live gateway."""
+    fake_stripe_server.reset()
+    settings.STRIPE_SECRET_KEY = STRIPE_SECRET_KEY
+    settings.STRIPE_WEBHOOK_SECRET = STRIPE_WEBHOOK_SECRET
+    settings.STRIPE_API_BASE = fake_stripe_server.api_base
+    fake_stripe_server.webhook_url = f"{live_gateway.url}/webhooks/stripe"
+    yield fake_stripe_server
+    fake_stripe_server.reset()
 
 
 @pytest.fixture(scope="session", autouse=True)

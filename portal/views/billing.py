@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import redirect
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.api import MANAGERS
-from billing import selectors
+from billing import selectors, topups
 from billing.codes import CodeRefused, code_redeem
-from billing.forms import RedeemCodeForm
+from billing.forms import RedeemCodeForm, TopupForm
+from billing.models import Payment
 from portal.access import PortalMember, member_view, portal_render
 
 LEDGER_PAGE_SIZE = 25
@@ -40,6 +44,62 @@ def billing(request: HttpRequest, member: PortalMember) -> HttpResponse:
         "reservation_count": reservations.count(),
         "page": page,
         "redeem_form": RedeemCodeForm() if member.role in MANAGERS else None,
+        "topup_form": TopupForm() if member.role in MANAGERS and topups.topups_enabled()
+        else None,
+        "topup": {"min": settings.TOPUP_MIN_USD, "max": settings.TOPUP_MAX_USD,
+                  "credit_price": settings.CREDIT_PRICE_USD,
+                  "credits_per_usd": topups.credits_for(Decimal(1))},
+        "payments": selectors.payments(organization_id=organization_id)[:20],
+        "cancelled": request.GET.get("topup") == "cancelled",
+    })
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def topup_start_view(request: HttpRequest, member: PortalMember) -> HttpResponse:
+    """Open a Stripe Checkout for the amount asked and send the buyer to it."""
+    form = TopupForm(request.POST)
+    back = request.build_absolute_uri(reverse("portal:topup-return"))
+    try:
+        if not form.is_valid():
+            raise topups.TopupRefused("Enter an amount in US dollars.")
+        _, checkout_url = topups.topup_start(
+            organization=member.organization, user=member.membership.user,
+            amount_usd=topups.topup_amount(form.cleaned_data["amount"]),
+            success_url=f"{back}?session_id={{CHECKOUT_SESSION_ID}}",
+            cancel_url=request.build_absolute_uri(reverse("portal:billing")) + "?topup=cancelled")
+    except topups.TopupRefused as refused:
+        messages.error(request, str(refused))
+        return redirect("portal:billing")
+    return redirect(checkout_url)
+
+
+@require_GET
+@member_view()
+def topup_return(request: HttpRequest, member: PortalMember) -> HttpResponse:
+    """Where Stripe sends the buyer back: on to the payment's own page (of this
+    organization's payments only)."""
+    payment = Payment.objects.filter(organization_id=member.membership.organization_id,
+                                     checkout_session_id=request.GET.get("session_id") or None
+                                     ).first()
+    if payment is None:
+        messages.error(request, "That payment does not belong to this organization; its "
+                                "purchases are listed below.")
+        return redirect("portal:billing")
+    return redirect("portal:topup", payment_id=payment.pk)
+
+
+@require_GET
+@member_view()
+def topup_receipt(request: HttpRequest, member: PortalMember, payment_id: int) -> HttpResponse:
+    """A top-up's page: waiting for Stripe's word while pending, its receipt once paid."""
+    payment = get_object_or_404(Payment.objects.select_related("entry", "bought_by"),
+                                pk=payment_id, organization_id=member.membership.organization_id)
+    return portal_render(request, member, "portal/topup.html", {
+        "section": "billing",
+        "payment": payment,
+        "balance": selectors.credit_summary(
+            organization_id=payment.organization_id)["balance"],
     })
 
 

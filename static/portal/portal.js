@@ -17,6 +17,11 @@
     try { document.execCommand("copy"); } finally { document.body.removeChild(area); }
     return Promise.resolve();
   }
+  // Print buttons: <button data-print>.
+  document.addEventListener("click", function (event) {
+    if (event.target.closest("[data-print]")) window.print();
+  });
+
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy]");
     if (!button) return;

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -28,6 +29,7 @@ from rest_framework.views import APIView
 from accounts.models import APIKey, Membership, WebhookDelivery, WebhookEndpoint
 from accounts.services import api_key_create, membership_add
 from accounts.webhooks import webhook_endpoint_create
+from billing.models import Payment
 from completions.models import UsageRecord
 from completions.rollups import usage_rollup
 from tests.conftest import Tenant
@@ -89,12 +91,14 @@ class Victim:
     endpoint: WebhookEndpoint
     delivery: WebhookDelivery
     generation: UsageRecord
+    payment: Payment
 
     @property
     def markers(self) -> list[str]:
         """Strings that only the victim's data contains (searched case-insensitively)."""
         return ["globex", self.key.prefix, self.tenant.key.prefix, self.key.name,
-                self.membership.user.email, "hook-of-the-victim", "payload-of-the-victim"]
+                self.membership.user.email, "hook-of-the-victim", "payload-of-the-victim",
+                "cs_of_the_victim"]
 
     def state(self) -> dict[str, Any]:
         """What a successful write through another organization would change."""
@@ -117,6 +121,7 @@ OBJECT_PARAMETERS: dict[str, tuple[Callable[[Victim], object], object]] = {
     "endpoint_id": (lambda victim: victim.endpoint.pk, 987_654_321),
     "delivery_id": (lambda victim: victim.delivery.pk, 987_654_321),
     "generation_id": (lambda victim: victim.generation.request_id, "chatcmpl-no-such-request"),
+    "payment_id": (lambda victim: victim.payment.pk, 987_654_321),
 }
 
 # Operations whose URL names no object: the query or body that tries to reach the victim's data.
@@ -185,8 +190,11 @@ def victim(other_tenant: Tenant, settings: Any) -> Victim:
         payload={"note": "payload-of-the-victim"})
     generation = usage_record(other_tenant, model="openai/gpt-4o-mini", credits=4321, key=key)
     usage_rollup()
+    payment = Payment.objects.create(organization=other_tenant.org, credits=777, amount=500,
+                                     credit_price=Decimal("0.00002"),
+                                     checkout_session_id="cs_of_the_victim")
     return Victim(tenant=other_tenant, key=key, membership=membership, endpoint=endpoint,
-                  delivery=delivery, generation=generation)
+                  delivery=delivery, generation=generation, payment=payment)
 
 
 CALLERS = ["key", "session", "session-naming-the-victim"]
