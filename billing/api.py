@@ -42,6 +42,8 @@ class CreditSummarySerializer(serializers.Serializer):
     balance = serializers.IntegerField()
     reserved = serializers.IntegerField()
     available = serializers.IntegerField()
+    debt = serializers.IntegerField(
+        help_text="Credits owed for a refunded or disputed payment; the next credits repay it")
     currency = serializers.CharField()
     quotas = QuotaUsageSerializer(many=True)
 

@@ -8,6 +8,7 @@ Spending by requests goes through `billing.holds` and `billing.closing`.
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -119,6 +120,8 @@ def _credit_movement(
                 actor_label=actor_label,
                 idempotency_key=idempotency_key,
             )
+            if amount > 0:
+                _debt_repay(account_id=account.pk, kind=kind)
             audit_record(
                 action=f"credits.{kind}",
                 actor=actor,
@@ -136,6 +139,56 @@ def _credit_movement(
         existing = LedgerEntry.objects.get(account=account, idempotency_key=idempotency_key)
         return _same_movement(existing, kind=kind, amount=amount)
     return entry
+
+
+def _debt_repay(*, account_id: int, kind: str) -> LedgerEntry | None:
+    """Repay the account's debt (credits_reverse) from credits that just arrived: always
+    from a purchase; from grants, codes and refunds too unless DEBT_TAKES_FREE_CREDITS
+    is off, so credits given away cannot be spent while a reversed payment is owed.
+    Runs under the row lock the arriving credits' UPDATE took."""
+    if kind != Kind.PURCHASE and not settings.DEBT_TAKES_FREE_CREDITS:
+        return None
+    debt, balance, reserved = CreditAccount.objects.filter(pk=account_id).values_list(
+        "debt", "balance", "reserved")[0]
+    repaid = min(debt, balance - reserved)
+    if repaid <= 0:
+        return None
+    CreditAccount.objects.filter(pk=account_id).update(debt=F("debt") - repaid)
+    return _append_entry(account_id=account_id, kind=Kind.REVERSAL, amount=-repaid,
+                         reason=f"repays {repaid} credits owed for reversed payments",
+                         actor_label="billing")
+
+
+@transaction.atomic
+def credits_reverse(*, account_id: int, credits: int, reason: str,
+                    idempotency_key: str) -> tuple[LedgerEntry | None, int]:
+    """Take back `credits` of a payment that was refunded or lost in a dispute.
+
+    As many as the account has free are taken (never below zero, never what
+    open reservations hold); the rest is recorded as the account's debt,
+    repaid from the next credits that arrive. Returns the ledger entry (None
+    when nothing was free) and the shortfall. The caller makes it happen once
+    (billing.stripe_events, under the payment's row lock).
+    """
+    if credits <= 0:
+        raise ValueError("a reversal takes back a positive number of credits")
+    balance, reserved = CreditAccount.objects.select_for_update().filter(
+        pk=account_id).values_list("balance", "reserved")[0]
+    taken = min(credits, balance - reserved)
+    shortfall = credits - max(0, taken)
+    if shortfall:
+        CreditAccount.objects.filter(pk=account_id).update(debt=F("debt") + shortfall)
+    entry = None
+    if taken > 0:
+        entry = _append_entry(account_id=account_id, kind=Kind.REVERSAL, amount=-taken,
+                              reason=reason, actor_label="stripe",
+                              idempotency_key=idempotency_key)
+    audit_record(action="credits.reversal", actor_label="stripe",
+                 organization_id=CreditAccount.objects.get(pk=account_id).organization_id,
+                 target=f"account {account_id}", reason=reason,
+                 after={"taken": max(0, taken), "debt_added": shortfall,
+                        "entry": entry.pk if entry else None})
+    return entry, shortfall
 
 
 def _same_movement(entry: LedgerEntry, *, kind: str, amount: int) -> LedgerEntry:

@@ -27,6 +27,9 @@ class CreditAccount(models.Model):
     balance = models.BigIntegerField(default=0)
     # Credits held by open reservations; always <= balance.
     reserved = models.BigIntegerField(default=0)
+    # Credits taken back for a refunded or disputed payment that had been spent already
+    # (billing.ledger.credits_reverse): owed, and repaid from the next credits to arrive.
+    debt = models.BigIntegerField(default=0, db_default=0)
     low_balance_threshold = models.BigIntegerField(null=True, blank=True)
     # Set when the balance went under the threshold and its owners were told;
     # cleared when it is back above, so each crossing alerts once.
@@ -46,6 +49,7 @@ class CreditAccount(models.Model):
             models.CheckConstraint(
                 condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"
             ),
+            models.CheckConstraint(condition=Q(debt__gte=0), name="credit_debt_not_negative"),
         ]
 
     def __str__(self) -> str:
@@ -89,6 +93,9 @@ class LedgerEntry(models.Model):
         REFUND = "refund", "Refund"
         ADJUSTMENT = "adjustment", "Adjustment"
         EXPIRY = "expiry", "Expiry"
+        # Credits of a payment Stripe refunded or lost in a dispute, taken back (or a
+        # debt from one, repaid).
+        REVERSAL = "reversal", "Payment reversal"
 
     account = models.ForeignKey(CreditAccount, on_delete=models.PROTECT, related_name="entries")
     kind = models.CharField(max_length=16, choices=Kind.choices)
@@ -329,6 +336,11 @@ class Payment(models.Model):
                                          unique=True)
     entry = models.OneToOneField(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT,
                                  related_name="payment")
+    # What Stripe has given back to the buyer (cents): refunds so far, and a lost dispute;
+    # and the credits taken back for it (billing.stripe_events), part of them as debt.
+    amount_refunded = models.PositiveIntegerField(default=0)
+    amount_disputed = models.PositiveIntegerField(default=0)
+    credits_reversed = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
 

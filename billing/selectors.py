@@ -50,6 +50,8 @@ def credit_summary(*, organization_id: int) -> dict[str, Any]:
         "balance": balance,
         "reserved": reserved,
         "available": balance - reserved,
+        # Owed for reversed payments (refunds, lost disputes): the next credits repay it.
+        "debt": account.debt if account else 0,
         "currency": "credits",
         "quotas": quota_usage(organization_id=organization_id),
     }

@@ -11,6 +11,13 @@ A payment is granted once: `checkout.session.completed` and
 first to arrive grants under a lock on the payment row (the ledger's
 idempotency key is the second fence). An event whose amount or currency is
 not the payment's grants nothing and is logged.
+
+A refund (`charge.refunded`, which carries the charge's refunds so far) or a
+lost dispute (`charge.dispute.closed`) takes back the credits that part of
+the payment bought, once, through billing.ledger.credits_reverse: what the
+organization has free is taken, the rest becomes its debt. One that arrives
+before its payment's grant is answered 503 and left unrecorded, so Stripe
+sends it again later.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.services import audit_record
-from billing.ledger import account_for_organization, credits_grant
+from billing.ledger import account_for_organization, credits_grant, credits_reverse
 from billing.models import LedgerEntry, Payment, StripeEvent
 from billing.topups import PAYMENT_METADATA
 
@@ -137,7 +144,54 @@ def _failed(obj: dict[str, Any]) -> tuple[str, Payment | None]:
         pk=int(payment_id)).first()
 
 
+class NotYet(Exception):
+    """An event about a payment whose grant has not arrived yet: answered 503, recorded
+    nowhere, so Stripe delivers it again (it retries for days) after the grant."""
+
+
+def _reversed(obj: dict[str, Any], *, refunded: int | None = None,
+              disputed: int | None = None) -> tuple[str, Payment | None]:
+    """A refund (`refunded`: the charge's refunds so far, in cents) or a lost dispute
+    (`disputed`) takes back the credits that part of the payment bought, once."""
+    intent = obj.get("payment_intent")
+    payment = Payment.objects.select_for_update().filter(payment_intent_id=intent).first() if (
+        intent) else None
+    if payment is None:
+        payment_id = str((obj.get("metadata") or {}).get(PAYMENT_METADATA, ""))
+        if not payment_id.isdigit() or not Payment.objects.filter(pk=int(payment_id)).exists():
+            return "ignored: not a NovaKit payment", None
+        raise NotYet(f"payment {payment_id} is not granted yet")
+    if refunded is not None:
+        payment.amount_refunded = max(payment.amount_refunded, min(refunded, payment.amount))
+    if disputed is not None:
+        payment.amount_disputed = max(payment.amount_disputed, min(disputed, payment.amount))
+    returned = min(payment.amount, payment.amount_refunded + payment.amount_disputed)
+    owed = payment.credits * returned // payment.amount
+    more = owed - payment.credits_reversed
+    payment.save(update_fields=["amount_refunded", "amount_disputed"])
+    if more <= 0:
+        return "already reversed", payment
+    _, shortfall = credits_reverse(
+        account_id=account_for_organization(organization=payment.organization_id).pk,
+        credits=more, idempotency_key=f"stripe-reversal:{payment.pk}:{owed}",
+        reason=f"Stripe payment {payment.payment_intent_id} "
+               f"{'refunded' if refunded is not None else 'lost in a dispute'}: "
+               f"{returned / 100:.2f} of {payment.amount / 100:.2f} {payment.currency.upper()}")
+    payment.credits_reversed = owed
+    payment.save(update_fields=["credits_reversed"])
+    return f"reversed {more} credits" + (f", {shortfall} owed" if shortfall else ""), payment
+
+
+def _dispute_closed(dispute: dict[str, Any]) -> tuple[str, Payment | None]:
+    if dispute.get("status") != "lost":
+        return f"ignored: dispute {dispute.get('status')}", None
+    return _reversed(dispute, disputed=int(dispute.get("amount") or 0))
+
+
 _HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Payment | None]]] = {
+    "charge.refunded": lambda charge: _reversed(
+        charge, refunded=int(charge.get("amount_refunded") or 0)),
+    "charge.dispute.closed": _dispute_closed,
     "checkout.session.completed": lambda obj: _paid(_checkout_paid(obj)),
     "checkout.session.async_payment_succeeded": lambda obj: _paid(_checkout_paid(obj)),
     "payment_intent.succeeded": lambda obj: _paid(_intent_paid(obj)),

@@ -179,6 +179,9 @@ REDEMPTION_FAILURES_PER_HOUR = env_int("REDEMPTION_FAILURES_PER_HOUR", 10, minim
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "https://api.stripe.com")
+# A debt from a reversed payment is repaid from a purchase, and also (1) from grants and
+# codes: credits given away are not spent while a refunded payment is owed.
+DEBT_TAKES_FREE_CREDITS = env_bool("DEBT_TAKES_FREE_CREDITS", True)
 # What one top-up may be, in USD (credits at CREDIT_PRICE_USD).
 TOPUP_MIN_USD = env_decimal("TOPUP_MIN_USD", "5")
 TOPUP_MAX_USD = env_decimal("TOPUP_MAX_USD", "1000")

@@ -81,7 +81,8 @@ def test_given_a_billing_read_key_then_credits_shows_balance_reserved_available_
         "balance": 1_000_000, "reserved": 1_234, "available": 1_000_000 - 1_234,
         "currency": "credits",
     }
-    assert set(body) == {"balance", "reserved", "available", "currency", "quotas"}
+    assert set(body) == {"balance", "reserved", "available", "debt", "currency", "quotas"}
+    assert body["debt"] == 0
     (quota,) = body["quotas"]
     assert (quota["metric"], quota["limit"], quota["reserved"], quota["remaining"]) == (
         "chat_tokens", 50_000, 2_000, 48_000)

@@ -16,24 +16,8 @@ from django.db.models import Sum
 from accounts.models import AuditEvent, Membership
 from billing.models import LedgerEntry, Payment, StripeEvent
 from tests.completions.helpers import assert_books_balance
+from tests.payments.helpers import TOPUP, buy
 from tests.support.fake_stripe import sign
-
-TOPUP = "/portal/billing/topups/"
-
-
-@pytest.fixture
-def buyer(fake_stripe, member_client):  # type: ignore[no-untyped-def]
-    """An owner's portal session, with Stripe (the fake) configured."""
-    return member_client(Membership.Role.OWNER)
-
-
-def _buy(buyer, amount="20") -> Payment:  # type: ignore[no-untyped-def]
-    """Start a top-up in the portal: the answer sends the browser to Stripe's page."""
-    response = buyer.post(TOPUP, {"amount": amount})
-    assert response.status_code == 302, response.content.decode()[:500]
-    payment = Payment.objects.get()
-    assert response["Location"].endswith(f"/pay/{payment.checkout_session_id}")
-    return payment
 
 
 def _purchased(tenant) -> int:  # type: ignore[no-untyped-def]
@@ -46,7 +30,7 @@ def test_a_checkout_is_opened_for_the_amount_at_the_credit_price_and_grants_noth
     buyer, tenant, fake_stripe, settings
 ):
     settings.CREDIT_PRICE_USD = Decimal("0.00002")
-    payment = _buy(buyer, "12.50")
+    payment = buy(buyer, "12.50")
 
     assert (payment.credits, payment.amount, payment.status) == (625_000, 1250, "pending")
     [(_, path, headers, params)] = fake_stripe.requests
@@ -64,7 +48,7 @@ def test_a_checkout_is_opened_for_the_amount_at_the_credit_price_and_grants_noth
 
 
 def test_duplicate_and_out_of_order_webhooks_grant_once(buyer, tenant, fake_stripe):
-    payment = _buy(buyer)
+    payment = buy(buyer)
     completed, succeeded = fake_stripe.pay(payment.checkout_session_id)
 
     outcomes = [fake_stripe.deliver(event).json()["outcome"]
@@ -85,7 +69,7 @@ def test_duplicate_and_out_of_order_webhooks_grant_once(buyer, tenant, fake_stri
 
 
 def test_many_deliveries_at_once_of_both_events_grant_once(buyer, tenant, fake_stripe):
-    payment = _buy(buyer)
+    payment = buy(buyer)
     events = fake_stripe.pay(payment.checkout_session_id)
     statuses: list[int] = []
     start = threading.Barrier(12)
@@ -111,7 +95,7 @@ def test_many_deliveries_at_once_of_both_events_grant_once(buyer, tenant, fake_s
 def test_a_forged_unsigned_or_replayed_event_is_refused_logged_and_grants_nothing(
     buyer, tenant, fake_stripe, forgery, caplog
 ):
-    payment = _buy(buyer)
+    payment = buy(buyer)
     completed, _ = fake_stripe.pay(payment.checkout_session_id)
     body = json.dumps(completed).encode()
     signature = {
@@ -134,7 +118,7 @@ def test_a_forged_unsigned_or_replayed_event_is_refused_logged_and_grants_nothin
 
 
 def test_a_signed_event_for_another_amount_grants_nothing(buyer, tenant, fake_stripe):
-    payment = _buy(buyer)
+    payment = buy(buyer)
     completed, succeeded = fake_stripe.pay(payment.checkout_session_id)
     succeeded["data"]["object"]["amount_received"] = 1
 
@@ -145,7 +129,7 @@ def test_a_signed_event_for_another_amount_grants_nothing(buyer, tenant, fake_st
 
 
 def test_an_unpaid_or_expired_checkout_grants_nothing(buyer, tenant, fake_stripe):
-    payment = _buy(buyer)
+    payment = buy(buyer)
     session = fake_stripe.public(fake_stripe.sessions[payment.checkout_session_id])
 
     unpaid = fake_stripe.deliver(fake_stripe.event("checkout.session.completed", session))
@@ -202,7 +186,7 @@ def test_without_stripe_settings_the_portal_offers_no_top_up(member_client, sett
 def test_coming_back_with_another_organizations_checkout_shows_nothing_of_it(
     buyer, member_client, other_tenant, fake_stripe
 ):
-    theirs = _buy(member_client(Membership.Role.OWNER, of=other_tenant))
+    theirs = buy(member_client(Membership.Role.OWNER, of=other_tenant))
 
     response = buyer.get(f"{TOPUP}return", {"session_id": theirs.checkout_session_id},
                          follow=True)

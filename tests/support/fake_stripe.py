@@ -6,7 +6,8 @@ the JSON objects Stripe would: `POST /v1/checkout/sessions` opens a session
 whose `url` is a payment page here (`/pay/<id>`, a form with a Pay button,
 for the browser); paying it (`pay()`, or the button) completes the session,
 creates its PaymentIntent and builds the two events Stripe sends,
-`checkout.session.completed` and `payment_intent.succeeded`. Events are
+`checkout.session.completed` and `payment_intent.succeeded`; `refund()` and
+`dispute()` build `charge.refunded` and `charge.dispute.closed`. Events are
 signed exactly as Stripe signs them (`Stripe-Signature: t=<unix>,v1=<hex
 HMAC-SHA256 of "<t>.<body>">`), so the application's check is the real one.
 The button delivers both events to `webhook_url` before sending the browser
@@ -126,6 +127,31 @@ class FakeStripe:
         session.update(payment_intent=intent_id, payment_status="paid", status="complete")
         return [self.event("checkout.session.completed", self.public(session)),
                 self.event("payment_intent.succeeded", intent)]
+
+    def refund(self, intent_id: str, amount: int | None = None) -> dict[str, Any]:
+        """Refund `amount` cents more (all that is left by default): the event Stripe sends,
+        `charge.refunded`, whose charge carries every refund so far."""
+        intent = self.intents[intent_id]
+        already = intent.get("_refunded", 0)
+        intent["_refunded"] = min(intent["amount"], already + (
+            intent["amount"] - already if amount is None else amount))
+        return self.event("charge.refunded", self._charge(intent))
+
+    def dispute(self, intent_id: str, status: str = "lost") -> dict[str, Any]:
+        """The buyer's bank disputed the whole charge, and it closed as `status`."""
+        intent = self.intents[intent_id]
+        return self.event("charge.dispute.closed", {
+            "id": f"dp_test_{secrets.token_hex(12)}", "object": "dispute",
+            "amount": intent["amount"], "currency": intent["currency"],
+            "charge": f"ch_{intent_id}", "payment_intent": intent_id, "status": status})
+
+    @staticmethod
+    def _charge(intent: dict[str, Any]) -> dict[str, Any]:
+        refunded = intent.get("_refunded", 0)
+        return {"id": f"ch_{intent['id']}", "object": "charge", "amount": intent["amount"],
+                "amount_refunded": refunded, "currency": intent["currency"],
+                "payment_intent": intent["id"], "refunded": refunded == intent["amount"],
+                "metadata": {}}
 
     @staticmethod
     def public(session: dict[str, Any]) -> dict[str, Any]:
