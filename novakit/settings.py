@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from novakit.databases import default_database
 from novakit.env import env_bool, env_decimal, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -76,26 +75,7 @@ TEMPLATES = [
 ASGI_APPLICATION = "novakit.asgi.application"
 WSGI_APPLICATION = "novakit.wsgi.application"
 
-DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
-    )
-}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets readers run beside the single writer; the busy timeout makes a
-    # writer wait for the lock instead of failing at once under concurrency.
-    DATABASES["default"]["OPTIONS"] = {
-        "timeout": 20,
-        "transaction_mode": "IMMEDIATE",
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-    }
-    # The test database is a file, not memory, so tests can start real
-    # subprocesses (a second gateway, a Celery worker) that share it; one per
-    # test run, so two runs on one machine do not trample each other.
-    DATABASES["default"]["TEST"] = {
-        "NAME": env_str("SQLITE_TEST_DATABASE", str(BASE_DIR / f".test-db-{os.getpid()}.sqlite3"))
-    }
+DATABASES = {"default": default_database(BASE_DIR)}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -296,30 +276,6 @@ STORAGES = {
         if not DEBUG else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-
-# PostgreSQL connection pool (psycopg 3's, through Django): set a size to use it.
-# Off by default so a fresh checkout needs nothing; production sets it
-# (platform/k8s/config.yaml). Pooled connections need CONN_MAX_AGE 0.
-DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 0, minimum=0)
-if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
-        "min_size": env_int("DATABASE_POOL_MIN_SIZE", 2, minimum=0),
-        "max_size": DATABASE_POOL_MAX_SIZE,
-        # How long a request waits for a pooled connection. Short: while the
-        # database is down every call waits this long before its 503, and a
-        # stream's last chunk waits for its settlement to fail.
-        "timeout": env_float("DATABASE_POOL_TIMEOUT", 3.0, minimum=0.1),
-    }
-# The hot path's billing statements are prepared and planned once per connection
-# (novakit/runtime/db.py `execute_prepared`); Django's own queries are never prepared.
-# Set 0 behind PgBouncer (it refuses the start-up option; before 1.21 it cannot keep them).
-if (DATABASES["default"]["ENGINE"].endswith("postgresql")
-        and env_bool("DATABASE_PREPARED_STATEMENTS", True)):
-    _options = DATABASES["default"].setdefault("OPTIONS", {})
-    _options["prepare_threshold"] = 5
-    _options["options"] = " ".join(filter(None, [_options.get("options"),
-                                                 "-c plan_cache_mode=force_generic_plan"]))
 
 # Logs: JSON lines in production (one object per line, request id on each),
 # plain text for a developer's terminal.

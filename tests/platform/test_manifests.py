@@ -20,7 +20,9 @@ RUNTIME_VARIABLES = {"WEB_CONCURRENCY", "WORKER_CONCURRENCY", "HOST", "PORT",
 
 
 def _settings_variables() -> set[str]:
-    source = (ROOT / "novakit" / "settings.py").read_text()
+    """The variables the settings read: novakit/settings.py and the database's own module."""
+    source = "".join((ROOT / "novakit" / name).read_text()
+                     for name in ("settings.py", "databases.py"))
     return set(re.findall(r'env_\w+\(\s*"([A-Z0-9_]+)"', source))
 
 
