@@ -25,7 +25,8 @@ class _WriteOnlyKeyForm(AuditedForm):
 class ProviderForm(_WriteOnlyKeyForm):
     class Meta:
         model = Provider
-        fields = ["slug", "name", "kind", "base_url", "supports_web_search", "is_active"]
+        fields = ["slug", "name", "kind", "base_url", "api_version", "supports_web_search",
+                  "is_active"]
 
 
 @admin.register(Provider)

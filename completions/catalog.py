@@ -15,6 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from completions.costs import UpstreamPrices
+from completions.kinds import needs_key
 from novakit.runtime.db import db_async
 
 CATALOG_FILE = Path(settings.BASE_DIR) / "platform" / "catalog" / "models.json"
@@ -159,6 +160,8 @@ class Route:
                                                       compare=False, hash=False)
     # The key this attempt uses, bound by completions.routing when the route is tried.
     key: RouteKey | None = field(default=None, repr=False)
+    # Azure OpenAI's `api-version` (completions.kinds).
+    api_version: str = ""
 
     @property
     def api_key(self) -> str:
@@ -166,7 +169,9 @@ class Route:
 
     @property
     def configured(self) -> bool:
-        return self.kind == "builtin" or bool(self.base_url and self.keys)
+        if self.kind == "builtin":
+            return True
+        return bool(self.base_url and (self.keys or not needs_key(self.kind)))
 
     def configured_for(self, organization_id: int) -> bool:
         """Whether the organization's requests can use it: with the platform's keys or its own."""
@@ -250,6 +255,7 @@ def _route_for(route: Any) -> Route:
         listed=route.is_listed,
         keys=keys,
         own_keys=own_keys,
+        api_version=provider.api_version,
     )
 
 

@@ -36,7 +36,8 @@ from completions.services import (
 )
 from completions.settlement import settle, settle_quietly
 from completions.tokens import count_text
-from completions.upstream import EventStream, UpstreamFailure, complete, open_stream
+from completions.upstream import EventStream, complete, open_stream
+from completions.upstream_failures import UpstreamFailure
 from completions.usage import openai_usage_fields, reported_usage
 from novakit import metrics
 from novakit.errors import ApiError, json_response

@@ -28,7 +28,11 @@ class Provider(_EncryptedAPIKey, models.Model):
     """An upstream: OpenRouter by default, or any OpenAI-compatible base URL."""
 
     class Kind(models.TextChoices):
-        OPENAI = "openai", "OpenAI-compatible HTTP API"
+        # How each is spoken to: completions/kinds.py.
+        OPENAI = "openai", "OpenAI-compatible API (OpenRouter, OpenAI, ...)"
+        SELF_HOSTED = "self_hosted", "OpenAI-compatible API without a key (vLLM, Ollama, ...)"
+        AZURE = "azure", "Azure OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic Messages API"
         BUILTIN = "builtin", "Built-in development model"
 
     slug = models.SlugField(max_length=64, unique=True)
@@ -37,11 +41,21 @@ class Provider(_EncryptedAPIKey, models.Model):
     # Blank for `openrouter`: OPENROUTER_BASE_URL / OPENROUTER_API_KEY apply.
     base_url = models.URLField(blank=True)
     api_key_encrypted = models.TextField(blank=True, editable=False)
+    # Azure OpenAI only: the `api-version` its deployments are called with.
+    api_version = models.CharField(max_length=32, blank=True, default="", db_default="",
+                                   help_text="Azure OpenAI's api-version, e.g. 2024-10-21.")
     supports_web_search = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
 
     def __str__(self) -> str:
         return self.slug
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.AZURE and not self.api_version:
+            raise ValidationError({"api_version": "An Azure OpenAI provider needs the "
+                                                  "api-version its deployments take."})
+        if self.kind != self.Kind.BUILTIN and self.slug != "openrouter" and not self.base_url:
+            raise ValidationError({"base_url": "This kind of provider needs its base URL."})
 
 
 class ProviderKey(_EncryptedAPIKey, models.Model):

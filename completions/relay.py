@@ -24,7 +24,8 @@ from completions.gateway import FINISH_REASONS, note_failure, response_headers, 
 from completions.services import Ending, RequestOutcome
 from completions.settlement import settle, settle_quietly, track
 from completions.tokens import count_text
-from completions.upstream import EventStream, UpstreamFailure
+from completions.upstream import EventStream
+from completions.upstream_failures import UpstreamFailure
 from completions.usage import openai_usage_fields, reported_usage
 from novakit.errors import error_body
 

@@ -1,7 +1,8 @@
-"""Talking to upstream providers: one pooled HTTP client per process, SSE parsing, error mapping.
+"""Talking to upstream providers: one pooled HTTP client per process, SSE parsing.
 
-Each function here makes one attempt against one route and raises
-`UpstreamFailure` on anything that went wrong; `gateway` decides whether to
+Each function here makes one attempt against one route, in the way its kind
+of provider is spoken to (completions.kinds), and raises `UpstreamFailure`
+(completions.upstream_failures) on anything that went wrong; `gateway` decides whether to
 fall back to the next route (only before a byte has gone to the client).
 
 The client is aiohttp's: on this hot path it costs about a tenth of the CPU
@@ -12,9 +13,7 @@ speed does not matter (webhooks, catalog sync).
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,73 +25,17 @@ from django.conf import settings
 
 from completions import echo
 from completions.catalog import Route
-from novakit.errors import ErrorCode
+from completions.kinds import ProviderKind, Unsupported, kind_of
+from completions.upstream_failures import (
+    UpstreamFailure,
+    connect_failure,
+    failure_from_status,
+    malformed,
+    stream_cut,
+    timeout_failure,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class UpstreamFailure(Exception):
-    """An attempt failed. `retryable` says whether another route may be tried."""
-
-    def __init__(
-        self, status: int, code: ErrorCode, message: str, *, retryable: bool, kind: str,
-        provider_error: dict[str, Any] | None = None, retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        # For counting and logs: timeout, connect, http_429, http_5xx, malformed, ...
-        self.kind = kind
-        # The provider's `error` object when it refused the request itself (a 4xx).
-        self.provider_error = provider_error
-        # Seconds the provider asked us to wait (its Retry-After), if it said.
-        self.retry_after = retry_after
-
-
-def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
-    """An HTTP `Retry-After`: seconds, or a date; None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _timeout_failure(provider: str, what: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        504, "upstream_timeout", f"Provider '{provider}' timed out ({what})",
-        retryable=True, kind="timeout",
-    )
-
-
-def _connect_failure(provider: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        503, "upstream_unavailable", f"Provider '{provider}' could not be reached",
-        retryable=True, kind="connect",
-    )
-
-
-def _malformed(provider: str, what: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        502, "upstream_error", f"Provider '{provider}' sent a malformed {what}",
-        retryable=True, kind="malformed",
-    )
-
-
-def _stream_cut(provider: str) -> UpstreamFailure:
-    return UpstreamFailure(
-        502, "upstream_error", f"Provider '{provider}' closed the stream early",
-        retryable=True, kind="stream_cut",
-    )
 
 
 class _ClientHolder:
@@ -148,98 +91,51 @@ def _timeout() -> aiohttp.ClientTimeout:
 upstream_client = _ClientHolder()
 
 
-def _headers(route: Route) -> dict[str, str]:
-    return {
-        "Authorization": f"Bearer {route.api_key}",
-        "Content-Type": "application/json",
-        "X-Title": "NovaKit",
-    }
-
-
-def _failure_from_status(route: Route, status: int, body: bytes,
-                         retry_after: str | None = None) -> UpstreamFailure:
-    message = _provider_message(body) or f"HTTP {status}"
-    if status == 429:
-        return UpstreamFailure(
-            503, "upstream_unavailable", f"Provider '{route.provider}' is rate limiting: {message}",
-            retryable=True, kind="http_429", retry_after=retry_after_seconds(retry_after),
-        )
-    if status >= 500:
-        return UpstreamFailure(
-            502, "upstream_error", f"Provider '{route.provider}' failed: {message}",
-            retryable=True, kind="http_5xx", retry_after=retry_after_seconds(retry_after),
-        )
-    if status in (401, 403):
-        # Our credentials, not the caller's fault: another route may work.
-        return UpstreamFailure(
-            502, "upstream_error", f"Provider '{route.provider}' refused NovaKit's credentials",
-            retryable=True, kind="http_auth",
-        )
-    # 400, 404, 413, 422: the request itself (context too long, bad tool schema).
-    return UpstreamFailure(400, "invalid_request", message, retryable=False, kind="http_4xx",
-                           provider_error=_provider_error(body))
-
-
-def _provider_error(body: bytes) -> dict[str, Any] | None:
-    """The provider's OpenAI-style `error` object: its code, param and type, as strings."""
+def _request(route: Route, payload: dict[str, Any]) -> tuple[ProviderKind, bytes]:
+    """The route's kind and the body it takes (completions.kinds)."""
+    kind = kind_of(route)
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    error = data.get("error") if isinstance(data, dict) else None
-    if not isinstance(error, dict):
-        return None
-    kept = {name: error.get(name) for name in ("message", "type", "code", "param")}
-    kept["message"] = _provider_message(body) or None
-    return {name: value for name, value in kept.items() if isinstance(value, str) and value}
-
-
-def _provider_message(body: bytes) -> str:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return body[:200].decode(errors="replace").strip()
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"][:500]
-        if isinstance(error, str):
-            return error[:500]
-    return ""
+        return kind, orjson.dumps(kind.request(payload))
+    except Unsupported as exc:  # another route may do it, so retryable; no cooldown
+        raise UpstreamFailure(400, "invalid_request", str(exc), retryable=True,
+                              kind="unsupported") from None
 
 
 async def complete(route: Route, payload: dict[str, Any]) -> dict[str, Any]:
     """One non-streaming attempt; returns the provider's completion object."""
     if route.kind == "builtin":
         return echo.complete(payload)
+    kind, body = _request(route, payload)
     session = upstream_client.get()
     try:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
             async with session.post(
-                f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
-                headers=_headers(route), timeout=_timeout(), allow_redirects=False,
+                kind.url(route), data=body, headers=kind.headers(route), timeout=_timeout(),
+                allow_redirects=False,
             ) as response:
                 status = response.status
                 body = await response.read()
                 retry_after = response.headers.get("Retry-After")
     except TimeoutError:  # asyncio's, and aiohttp's connect and read timeouts
-        raise _timeout_failure(route.provider, "no response") from None
+        raise timeout_failure(route.provider, "no response") from None
     except aiohttp.ClientPayloadError:  # a body cut short, or one that cannot be decoded
-        raise _malformed(route.provider, "response") from None
+        raise malformed(route.provider, "response") from None
     except (aiohttp.ClientError, OSError):
-        raise _connect_failure(route.provider) from None
+        raise connect_failure(route.provider) from None
     if status != 200:
-        raise _failure_from_status(route, status, body, retry_after)
+        raise failure_from_status(route, status, body, retry_after)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise _malformed(route.provider, "response") from None
+        raise malformed(route.provider, "response") from None
+    if isinstance(data, dict):
+        data = kind.answer(data)
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         if isinstance(data, dict) and data.get("error"):
-            raise _failure_from_status(route, 502, body)
-        raise _malformed(route.provider, "response")
+            raise failure_from_status(route, 502, body)
+        raise malformed(route.provider, "response")
     if not _well_formed(data, "message"):
-        raise _malformed(route.provider, "response")
+        raise malformed(route.provider, "response")
     return data
 
 
@@ -314,9 +210,10 @@ async def _lines(body: aiohttp.StreamReader) -> AsyncIterator[bytes]:
 
 
 async def _sse_events(
-    response: aiohttp.ClientResponse, provider: str
+    response: aiohttp.ClientResponse, provider: str, *, last_event: str | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """Parsed `data:` events until `[DONE]`; comments and keep-alives are skipped."""
+    """Parsed `data:` events until `[DONE]` (or the event whose `type` is `last_event`,
+    included); comments, keep-alives and `event:` lines are skipped."""
     data_lines: list[bytes] = []
     try:
         async for line in _lines(response.content):
@@ -332,14 +229,16 @@ async def _sse_events(
             try:
                 event = orjson.loads(data)
             except orjson.JSONDecodeError:
-                raise _malformed(provider, "stream event") from None
+                raise malformed(provider, "stream event") from None
             if not isinstance(event, dict) or not _well_formed(event, "delta"):
-                raise _malformed(provider, "stream event")
+                raise malformed(provider, "stream event")
             yield event
+            if last_event is not None and event.get("type") == last_event:
+                return
     except TimeoutError:
-        raise _timeout_failure(provider, "gap between chunks") from None
+        raise timeout_failure(provider, "gap between chunks") from None
     except (aiohttp.ClientError, OSError):  # the connection dropped, or an undecodable body
-        raise _stream_cut(provider) from None
+        raise stream_cut(provider) from None
     # The connection ended without `[DONE]`: a truncated stream is not a success.
     raise UpstreamFailure(
         502, "upstream_error", f"Provider '{provider}' ended the stream without finishing it",
@@ -353,26 +252,29 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
         events = echo.stream(payload)
         first = await anext(events)
         return EventStream(first=first, rest=events, response=None)
+    kind, body = _request(route, payload)
     session = upstream_client.get()
     response: aiohttp.ClientResponse | None = None
     try:
         async with asyncio.timeout(settings.UPSTREAM_FIRST_BYTE_TIMEOUT):
             response = await session.post(
-                f"{route.base_url}/chat/completions", data=orjson.dumps(payload),
-                headers={**_headers(route), "Accept": "text/event-stream"}, timeout=_timeout(),
-                allow_redirects=False,
+                kind.url(route), data=body,
+                headers={**kind.headers(route), "Accept": "text/event-stream"},
+                timeout=_timeout(), allow_redirects=False,
             )
             if response.status != 200:
-                body = await response.read()
-                raise _failure_from_status(route, response.status, body,
+                refusal = await response.read()
+                raise failure_from_status(route, response.status, refusal,
                                            response.headers.get("Retry-After"))
-            events = _sse_events(response, route.provider)
+            events = _sse_events(response, route.provider, last_event=kind.last_event)
+            if kind.chunks is not None:
+                events = kind.chunks(events)
             try:
                 first = await anext(events)
             except StopAsyncIteration:
-                raise _malformed(route.provider, "empty stream") from None
+                raise malformed(route.provider, "empty stream") from None
             if "error" in first and not first.get("choices"):
-                raise _failure_from_status(route, 502, orjson.dumps(first))
+                raise failure_from_status(route, 502, orjson.dumps(first))
     except UpstreamFailure:
         if response is not None:
             response.release()
@@ -380,11 +282,11 @@ async def open_stream(route: Route, payload: dict[str, Any]) -> EventStream:
     except TimeoutError:
         if response is not None:
             response.release()
-        raise _timeout_failure(route.provider, "no first byte") from None
+        raise timeout_failure(route.provider, "no first byte") from None
     except (aiohttp.ClientError, OSError):
         if response is not None:
             response.release()
-        raise _connect_failure(route.provider) from None
+        raise connect_failure(route.provider) from None
     except BaseException:
         # Cancelled (the client left) or anything unforeseen: never leak the connection.
         if response is not None:

@@ -89,10 +89,14 @@ def dead_port() -> int:
         return probe.getsockname()[1]
 
 
-def add_provider(slug: str, base_url: str, *, supports_web_search: bool = True) -> Provider:
-    provider = Provider(slug=slug, name=slug.title(), base_url=base_url,
-                        supports_web_search=supports_web_search)
-    provider.set_api_key(f"{slug}-key")
+def add_provider(slug: str, base_url: str, *, supports_web_search: bool = True,
+                 kind: str = "openai", api_version: str = "", keyed: bool = True) -> Provider:
+    """A provider of `kind`, with the key `<slug>-key` unless not `keyed`."""
+    provider = Provider(slug=slug, name=slug.title(), base_url=base_url, kind=kind,
+                        api_version=api_version, supports_web_search=supports_web_search)
+    if keyed:
+        provider.set_api_key(f"{slug}-key")
+    provider.full_clean()
     provider.save()
     return provider
 

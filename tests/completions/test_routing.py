@@ -134,7 +134,7 @@ def test_given_every_route_cooled_then_the_one_back_soonest_is_still_tried():
 
 
 def test_given_a_date_in_retry_after_then_it_counts_the_seconds_to_it():
-    from completions.upstream import retry_after_seconds
+    from completions.upstream_failures import retry_after_seconds
 
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("Thu, 03 Dec 2026 12:00:30 GMT", now=1796299200.0) == 30.0

@@ -144,7 +144,8 @@ def database_url() -> str:
     db = connection.settings_dict
     if connection.vendor == "sqlite":
         name = str(db["NAME"])
-        assert "memory" not in name, "the SQLite test database must be a file (novakit/databases.py)"
+        assert "memory" not in name, (
+            "the SQLite test database must be a file (novakit/databases.py)")
         return f"sqlite:///{name}"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
     return (f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:"

@@ -37,7 +37,9 @@ A provider with a fixed behaviour, whatever the scenario, is the base URL
 `key_scenarios` maps an API key to the scenario of every request it authorises (one
 bad key among good ones). `hang` lasts until the next `reset()`, so no handler
 outlives its test.
-Every request is recorded in `requests` (path, headers, parsed body).
+Every request is recorded in `requests` (path, headers, parsed body). It also speaks
+Anthropic's Messages API and serves an Azure OpenAI deployment (`anthropic_url`,
+`azure_url`: tests/support/fake_anthropic.py).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support import fake_anthropic
 
 WORDS = "The quick brown fox jumps over the lazy dog and keeps running far away".split()
 _MARKER = re.compile(r"\[\[fault:([a-z_]+)(?::([0-9.]+))?\]\]")
@@ -81,6 +85,16 @@ class FakeUpstream:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
 
+    @property
+    def anthropic_url(self) -> str:
+        """The base URL of its Anthropic Messages API (tests/support/fake_anthropic.py)."""
+        return f"http://{self.host}:{self.port}/anthropic/v1"
+
+    @property
+    def azure_url(self) -> str:
+        """The base URL of its Azure OpenAI resource (tests/support/fake_anthropic.py)."""
+        return f"http://{self.host}:{self.port}/azure"
+
     def url_for(self, scenario: str) -> str:
         """A base URL whose requests always behave as `scenario` (e.g. "status:500")."""
         return f"http://{self.host}:{self.port}/forced/{scenario}/v1"
@@ -107,6 +121,10 @@ class FakeUpstream:
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_post("/forced/{scenario}/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_post("/anthropic/v1/messages",
+                                lambda request: fake_anthropic.messages(self, request))
+            app.router.add_post("/azure/openai/deployments/{deployment}/chat/completions",
+                                lambda request: fake_anthropic.azure_chat(self, request))
             self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, self.host, self.port)
