@@ -4,7 +4,14 @@ from django.db import transaction
 
 from accounts.admin_audit import AuditedAdmin, AuditedForm
 from completions.catalog import CAPABILITY_FIELDS, catalog_cache
-from completions.models import CatalogModel, ModelRoute, Provider, ProviderKey, UsageRecord
+from completions.models import (
+    CatalogModel,
+    ModelRoute,
+    Provider,
+    ProviderKey,
+    ReconciliationFinding,
+    UsageRecord,
+)
 
 
 class _WriteOnlyKeyForm(AuditedForm):
@@ -81,6 +88,19 @@ class CatalogModelAdmin(AuditedAdmin):
         if change and decisions & set(form.changed_data):
             obj.staff_override = True  # a catalog sync must not undo a staff decision
         super().save_audited(request, obj, form, change)
+
+
+@admin.register(ReconciliationFinding)
+class ReconciliationFindingAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "request_id", "organization", "provider", "model", "kind"]
+    list_filter = ["kind", "provider"]
+    search_fields = ["request_id"]
+
+    def has_add_permission(self, request):  # type: ignore[no-untyped-def]
+        return False
+
+    def has_change_permission(self, request, obj=None):  # type: ignore[no-untyped-def]
+        return False
 
 
 @admin.register(UsageRecord)

@@ -96,7 +96,7 @@ class Admitted:
 
     def ended(self, ending: Ending, *, provider: str = "", own_key: bool = False,
               usage: tuple[int, int] | None = None, report: dict[str, Any] | None = None,
-              source: str = "tokenizer", ttft_ms: int | None = None,
+              upstream_id: str = "", source: str = "tokenizer", ttft_ms: int | None = None,
               failure_status: int | None = None, failure_code: str | None = None,
               ) -> RequestOutcome:
         """The request's outcome: how it ended and, unless the ending releases, what it used,
@@ -110,7 +110,7 @@ class Admitted:
             streamed=self.streamed, ending=ending, end_user=self.end_user, provider=provider,
             failure_status=failure_status, failure_code=failure_code,
             latency_ms=self.elapsed_ms(), ttft_ms=ttft_ms, quota_holds=self.quota_holds,
-            key_class=KEY_CLASS_OWN if own_key else KEY_CLASS_PLATFORM,
+            key_class=KEY_CLASS_OWN if own_key else KEY_CLASS_PLATFORM, upstream_id=upstream_id,
         )
         if outcome.release or usage is None:
             return outcome

@@ -147,7 +147,8 @@ async def answer(admitted: Admitted) -> HttpResponse:
     else:
         usage, source = reported, "upstream"
     outcome = admitted.ended(Ending.COMPLETED, provider=route.provider, own_key=route.own_key,
-                             usage=usage, report=data.get("usage"), source=source,
+                             usage=usage, report=data.get("usage"),
+                             upstream_id=str(data.get("id") or ""), source=source,
                              ttft_ms=admitted.elapsed_ms())
     settlement = await settle(outcome)  # SettlementFailed: a 500, never a free answer
     body = _normalise_completion(data, admitted)

@@ -206,6 +206,8 @@ class UsageRecord(models.Model):
     http_status = models.PositiveSmallIntegerField(default=200)
     error_code = models.CharField(max_length=64, blank=True)
     streamed = models.BooleanField(default=False)
+    # The provider's own id for the answer (OpenRouter's generation id), for reconciliation.
+    upstream_id = models.CharField(max_length=128, blank=True, default="", db_default="")
     usage_source = models.CharField(
         max_length=16, default="upstream",
         help_text="upstream; tokenizer when estimated; clamped when the upstream reported more "
@@ -226,6 +228,36 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id} {self.model} {self.status}"
+
+
+class ReconciliationFinding(models.Model):
+    """Something the reconciliation job (completions.reconciliation) found a request's
+    record and its provider's account of it to disagree on, or a record to be estimated."""
+
+    class Kind(models.TextChoices):
+        COST_DRIFT = "cost_drift", "Cost differs from the provider's"
+        TOKEN_DRIFT = "token_drift", "Tokens differ from the provider's"
+        ESTIMATED = "estimated", "Usage counted by the tokenizer"
+        BEYOND_HOLD = "beyond_hold", "Usage reported beyond what the request could use"
+        FALLBACK = "fallback", "Charged its hold: its settlement failed"
+
+    request_id = models.CharField(max_length=64)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    provider = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    # What NovaKit recorded, and what the provider says (empty when not asked).
+    ours = models.JSONField(default=dict)
+    theirs = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["request_id", "kind"],
+                                               name="finding_once_per_request_and_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.kind}"
 
 
 class UsageRollup(models.Model):

@@ -128,6 +128,7 @@ class _Relay:
             source = "tokenizer"
         self.outcome = admitted.ended(ending, provider=self.route.provider,
                                       own_key=self.route.own_key, usage=usage, report=report,
+                                      upstream_id=str(self.stream.first.get("id") or ""),
                                       source=source, ttft_ms=self.ttft_ms,
                                       failure_status=failure_status, failure_code=failure_code)
         if ending is Ending.COMPLETED:

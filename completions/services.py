@@ -97,6 +97,7 @@ class RequestOutcome:
     quota_holds: Sequence[Sequence[Any]] = ()
     key_class: str = KEY_CLASS_PLATFORM
     cost: UpstreamCost = NO_COST
+    upstream_id: str = ""
 
     @property
     def rule(self) -> EndingRule:
@@ -221,6 +222,7 @@ def usage_record(outcome: RequestOutcome, *, now: dt.datetime | None = None) -> 
         http_status=outcome.http_status,
         error_code=outcome.error_code,
         streamed=outcome.streamed,
+        upstream_id=outcome.upstream_id[:128],
         usage_source=outcome.usage_source,
         prompt_rate=settings.CREDITS_PER_1K_PROMPT_TOKENS,
         completion_rate=settings.CREDITS_PER_1K_COMPLETION_TOKENS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from completions import catalog_sync, rollups
+from completions import catalog_sync, reconciliation, rollups
 from completions.models import Provider
 from novakit.celery import app
 
@@ -43,3 +43,8 @@ def idempotency_purge_task() -> int:
     from completions.idempotency import idempotency_purge
 
     return idempotency_purge()
+
+
+@app.task(time_limit=1800, soft_time_limit=1700)
+def reconciliation_task() -> dict[str, int]:
+    return reconciliation.reconciliation_window()

@@ -231,7 +231,12 @@ CELERY_BEAT_SCHEDULE = {
     "catalog-sync": {"task": "completions.tasks.catalog_sync_task", "schedule": 6 * 3600.0},
     "expire-requests": {"task": "completions.tasks.requests_expire_task", "schedule": 60.0},
     "low-balance-alerts": {"task": "billing.tasks.low_balance_alerts_task", "schedule": 300.0},
+    "reconciliation": {"task": "completions.tasks.reconciliation_task", "schedule": 3600.0},
 }
+# Reconciliation (completions/reconciliation.py) looks this far back, at most this many
+# records per run: twice the job's interval, so a late run leaves no gap.
+RECONCILIATION_LOOKBACK_SECONDS = env_int("RECONCILIATION_LOOKBACK_SECONDS", 7200, minimum=60)
+RECONCILIATION_BATCH = env_int("RECONCILIATION_BATCH", 500, minimum=1)
 # Without a broker the web process runs the beat schedule itself (novakit/scheduler.py).
 IN_PROCESS_BEAT = env_bool("IN_PROCESS_BEAT", not REDIS_URL)
 

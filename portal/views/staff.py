@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from billing import selectors as billing_selectors
-from completions import charts, margins, routing, selectors
+from completions import charts, margins, reconciliation, routing, selectors
 
 _RANGES = {"48h": ("hour", dt.timedelta(hours=48)), "7d": ("hour", dt.timedelta(days=7)),
            "30d": ("day", dt.timedelta(days=30)), "90d": ("day", dt.timedelta(days=90))}
@@ -76,6 +76,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "margin_total": margins.margin_total(margin_rows),
         "credit_price_usd": settings.CREDIT_PRICE_USD,
         "uncovered_models": margins.uncovered_models(),
+        "findings": reconciliation.recent_findings(),
         "near_limits": billing_selectors.organizations_near_limits(),
         "stale_reservations": billing_selectors.stale_reservations(
             older_than=dt.timedelta(seconds=settings.STAFF_STALE_RESERVATION_SECONDS)),

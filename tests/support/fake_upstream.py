@@ -75,6 +75,10 @@ class FakeUpstream:
     model_listing: list[dict[str, Any]] = field(default_factory=list)
     # API key -> the scenario of the requests it authorises.
     key_scenarios: dict[str, str] = field(default_factory=dict)
+    # OpenRouter's per-generation accounts (GET /v1/generation?id=), by generation id, and
+    # what a test wants them to say differently (drift).
+    generations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    generation_drift: dict[str, Any] = field(default_factory=dict)
     # Bumped by reset(): a `hang` ends when the test that asked for it is over.
     _generation: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
@@ -109,6 +113,8 @@ class FakeUpstream:
         self._generation += 1
         self.model_listing = []
         self.key_scenarios = {}
+        self.generations = {}
+        self.generation_drift = {}
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> FakeUpstream:
@@ -121,6 +127,7 @@ class FakeUpstream:
             app.router.add_post("/v1/chat/completions", self._chat)
             app.router.add_post("/forced/{scenario}/v1/chat/completions", self._chat)
             app.router.add_get("/v1/models", self._models)
+            app.router.add_get("/v1/generation", self._generation_account)
             app.router.add_post("/anthropic/v1/messages",
                                 lambda request: fake_anthropic.messages(self, request))
             app.router.add_post("/azure/openai/deployments/{deployment}/chat/completions",
@@ -226,14 +233,16 @@ class FakeUpstream:
                 "id": "call_1", "type": "function",
                 "function": {"name": function, "arguments": arguments}}]}
             finish = "tool_calls"
+        usage = self._usage(body, words, name)
         completion: dict[str, Any] = {
-            "id": "gen-fake", "object": "chat.completion", "created": int(time.time()),
+            "id": self._generated(usage), "object": "chat.completion",
+            "created": int(time.time()),
             "model": body.get("model"), "choices": [
                 {"index": index, "message": message, "finish_reason": finish}
                 for index in range(int(body.get("n") or 1))],
         }
         if name != "no_usage":
-            completion["usage"] = self._usage(body, words, name)
+            completion["usage"] = usage
         return web.json_response(completion)
 
     async def _stream(self, request: web.Request, body: dict[str, Any], name: str,
@@ -242,7 +251,8 @@ class FakeUpstream:
         await response.prepare(request)
         interval = float(arg) if name == "slow" and arg else self.chunk_interval
         words = self._words(body)
-        base = {"id": "gen-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+        base = {"id": self._generated(self._usage(body, words, name)),
+                "object": "chat.completion.chunk", "created": int(time.time()),
                 "model": body.get("model")}
 
         async def send(data: dict[str, Any] | str) -> None:
@@ -304,6 +314,21 @@ class FakeUpstream:
             await send({**base, "choices": [], "usage": self._usage(body, words, name)})
         await send("[DONE]")
         return response
+
+    def _generated(self, usage: dict[str, Any]) -> str:
+        """A new generation id, remembered with its account as OpenRouter keeps one."""
+        generation_id = f"gen-fake-{len(self.generations) + 1}"
+        self.generations[generation_id] = {
+            "id": generation_id, "tokens_prompt": usage["prompt_tokens"],
+            "tokens_completion": usage["completion_tokens"], "total_cost": usage.get("cost")}
+        return generation_id
+
+    async def _generation_account(self, request: web.Request) -> web.Response:
+        account = self.generations.get(request.query.get("id", ""))
+        if account is None:
+            return web.json_response({"error": {"message": "not found", "code": 404}},
+                                     status=404)
+        return web.json_response({"data": {**account, **self.generation_drift}})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": self.model_listing})
