@@ -163,6 +163,7 @@ class WebhookEndpoint(models.Model):
         QUOTA_100 = "quota.100", "Quota used up"
         KEY_REVOKED = "key.revoked", "API key revoked"
         KEY_EXPIRING = "key.expiring", "API key expires within 7 days"
+        AUTO_RECHARGE_FAILED = "auto_recharge.failed", "Auto-recharge failed and was turned off"
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="webhook_endpoints"

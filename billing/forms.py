@@ -4,9 +4,11 @@ organization page (portal/views/staff_organization.py) share them."""
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from accounts.models import APIKey, Organization
 from billing.models import LedgerEntry, Quota
@@ -59,3 +61,26 @@ class TopupForm(forms.Form):
 
     amount = forms.CharField(max_length=12, label="Amount (USD)", widget=forms.TextInput(
         attrs={"inputmode": "decimal", "autocomplete": "off", "placeholder": "20"}))
+    save_card = forms.BooleanField(required=False, label="Save the card for auto-recharge")
+
+
+class AutoRechargeForm(forms.Form):
+    """When the balance falls below `threshold` credits, buy `amount`, at most `monthly_cap`."""
+
+    enabled = forms.BooleanField(required=False, label="Recharge automatically")
+    threshold = forms.IntegerField(min_value=1, label="When the balance falls below (credits)")
+    amount = forms.DecimalField(min_value=Decimal("0.01"), decimal_places=2, max_digits=9,
+                                label="Buy (USD)")
+    monthly_cap = forms.DecimalField(min_value=Decimal("0.01"), decimal_places=2, max_digits=9,
+                                     label="At most, per month (USD)")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        amount, cap = data.get("amount"), data.get("monthly_cap")
+        if amount is not None:
+            low, high = settings.TOPUP_MIN_USD, settings.TOPUP_MAX_USD
+            if not low <= amount <= high:
+                self.add_error("amount", f"A top-up is between {low} and {high} USD.")
+            if cap is not None and cap < amount:
+                self.add_error("monthly_cap", "The monthly cap must allow one recharge.")
+        return data

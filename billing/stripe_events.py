@@ -35,6 +35,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from billing.ledger import account_for_organization, credits_grant, credits_reverse
 from billing.models import LedgerEntry, Payment, StripeEvent
+from billing.recharge import card_saved, recharge_failed
 from billing.topups import PAYMENT_METADATA
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class PaidObject:
     currency: str
     payment_intent: str | None
     checkout_session: str | None
+    # The saved card, where the buyer asked to save it (a PaymentIntent's).
+    customer: str | None = None
+    payment_method: str | None = None
 
 
 def stripe_event_receive(*, payload: bytes, signature: str | None) -> str:
@@ -97,7 +101,8 @@ def _intent_paid(intent: dict[str, Any]) -> PaidObject:
     return PaidObject(payment_id=str((intent.get("metadata") or {}).get(PAYMENT_METADATA, "")),
                       amount=intent.get("amount_received"),
                       currency=str(intent.get("currency", "")),
-                      payment_intent=intent.get("id"), checkout_session=None)
+                      payment_intent=intent.get("id"), checkout_session=None,
+                      customer=intent.get("customer"), payment_method=intent.get("payment_method"))
 
 
 def _paid(paid: PaidObject | None) -> tuple[str, Payment | None]:
@@ -117,6 +122,9 @@ def _paid(paid: PaidObject | None) -> tuple[str, Payment | None]:
     if paid.checkout_session and paid.checkout_session != payment.checkout_session_id:
         logger.error("a Stripe event for payment %s names another checkout", payment.pk)
         return "refused: another checkout", payment
+    if payment.save_card and paid.customer and paid.payment_method:
+        card_saved(payment=payment, customer_id=str(paid.customer),
+                   payment_method_id=str(paid.payment_method))
     if payment.status == Payment.Status.PAID:
         return "already granted", payment
     entry = credits_grant(
@@ -182,6 +190,18 @@ def _reversed(obj: dict[str, Any], *, refunded: int | None = None,
     return f"reversed {more} credits" + (f", {shortfall} owed" if shortfall else ""), payment
 
 
+def _intent_failed(intent: dict[str, Any]) -> tuple[str, Payment | None]:
+    """A charge of the saved card that failed after it was made (a bank's late decline):
+    auto-recharge turns off. A buyer's failed attempt at checkout may be tried again."""
+    payment_id = str((intent.get("metadata") or {}).get(PAYMENT_METADATA, ""))
+    payment = Payment.objects.filter(pk=int(payment_id)).first() if payment_id.isdigit() else None
+    if payment is None or not payment.automatic:
+        return "ignored: a checkout may be tried again", payment
+    error = intent.get("last_payment_error") or {}
+    recharge_failed(payment=payment, reason=str(error.get("message") or "the payment failed"))
+    return "failed", payment
+
+
 def _dispute_closed(dispute: dict[str, Any]) -> tuple[str, Payment | None]:
     if dispute.get("status") != "lost":
         return f"ignored: dispute {dispute.get('status')}", None
@@ -192,6 +212,7 @@ _HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Payment | None]]] = {
     "charge.refunded": lambda charge: _reversed(
         charge, refunded=int(charge.get("amount_refunded") or 0)),
     "charge.dispute.closed": _dispute_closed,
+    "payment_intent.payment_failed": _intent_failed,
     "checkout.session.completed": lambda obj: _paid(_checkout_paid(obj)),
     "checkout.session.async_payment_succeeded": lambda obj: _paid(_checkout_paid(obj)),
     "payment_intent.succeeded": lambda obj: _paid(_intent_paid(obj)),

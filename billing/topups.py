@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
 
 import stripe
 from django.conf import settings
@@ -60,7 +61,8 @@ def topup_amount(raw: str | Decimal) -> Decimal:
 
 
 def topup_start(*, organization: Organization, user: AbstractBaseUser, amount_usd: Decimal,
-                success_url: str, cancel_url: str) -> tuple[Payment, str]:
+                success_url: str, cancel_url: str, save_card: bool = False
+                ) -> tuple[Payment, str]:
     """Record a pending payment and open its Stripe Checkout Session; returns the payment
     and the address of Stripe's payment page.
 
@@ -76,7 +78,8 @@ def topup_start(*, organization: Organization, user: AbstractBaseUser, amount_us
         raise TopupRefused("That amount buys less than one credit.")
     payment = Payment.objects.create(
         organization=organization, bought_by_id=user.pk, credits=credits,
-        amount=int(amount / CENT), currency=CURRENCY, credit_price=settings.CREDIT_PRICE_USD)
+        amount=int(amount / CENT), currency=CURRENCY, credit_price=settings.CREDIT_PRICE_USD,
+        save_card=save_card)
     metadata = {PAYMENT_METADATA: str(payment.pk), "organization": str(organization.pk)}
     params = {
         "mode": "payment",
@@ -91,6 +94,10 @@ def topup_start(*, organization: Organization, user: AbstractBaseUser, amount_us
     }
     if email := getattr(user, "email", ""):
         params["customer_email"] = email
+    if save_card:  # kept by Stripe for auto-recharge (billing.recharge)
+        params["customer_creation"] = "always"
+        params["payment_intent_data"] = {"metadata": metadata,
+                                         "setup_future_usage": "off_session"}
     try:
         session = stripe_client().v1.checkout.sessions.create(
             params=params,  # type: ignore[arg-type]
@@ -107,3 +114,14 @@ def topup_start(*, organization: Organization, user: AbstractBaseUser, amount_us
                  target=f"payment:{payment.pk}",
                  after={"credits": credits, "amount": payment.amount, "currency": CURRENCY})
     return payment, str(session.url)
+
+
+def receipt_amounts(payment: Payment) -> dict[str, Any]:
+    """What a receipt shows of the amount paid: the tax it includes (RECEIPT_TAX_PERCENT,
+    rounded half up to the cent), the rest, and who sold it."""
+    total = payment.amount_major
+    rate = settings.RECEIPT_TAX_PERCENT
+    tax = (total * rate / (100 + rate)).quantize(CENT, rounding=ROUND_HALF_UP)
+    return {"total": total, "tax": tax, "net": total - tax, "tax_percent": rate.normalize(),
+            "tax_name": settings.RECEIPT_TAX_NAME, "tax_id": settings.RECEIPT_TAX_ID,
+            "seller": settings.RECEIPT_SELLER}

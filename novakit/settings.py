@@ -165,6 +165,11 @@ DEBT_TAKES_FREE_CREDITS = env_bool("DEBT_TAKES_FREE_CREDITS", True)
 # What one top-up may be, in USD (credits at CREDIT_PRICE_USD).
 TOPUP_MIN_USD = env_decimal("TOPUP_MIN_USD", "5")
 TOPUP_MAX_USD = env_decimal("TOPUP_MAX_USD", "1000")
+# What a purchase's receipt says of the seller and the tax its price includes (README "Payments").
+RECEIPT_SELLER = env_str("RECEIPT_SELLER", "")
+RECEIPT_TAX_ID = env_str("RECEIPT_TAX_ID", "")
+RECEIPT_TAX_NAME = env_str("RECEIPT_TAX_NAME", "Tax")
+RECEIPT_TAX_PERCENT = env_decimal("RECEIPT_TAX_PERCENT", "0")
 
 # --- Upstream providers ------------------------------------------------------
 OPENROUTER_API_KEY = env_str("OPENROUTER_API_KEY", "")
@@ -232,6 +237,7 @@ CELERY_BEAT_SCHEDULE = {
     "expire-requests": {"task": "completions.tasks.requests_expire_task", "schedule": 60.0},
     "low-balance-alerts": {"task": "billing.tasks.low_balance_alerts_task", "schedule": 300.0},
     "reconciliation": {"task": "completions.tasks.reconciliation_task", "schedule": 3600.0},
+    "auto-recharge": {"task": "billing.tasks.auto_recharge_task", "schedule": 60.0},
 }
 # Reconciliation (completions/reconciliation.py) looks this far back, at most this many
 # records per run: twice the job's interval, so a late run leaves no gap.

@@ -54,6 +54,7 @@ portal_patterns = [
     path("billing/ledger.csv", billing.ledger_csv, name="ledger-csv"),
     path("billing/redeem/", billing.redeem_code, name="redeem-code"),
     path("billing/topups/", billing.topup_start_view, name="topup-start"),
+    path("billing/auto-recharge/", billing.auto_recharge_update, name="auto-recharge"),
     path("billing/topups/return", billing.topup_return, name="topup-return"),
     path("billing/topups/<int:payment_id>/", billing.topup_receipt, name="topup"),
     path("playground/", playground.playground, name="playground"),

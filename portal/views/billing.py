@@ -14,10 +14,10 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from accounts.api import MANAGERS
-from billing import selectors, topups
+from billing import recharge, selectors, topups
 from billing.codes import CodeRefused, code_redeem
-from billing.forms import RedeemCodeForm, TopupForm
-from billing.models import Payment
+from billing.forms import AutoRechargeForm, RedeemCodeForm, TopupForm
+from billing.models import AutoRecharge, Payment
 from portal.access import PortalMember, member_view, portal_render
 
 LEDGER_PAGE_SIZE = 25
@@ -50,6 +50,7 @@ def billing(request: HttpRequest, member: PortalMember) -> HttpResponse:
                   "credit_price": settings.CREDIT_PRICE_USD,
                   "credits_per_usd": topups.credits_for(Decimal(1))},
         "payments": selectors.payments(organization_id=organization_id)[:20],
+        **_auto_recharge_context(member),
         "cancelled": request.GET.get("topup") == "cancelled",
     })
 
@@ -66,12 +67,47 @@ def topup_start_view(request: HttpRequest, member: PortalMember) -> HttpResponse
         _, checkout_url = topups.topup_start(
             organization=member.organization, user=member.membership.user,
             amount_usd=topups.topup_amount(form.cleaned_data["amount"]),
+            save_card=form.cleaned_data["save_card"],
             success_url=f"{back}?session_id={{CHECKOUT_SESSION_ID}}",
             cancel_url=request.build_absolute_uri(reverse("portal:billing")) + "?topup=cancelled")
     except topups.TopupRefused as refused:
         messages.error(request, str(refused))
         return redirect("portal:billing")
     return redirect(checkout_url)
+
+
+def _auto_recharge_context(member: PortalMember) -> dict[str, object]:
+    setup = AutoRecharge.objects.filter(
+        organization_id=member.membership.organization_id).first()
+    form = None
+    if setup is not None and member.role in MANAGERS:
+        form = AutoRechargeForm(initial={
+            "enabled": setup.enabled, "threshold": setup.threshold or None,
+            "amount": setup.amount_major if setup.amount else None,
+            "monthly_cap": setup.monthly_cap_major if setup.monthly_cap else None})
+    return {"auto_recharge": setup, "auto_recharge_form": form}
+
+
+@require_POST
+@member_view(roles=MANAGERS)
+def auto_recharge_update(request: HttpRequest, member: PortalMember) -> HttpResponse:
+    if not AutoRecharge.objects.filter(organization_id=member.membership.organization_id
+                                       ).exists():
+        messages.error(request, "Save a card first: tick \"Save the card\" when buying credits.")
+        return redirect("portal:billing")
+    form = AutoRechargeForm(request.POST)
+    if not form.is_valid():
+        errors = "; ".join(str(error) for errors in form.errors.values() for error in errors)
+        messages.error(request, f"Auto-recharge was not changed: {errors}")
+        return redirect("portal:billing")
+    data = form.cleaned_data
+    recharge.auto_recharge_set(
+        organization_id=member.membership.organization_id, enabled=data["enabled"],
+        threshold=data["threshold"], amount_usd=data["amount"],
+        monthly_cap_usd=data["monthly_cap"], actor=member.membership.user)
+    messages.success(request, "Auto-recharge is on." if data["enabled"]
+                     else "Auto-recharge is off.")
+    return redirect("portal:billing")
 
 
 @require_GET
@@ -98,6 +134,7 @@ def topup_receipt(request: HttpRequest, member: PortalMember, payment_id: int) -
     return portal_render(request, member, "portal/topup.html", {
         "section": "billing",
         "payment": payment,
+        "receipt": topups.receipt_amounts(payment),
         "balance": selectors.credit_summary(
             organization_id=payment.organization_id)["balance"],
     })

@@ -13,9 +13,9 @@ from tests.support.fake_stripe import FakeStripe
 TOPUP = "/portal/billing/topups/"
 
 
-def buy(buyer: Client, amount: str = "20") -> Payment:
+def buy(buyer: Client, amount: str = "20", *, save_card: bool = False) -> Payment:
     """Start a top-up in the portal: the answer sends the browser to Stripe's page."""
-    response = buyer.post(TOPUP, {"amount": amount})
+    response = buyer.post(TOPUP, {"amount": amount, **({"save_card": "on"} if save_card else {})})
     assert response.status_code == 302, response.content.decode()[:500]
     payment = Payment.objects.order_by("-pk").first()
     assert payment is not None

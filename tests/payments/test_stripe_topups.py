@@ -16,7 +16,7 @@ from django.db.models import Sum
 from accounts.models import AuditEvent, Membership
 from billing.models import LedgerEntry, Payment, StripeEvent
 from tests.completions.helpers import assert_books_balance
-from tests.payments.helpers import TOPUP, buy
+from tests.payments.helpers import TOPUP, bought, buy
 from tests.support.fake_stripe import sign
 
 
@@ -194,3 +194,20 @@ def test_coming_back_with_another_organizations_checkout_shows_nothing_of_it(
     assert response.redirect_chain[-1][0] == "/portal/billing/"
     assert "does not belong to this organization" in response.content.decode()
     assert buyer.get(f"{TOPUP}{theirs.pk}/").status_code == 404
+
+
+def test_the_receipt_shows_the_seller_and_the_tax_its_price_includes(
+    buyer, fake_stripe, settings
+):
+    settings.RECEIPT_SELLER = "NovaKit Ltd\n1 Example Street"
+    settings.RECEIPT_TAX_ID, settings.RECEIPT_TAX_NAME = "GB123456789", "VAT"
+    settings.RECEIPT_TAX_PERCENT = Decimal("20")
+    payment = bought(buyer, fake_stripe, "12.00")
+
+    receipt = buyer.get(f"{TOPUP}{payment.pk}/").content.decode()
+
+    assert 'data-receipt="seller">NovaKit Ltd<br>1 Example Street<' in receipt
+    assert 'data-receipt="tax_id">GB123456789<' in receipt
+    assert 'data-receipt="net">10.00 USD<' in receipt
+    assert "VAT (20 %, included)" in receipt and 'data-receipt="tax">2.00 USD<' in receipt
+    assert 'data-receipt="amount">12.00 USD<' in receipt

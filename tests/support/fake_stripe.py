@@ -7,7 +7,9 @@ whose `url` is a payment page here (`/pay/<id>`, a form with a Pay button,
 for the browser); paying it (`pay()`, or the button) completes the session,
 creates its PaymentIntent and builds the two events Stripe sends,
 `checkout.session.completed` and `payment_intent.succeeded`; `refund()` and
-`dispute()` build `charge.refunded` and `charge.dispute.closed`. Events are
+`dispute()` build `charge.refunded` and `charge.dispute.closed`; a session that
+asked to save the card leaves a customer and payment method that
+`POST /v1/payment_intents` charges off-session (or declines, `declined`). Events are
 signed exactly as Stripe signs them (`Stripe-Signature: t=<unix>,v1=<hex
 HMAC-SHA256 of "<t>.<body>">`), so the application's check is the real one.
 The button delivers both events to `webhook_url` before sending the browser
@@ -73,8 +75,10 @@ class FakeStripe:
     intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every API request: (method, path, headers, parameters).
     requests: list[tuple[str, str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
-    # Status codes of the webhook deliveries made by the Pay button.
+    # Status codes of the webhook deliveries made by the Pay button and by off-session charges.
     deliveries: list[int] = field(default_factory=list)
+    # Saved payment methods the bank refuses to charge off-session.
+    declined: set[str] = field(default_factory=set)
     _by_idempotency_key: dict[str, str] = field(default_factory=dict)
     _server: ThreadingHTTPServer | None = None
 
@@ -88,6 +92,7 @@ class FakeStripe:
         self.requests.clear()
         self.deliveries.clear()
         self._by_idempotency_key.clear()
+        self.declined.clear()
         self.webhook_url = ""
 
     # --- what Stripe does ------------------------------------------------------------
@@ -109,6 +114,10 @@ class FakeStripe:
             "success_url": params.get("success_url"), "cancel_url": params.get("cancel_url"),
             "url": f"{self.api_base}/pay/{session_id}",
             "_intent_metadata": (params.get("payment_intent_data") or {}).get("metadata") or {},
+            "_save_card": (params.get("payment_intent_data") or {}).get(
+                "setup_future_usage") == "off_session",
+            "customer": (f"cus_test_{secrets.token_hex(8)}"
+                         if params.get("customer_creation") == "always" else None),
             "_name": items[0]["price_data"]["product_data"]["name"],
         }
         self.sessions[session_id] = session
@@ -122,11 +131,42 @@ class FakeStripe:
         intent_id = f"pi_test_{secrets.token_hex(12)}"
         intent = {"id": intent_id, "object": "payment_intent", "status": "succeeded",
                   "amount": session["amount_total"], "amount_received": session["amount_total"],
-                  "currency": session["currency"], "metadata": session["_intent_metadata"]}
+                  "currency": session["currency"], "metadata": session["_intent_metadata"],
+                  "customer": session["customer"],
+                  "payment_method": f"pm_test_{secrets.token_hex(8)}",
+                  "setup_future_usage": "off_session" if session["_save_card"] else None}
         self.intents[intent_id] = intent
         session.update(payment_intent=intent_id, payment_status="paid", status="complete")
         return [self.event("checkout.session.completed", self.public(session)),
                 self.event("payment_intent.succeeded", intent)]
+
+    def charge_saved_card(self, params: dict[str, Any], idempotency_key: str | None
+                          ) -> tuple[int, dict[str, Any]]:
+        """An off-session PaymentIntent, confirmed at once: succeeded (its event delivered
+        before the answer, as Stripe would soon after) or declined (402, a card error)."""
+        if idempotency_key and idempotency_key in self._by_idempotency_key:
+            return 200, self.intents[self._by_idempotency_key[idempotency_key]]
+        saved = {intent.get("payment_method"): intent for intent in self.intents.values()
+                 if intent.get("setup_future_usage") == "off_session"}
+        method = params.get("payment_method")
+        if method not in saved or saved[method]["customer"] != params.get("customer"):
+            return 400, {"error": {"type": "invalid_request_error",
+                                   "message": f"No such PaymentMethod: '{method}'"}}
+        if method in self.declined:
+            return 402, {"error": {"type": "card_error", "code": "card_declined",
+                                   "decline_code": "insufficient_funds",
+                                   "message": "Your card was declined."}}
+        intent_id = f"pi_test_{secrets.token_hex(12)}"
+        intent = {"id": intent_id, "object": "payment_intent", "status": "succeeded",
+                  "amount": int(params["amount"]), "amount_received": int(params["amount"]),
+                  "currency": params["currency"], "metadata": params.get("metadata") or {},
+                  "customer": params["customer"], "payment_method": method}
+        self.intents[intent_id] = intent
+        if idempotency_key:
+            self._by_idempotency_key[idempotency_key] = intent_id
+        self.deliveries.append(self.deliver(self.event("payment_intent.succeeded",
+                                                       intent)).status_code)
+        return 200, intent
 
     def refund(self, intent_id: str, amount: int | None = None) -> dict[str, Any]:
         """Refund `amount` cents more (all that is left by default): the event Stripe sends,
@@ -223,6 +263,9 @@ def _handler(fake: FakeStripe) -> type[BaseHTTPRequestHandler]:
             if self.path == "/v1/checkout/sessions":
                 session = fake.create_session(params, self.headers.get("Idempotency-Key"))
                 self._json(200, fake.public(session))
+                return
+            if self.path == "/v1/payment_intents":
+                self._json(*fake.charge_saved_card(params, self.headers.get("Idempotency-Key")))
                 return
             self._json(404, {"error": {"type": "invalid_request_error",
                                        "message": f"Unrecognized request URL {self.path}"}})
