@@ -211,7 +211,7 @@ def _capabilities(model: Any) -> dict[str, bool | None]:
     }
 
 
-def _model_entry(model: Any) -> dict[str, Any]:
+def _model_entry(model: Any, organization_id: int) -> dict[str, Any]:
     per_1k = credits_per_1k_tokens(model.multiplier)
     return {
         "id": model.model_id,
@@ -224,7 +224,8 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "context_length": model.context_length,
         "supports_vision": model.supports_vision,
         "development": model.is_development,
-        "available": model.available,
+        # Its own provider keys make a model available to the organization that has them.
+        "available": model.available_for(organization_id),
         "pricing": {
             "prompt_usd_per_million": str(model.prices.prompt),
             "completion_usd_per_million": str(model.prices.completion),
@@ -242,7 +243,8 @@ def _model_entry(model: Any) -> dict[str, Any]:
 @router.get("/models", auth=ApiKeyAuth(MODELS, CHAT), summary="List models")
 async def list_models(request: HttpRequest) -> HttpResponse:
     catalog = await catalog_cache.get()
-    data = [_model_entry(model) for model in catalog.values()]
+    key: KeyContext = request.auth  # type: ignore[attr-defined]
+    data = [_model_entry(model, key.organization_id) for model in catalog.values()]
     return json_response({"object": "list", "data": data})
 
 
@@ -252,6 +254,7 @@ async def retrieve_model(request: HttpRequest, model_id: str) -> HttpResponse:
     model = catalog.get(model_id)
     if model is None:
         raise model_not_found(model_id)
-    return json_response(_model_entry(model))
+    key: KeyContext = request.auth  # type: ignore[attr-defined]
+    return json_response(_model_entry(model, key.organization_id))
 
 

@@ -214,6 +214,11 @@ class ModelInfo:
     def available(self) -> bool:
         return any(route.configured and route.listed for route in self.routes)
 
+    def available_for(self, organization_id: int) -> bool:
+        """Available to this organization: on the platform's keys, or on its own."""
+        return any(route.configured_for(organization_id) and route.listed
+                   for route in self.routes)
+
 
 def provider_endpoint(provider: Any) -> tuple[str, tuple[RouteKey, ...],
                                               dict[int, tuple[RouteKey, ...]]]:

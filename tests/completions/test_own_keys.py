@@ -7,6 +7,7 @@ import logging
 import math
 from decimal import Decimal
 
+import openai
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
@@ -96,10 +97,16 @@ def test_given_a_provider_only_an_organization_has_a_key_for_then_only_it_can_us
                 actor=tenant.user)
 
     assert _ask(client_for, tenant, "test/byok-only").choices[0].message.content
-    with pytest.raises(Exception) as refused:
+    with pytest.raises(openai.APIStatusError) as refused:
         _ask(client_for, other_tenant, "test/byok-only")
-    assert getattr(refused.value, "status_code", None) == 503
+    assert refused.value.status_code == 503
     assert _authorizations(fake_upstream) == [f"Bearer {OWN_SECRET}"]
+    # /models says so too: available to the organization with the key, not to the other.
+    ours = client_for(tenant).models.retrieve("test/byok-only")
+    theirs = client_for(other_tenant).models.retrieve("test/byok-only")
+    assert (ours.model_extra["available"], theirs.model_extra["available"]) == (True, False)
+    listed = {m.id: m.model_extra["available"] for m in client_for(tenant).models.list()}
+    assert listed["test/byok-only"] is True
 
 
 def _member(tenant, role: str):  # type: ignore[no-untyped-def]

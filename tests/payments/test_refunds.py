@@ -53,7 +53,8 @@ def test_the_next_purchase_and_a_grant_repay_the_debt_first(buyer, tenant, fake_
     payment = bought(buyer, fake_stripe, "5")
     _spend_all_but(tenant, 0)
     outcome(fake_stripe, fake_stripe.refund(payment.payment_intent_id))
-    assert tenant.refresh_account().debt == 500
+    account = tenant.refresh_account()
+    assert (account.balance, account.debt) == (0, 500)  # spent: never below zero, owed instead
 
     second = bought(buyer, fake_stripe, "7")  # 700 credits: 500 of them repay the debt
 
