@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from accounts.models import Membership
+from accounts.emails import owners_notify
 from accounts.webhooks import webhook_emit
 from billing.models import CreditAccount
 
@@ -24,19 +23,12 @@ def low_balance_threshold(account: CreditAccount) -> int:
 
 def _notify(account: CreditAccount, threshold: int, when: dt.datetime) -> None:
     organization = account.organization
-    owners = list(
-        Membership.objects.filter(organization=organization, role=Membership.Role.OWNER)
-        .exclude(user__email="").values_list("user__email", flat=True)
-    )
-    if owners:
-        transaction.on_commit(lambda: send_mail(
-            subject=f"NovaKit: {organization.name} is low on credits",
-            message=(f"The credit balance of {organization.name} is {account.balance}, "
-                     f"under its alert threshold of {threshold}.\n\n"
-                     "Requests are refused with 402 once the balance cannot cover them."),
-            from_email=settings.DEFAULT_FROM_EMAIL,
-            recipient_list=owners,
-        ))
+    owners_notify(
+        organization=organization,
+        subject=f"NovaKit: {organization.name} is low on credits",
+        message=(f"The credit balance of {organization.name} is {account.balance}, "
+                 f"under its alert threshold of {threshold}.\n\n"
+                 "Requests are refused with 402 once the balance cannot cover them."))
     webhook_emit(
         organization_id=organization.pk, event="balance.low",
         event_key=f"balance.low:{account.pk}:{when.isoformat()}",

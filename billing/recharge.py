@@ -29,12 +29,11 @@ from typing import Any
 
 import stripe
 from django.conf import settings
-from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from accounts.models import Membership
+from accounts.emails import owners_notify
 from accounts.services import audit_record
 from accounts.webhooks import webhook_emit
 from billing.models import AutoRecharge, CreditAccount, Payment
@@ -130,16 +129,12 @@ def recharge_failed(*, payment: Payment, reason: str) -> None:
         organization = payment.organization
         audit_record(action="credits.auto_recharge_failed", actor_label="stripe",
                      organization=organization, target=f"payment:{payment.pk}", reason=reason)
-        owners = list(Membership.objects.filter(organization=organization,
-                                                role=Membership.Role.OWNER)
-                      .exclude(user__email="").values_list("user__email", flat=True))
-        if owners:
-            transaction.on_commit(lambda: send_mail(
-                subject=f"NovaKit: auto-recharge of {organization.name} failed",
-                message=(f"Charging the saved card {payment.amount / 100:.2f} "
-                         f"{payment.currency.upper()} failed ({reason}), so auto-recharge is "
-                         "now off. Buy credits or save another card on the billing page."),
-                from_email=settings.DEFAULT_FROM_EMAIL, recipient_list=owners))
+        owners_notify(
+            organization=organization,
+            subject=f"NovaKit: auto-recharge of {organization.name} failed",
+            message=(f"Charging the saved card {payment.amount / 100:.2f} "
+                     f"{payment.currency.upper()} failed ({reason}), so auto-recharge is now "
+                     "off. Buy credits or save another card on the billing page."))
         webhook_emit(organization_id=organization.pk, event="auto_recharge.failed",
                      event_key=f"auto_recharge.failed:{payment.pk}",
                      data={"payment": payment.pk, "amount": payment.amount,
