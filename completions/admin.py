@@ -47,7 +47,8 @@ class ProviderAdmin(AuditedAdmin):
 class ProviderKeyForm(_WriteOnlyKeyForm):
     class Meta:
         model = ProviderKey
-        fields = ["provider", "organization", "label", "weight", "is_active"]
+        fields = ["provider", "organization", "label", "weight", "requests_per_minute",
+                  "is_active"]
 
     def clean_api_key(self) -> str:
         api_key: str = self.cleaned_data.get("api_key", "")
@@ -60,7 +61,8 @@ class ProviderKeyForm(_WriteOnlyKeyForm):
 class ProviderKeyAdmin(AuditedAdmin):
     form = ProviderKeyForm
     audit_exclude = ("api_key",)
-    list_display = ["provider", "label", "organization", "weight", "is_active", "created_at"]
+    list_display = ["provider", "label", "organization", "weight", "requests_per_minute",
+                    "is_active", "created_at"]
     list_filter = ["provider", "is_active"]
     # Empty organization: one of the platform's keys; set: that organization's own.
 

@@ -141,6 +141,8 @@ class RouteKey:
     weight: int = 1
     # Set for an organization's own key (bring your own key): used only for its requests.
     organization_id: int | None = None
+    # The most requests it takes a minute (completions.key_limits); None: no limit of ours.
+    requests_per_minute: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +237,8 @@ def provider_endpoint(provider: Any) -> tuple[str, tuple[RouteKey, ...],
             continue
         key = RouteKey(id=f"{provider.slug}:{stored.pk}", label=stored.label,
                        api_key=stored.get_api_key(), weight=stored.weight,
-                       organization_id=stored.organization_id)
+                       organization_id=stored.organization_id,
+                       requests_per_minute=stored.requests_per_minute)
         if key.organization_id is None:
             platform.append(key)
         else:

@@ -27,6 +27,7 @@ from billing.closing import Settlement
 from completions import routing
 from completions.admission import Admitted
 from completions.catalog import Route
+from completions.key_limits import key_request_take
 from completions.services import (
     Ending,
     RequestOutcome,
@@ -37,7 +38,7 @@ from completions.services import (
 from completions.settlement import settle, settle_quietly
 from completions.tokens import count_text
 from completions.upstream import EventStream, complete, open_stream
-from completions.upstream_failures import UpstreamFailure
+from completions.upstream_failures import UpstreamFailure, key_at_limit
 from completions.usage import openai_usage_fields, reported_usage
 from novakit import metrics
 from novakit.errors import ApiError, json_response
@@ -101,6 +102,11 @@ async def first_route(admitted: Admitted, attempt: Callable[[Route], Awaitable[T
     provider, own_key = "", False
     try:
         for route in routing.board.attempts(admitted.routes, admitted.key.organization_id):
+            if route.key is not None and (
+                    wait := await key_request_take(route.key)) is not None:
+                failure = key_at_limit(route.provider, wait)
+                routing.board.failed(route, kind=failure.kind, retry_after=wait)
+                continue
             provider, own_key = route.provider, route.own_key
             try:
                 result = await attempt(route)

@@ -73,6 +73,10 @@ class ProviderKey(_EncryptedAPIKey, models.Model):
         default=1, validators=[MinValueValidator(1)],
         help_text="Its share of the provider's requests: a key of weight 3 gets three times "
                   "the requests of a key of weight 1.")
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="The most requests it is sent in a minute, across every process; empty: "
+                  "no limit but the provider's own.")
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

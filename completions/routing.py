@@ -41,7 +41,8 @@ MAX_COOLDOWN_SECONDS = 300.0
 BACKOFF_FIRST_SECONDS = 5.0
 BACKOFF_MAX_SECONDS = 60.0
 # The failures that say the key or provider is unwell, not the request.
-COOLING_KINDS = frozenset({"http_429", "http_5xx", "http_auth", "timeout", "connect"})
+COOLING_KINDS = frozenset({"http_429", "http_5xx", "http_auth", "timeout", "connect",
+                           "key_limit"})
 # A published health entry outlives its last event by this much (the dashboard's horizon).
 HEALTH_TTL_SECONDS = 3600
 

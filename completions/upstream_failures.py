@@ -70,6 +70,14 @@ def malformed(provider: str, what: str) -> UpstreamFailure:
     )
 
 
+def key_at_limit(provider: str, wait: float) -> UpstreamFailure:
+    """Every key of the provider tried is at its requests-per-minute (completions.key_limits)."""
+    return UpstreamFailure(
+        503, "upstream_unavailable", f"Provider '{provider}' is at NovaKit's request limit for "
+        "its keys", retryable=True, kind="key_limit", retry_after=wait,
+    )
+
+
 def stream_cut(provider: str) -> UpstreamFailure:
     return UpstreamFailure(
         502, "upstream_error", f"Provider '{provider}' closed the stream early",

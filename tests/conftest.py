@@ -20,7 +20,7 @@ from accounts.scopes import ALL_SCOPES
 from accounts.services import api_key_create, membership_add, organization_create
 from billing.models import CreditAccount
 from billing.services import account_for_organization, credits_grant
-from completions import routing
+from completions import key_limits, routing
 from completions.catalog import catalog_cache, catalog_load
 from completions.models import CatalogModel, ModelRoute, Provider
 from completions.upstream import upstream_client
@@ -67,6 +67,7 @@ def _fresh_process_caches() -> Iterator[None]:
     ratelimit.local_reset()
     shared_redis.reset()
     routing.board.reset()
+    key_limits.reset()
     yield
     auth.cache_clear()
     catalog_cache.clear()

@@ -13,11 +13,12 @@ import re
 from collections import Counter
 from typing import Any
 
+import openai
 import pytest
 
 from accounts.models import AuditEvent
-from completions import routing
-from completions.catalog import Route, RouteKey
+from completions import key_limits, routing
+from completions.catalog import Route, RouteKey, catalog_cache
 from completions.models import ProviderKey
 from tests.completions.helpers import (
     add_model,
@@ -308,3 +309,36 @@ def test_given_a_resting_key_then_the_staff_dashboard_says_until_when(
     assert "cooling until" in rows["flaky"] and "http_429" in rows["flaky"]
     assert "healthy" in rows["steady"]
     assert secrets["flaky"] not in page
+
+
+def test_given_a_key_limited_to_2_requests_a_minute_then_it_gets_2_and_the_rest_go_elsewhere(
+    tenant, fake_upstream, client_for, monkeypatch
+):
+    minute = 1_800_000_000.0  # counts are per clock minute: stop the clock inside one
+    monkeypatch.setattr(key_limits, "clock", lambda: minute)
+    provider = add_provider(f"limited-{tenant.org.pk}", fake_upstream.url)
+    add_model("test/limited", [(provider, "their-model")])
+    secrets = _keys(provider, capped=1, free=1)
+    ProviderKey.objects.filter(label="capped").update(requests_per_minute=2)
+    client = client_for(tenant)
+
+    for _ in range(8):
+        client.chat.completions.create(model="test/limited", messages=HELLO, max_tokens=2)
+
+    assert _served_by(fake_upstream, secrets) == {"capped": 2, "free": 6}
+    # The limited key rests until the minute ends, as the staff dashboard shows.
+    [row] = [row for row in routing.provider_keys_health() if row["label"] == "capped"]
+    assert row["cooling"] and row["last_failure"] == "key_limit"
+
+    # Every key at its limit: 503, nothing sent, nothing charged. (A key is counted from
+    # when it has a limit.)
+    ProviderKey.objects.filter(label="free").update(requests_per_minute=1)
+    catalog_cache.clear()
+    client.chat.completions.create(model="test/limited", messages=HELLO, max_tokens=2)
+    fake_upstream.requests.clear()
+    charged = usage_charged(tenant)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model="test/limited", messages=HELLO, max_tokens=2)
+    assert refused.value.status_code == 503 and "request limit" in refused.value.message
+    assert not fake_upstream.requests and usage_charged(tenant) == charged
+    assert_books_balance(tenant)
