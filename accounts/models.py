@@ -164,6 +164,9 @@ class WebhookEndpoint(models.Model):
         KEY_REVOKED = "key.revoked", "API key revoked"
         KEY_EXPIRING = "key.expiring", "API key expires within 7 days"
         AUTO_RECHARGE_FAILED = "auto_recharge.failed", "Auto-recharge failed and was turned off"
+        # Sent to the staff organization only (STAFF_ORGANIZATION_SLUG).
+        CATALOG_UNCOVERED = ("catalog.uncovered",
+                             "Models whose multiplier no longer covers their cost (staff)")
 
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="webhook_endpoints"

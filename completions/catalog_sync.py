@@ -7,10 +7,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import httpx
+from django.conf import settings
 from django.db import transaction
 
-from accounts.models import AuditEvent
+from accounts.models import AuditEvent, Organization
 from accounts.services import audit_record
+from accounts.webhooks import webhook_emit
 from billing.tiers import tier_for_price
 from completions.catalog import catalog_cache, provider_endpoint
 from completions.margins import uncovered_models
@@ -18,6 +20,7 @@ from completions.models import CatalogModel, ModelRoute, Provider
 
 logger = logging.getLogger(__name__)
 UNCOVERED_ACTION = "catalog.uncovered_models"
+UNCOVERED_EVENT = "catalog.uncovered"
 _PER_MILLION = Decimal(1_000_000)
 
 
@@ -133,8 +136,18 @@ def _flag_uncovered(provider: Provider) -> int:
     last = AuditEvent.objects.filter(action=UNCOVERED_ACTION).order_by("-pk").first()
     before = (last.after or {}).get("models", []) if last else []
     if names != before:
-        audit_record(action=UNCOVERED_ACTION, actor_label=f"catalog sync ({provider.slug})",
-                     target="catalog", before={"models": before}, after={"models": names})
+        event = audit_record(action=UNCOVERED_ACTION, actor_label=f"catalog sync ({provider.slug})",
+                             target="catalog", before={"models": before}, after={"models": names})
+        staff = Organization.objects.filter(slug=settings.STAFF_ORGANIZATION_SLUG).first() if (
+            settings.STAFF_ORGANIZATION_SLUG) else None
+        if staff is not None:  # staff's own webhooks hear of it too
+            webhook_emit(organization_id=staff.pk, event=UNCOVERED_EVENT,
+                         event_key=f"{UNCOVERED_EVENT}:{event.pk}",
+                         data={"models": [{"id": flag.model_id, "tier": flag.tier,
+                                           "multiplier": str(flag.multiplier), "kind": flag.kind,
+                                           "earns_usd_per_1k": str(flag.revenue_usd_per_1k),
+                                           "costs_usd_per_1k": str(flag.cost_usd_per_1k)}
+                                          for flag in flags], "previously": before})
     return len(names)
 
 

@@ -159,9 +159,10 @@ REDEMPTION_FAILURES_PER_HOUR = env_int("REDEMPTION_FAILURES_PER_HOUR", 10, minim
 STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
 STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
 STRIPE_API_BASE = env_str("STRIPE_API_BASE", "https://api.stripe.com")
-# A debt from a reversed payment is repaid from a purchase, and also (1) from grants and
-# codes: credits given away are not spent while a refunded payment is owed.
+# A reversed payment's debt is repaid by the next purchase, and (1) by grants and codes too.
 DEBT_TAKES_FREE_CREDITS = env_bool("DEBT_TAKES_FREE_CREDITS", True)
+# The organization staff belong to: its webhooks hear of platform events (catalog.uncovered).
+STAFF_ORGANIZATION_SLUG = env_str("STAFF_ORGANIZATION_SLUG", "")
 # What one top-up may be, in USD (credits at CREDIT_PRICE_USD).
 TOPUP_MIN_USD = env_decimal("TOPUP_MIN_USD", "5")
 TOPUP_MAX_USD = env_decimal("TOPUP_MAX_USD", "1000")
@@ -239,8 +240,7 @@ CELERY_BEAT_SCHEDULE = {
     "reconciliation": {"task": "completions.tasks.reconciliation_task", "schedule": 3600.0},
     "auto-recharge": {"task": "billing.tasks.auto_recharge_task", "schedule": 60.0},
 }
-# Reconciliation (completions/reconciliation.py) looks this far back, at most this many
-# records per run: twice the job's interval, so a late run leaves no gap.
+# How far back reconciliation looks (twice its interval: a late run leaves no gap), how much.
 RECONCILIATION_LOOKBACK_SECONDS = env_int("RECONCILIATION_LOOKBACK_SECONDS", 7200, minimum=60)
 RECONCILIATION_BATCH = env_int("RECONCILIATION_BATCH", 500, minimum=1)
 # Without a broker the web process runs the beat schedule itself (novakit/scheduler.py).

@@ -11,7 +11,8 @@ import openai
 import pytest
 from django.conf import settings
 
-from accounts.models import AuditEvent
+from accounts.models import AuditEvent, WebhookDelivery
+from accounts.webhooks import webhook_endpoint_create
 from completions.catalog_sync import UNCOVERED_ACTION, catalog_sync
 from completions.costs import UpstreamPrices, catalog_cost, reported_cost, upstream_cost
 from completions.margins import uncovered_models
@@ -165,8 +166,15 @@ def test_a_request_that_reached_no_provider_cost_nothing(tenant, fake_upstream, 
 
 
 @pytest.mark.django_db
-def test_a_sync_reads_the_separate_rates_and_flags_models_whose_multiplier_falls_short(settings):
+def test_a_sync_reads_the_separate_rates_and_flags_models_whose_multiplier_falls_short(
+    settings, tenant
+):
     settings.CREDIT_PRICE_USD = Decimal("0.00002")
+    # Staff's own organization has a webhook for it.
+    settings.STAFF_ORGANIZATION_SLUG = tenant.org.slug
+    settings.WEBHOOKS_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    webhook_endpoint_create(organization=tenant.org, url="http://127.0.0.1:9/staff-hook",
+                            events=["catalog.uncovered"])
     provider = openrouter()
     CatalogModel.objects.exclude(model_id="openai/gpt-4o-mini").update(is_active=False)
     listing = [{"id": "openai/gpt-4o-mini", "pricing": {
@@ -193,3 +201,7 @@ def test_a_sync_reads_the_separate_rates_and_flags_models_whose_multiplier_falls
     assert counts["uncovered"] == 1
     [event] = AuditEvent.objects.filter(action=UNCOVERED_ACTION)  # once: the list changed once
     assert event.after == {"models": ["openai/gpt-4o-mini"]}
+    [delivery] = WebhookDelivery.objects.filter(event="catalog.uncovered")
+    [model] = delivery.payload["data"]["models"]
+    assert (model["id"], model["kind"], Decimal(model["costs_usd_per_1k"])) == (
+        "openai/gpt-4o-mini", "completion", Decimal("0.1"))
