@@ -15,7 +15,7 @@ from accounts.models import AuditEvent, WebhookDelivery
 from accounts.webhooks import webhook_endpoint_create
 from billing.ledger import credits_adjust
 from billing.models import AutoRecharge, LedgerEntry, Payment
-from billing.recharge import auto_recharge_scan
+from billing.recharge import _charge, _claim, auto_recharge_scan
 from billing.tasks import auto_recharge_task
 from tests.completions.helpers import assert_books_balance
 from tests.payments.helpers import bought, buy
@@ -178,3 +178,22 @@ def test_auto_recharge_needs_a_saved_card_and_sensible_numbers(buyer, tenant, fa
         "enabled": "on", "threshold": "300", "amount": "10", "monthly_cap": "5"}, follow=True)
     assert "must allow one recharge" in page.content.decode()
     assert AutoRecharge.objects.get().monthly_cap == 2500
+
+
+def test_a_job_that_died_after_its_claim_or_is_retried_charges_the_card_once(
+    buyer, tenant, fake_stripe
+):
+    setup = _saved_card(buyer, fake_stripe)
+    _spend_down_to(tenant, 10)
+    payment = _claim(setup, available=10)  # claimed, and the process died before Stripe
+    assert payment is not None and _claim(setup, available=10) is None
+
+    assert auto_recharge_scan() == 0  # the next run resumes the claimed charge: not a new one
+    setup.refresh_from_db()
+    _charge(setup, payment)  # a retried task asks again, with the payment's idempotency key
+
+    charged = [i for i in fake_stripe.intents.values() if i["metadata"].get("automatic")]
+    assert len(charged) == 1 and fake_stripe.deliveries.count(200) >= 1
+    payment.refresh_from_db()
+    assert payment.status == "paid" and tenant.refresh_account().balance == 1010
+    assert_books_balance(tenant)
