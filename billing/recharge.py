@@ -27,7 +27,6 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-import stripe
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
@@ -101,6 +100,8 @@ def _claim(setup: AutoRecharge, available: int) -> Payment | None:
 
 def _charge(setup: AutoRecharge, payment: Payment) -> None:
     """Ask Stripe to take the payment off the saved card; idempotent by the payment."""
+    import stripe  # when a payment needs it (billing.topups.stripe_client)
+
     metadata = {PAYMENT_METADATA: str(payment.pk), "organization": str(payment.organization_id),
                 "automatic": "true"}
     try:

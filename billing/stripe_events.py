@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import stripe
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
@@ -63,6 +62,8 @@ def stripe_event_receive(*, payload: bytes, signature: str | None) -> str:
     """Verify a webhook delivery and handle its event; returns what handling did."""
     if not settings.STRIPE_WEBHOOK_SECRET:
         raise EventRefused("no webhook secret is configured")
+    import stripe  # when a payment needs it (billing.topups.stripe_client)
+
     try:
         event = stripe.Webhook.construct_event(payload, signature, settings.STRIPE_WEBHOOK_SECRET)
     except stripe.SignatureVerificationError as exc:

@@ -101,3 +101,21 @@ def test_an_idle_inference_worker_holds_less_memory_than_one_that_serves_everyth
 
     print(f"idle worker RSS: inference {slim:.1f} MB, all {full:.1f} MB")
     assert slim < full - 5, (slim, full)
+
+
+def test_no_serving_process_loads_the_stripe_library_until_a_payment_needs_it():
+    """The stripe library holds ~3.4 MB once used; billing imports it where it talks to
+    Stripe, so a process that takes no payment does not carry it."""
+    script = ("import os, sys\n"
+              "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'novakit.settings')\n"
+              "import novakit.asgi\n"
+              "from django.urls import get_resolver\n"
+              "get_resolver().url_patterns\n"
+              "print('\\n'.join(sorted(sys.modules)))\n")
+    env = {**os.environ, "NOVAKIT_PROCESS": "all", "DATABASE_URL": "sqlite:///:memory:"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    loaded = set(done.stdout.split())
+
+    assert "billing.views" in loaded and "billing.stripe_events" in loaded
+    assert not {name for name in loaded if name == "stripe" or name.startswith("stripe.")}
