@@ -7,7 +7,7 @@ What it does, in order:
 1. starts the fake upstream (bench/fake_upstream.py) on a loopback port;
 2. recreates the PostgreSQL database, empties its Redis database, migrates,
    creates an organization with plenty of credits and an API key;
-3. starts NovaKit (novakit.runtime.serve, 2 workers) and
+3. starts NovaKit (novakit.runtime.serve, 2 workers of the inference process type) and
    LiteLLM's proxy (2 workers) from its own virtual environment, and checks
    each answers before measuring it;
 4. runs every scenario with the targets interleaved (A B C A B C ...),
@@ -1146,14 +1146,17 @@ def main() -> int:
         port = free_port()
         server = start("novakit", [
             str(VENV_PYTHON), "-m", "novakit.runtime.serve", "--workers", str(WORKERS),
+            "--process", "inference",
             "--host", HOST, "--port", str(port), "--log-level", "warning",
         ], env, raw_dir)
         servers.append(server)
         targets.append(Target(name="novakit", label="NovaKit",
                               url=f"http://{HOST}:{port}/api/v1/chat/completions",
                               key=secret, server=server,
-                              notes=[f"`python -m novakit.runtime.serve --workers {WORKERS}` (its "
-                                     "production server, platform/serve): uvicorn workers, each "
+                              notes=[f"`python -m novakit.runtime.serve --workers {WORKERS} "
+                                     "--process inference` (its production server and process "
+                                     "type for the inference API, platform/serve; the portal "
+                                     "and management API run in another): uvicorn workers, each "
                                      "listening on its own SO_REUSEPORT socket; "
                                      f"{' '.join(speedups) or '(default loop)'} (uvicorn's "
                                      "automatic choice when installed)"]))
