@@ -172,8 +172,8 @@ def credits_reverse(*, account_id: int, credits: int, reason: str,
     """
     if credits <= 0:
         raise ValueError("a reversal takes back a positive number of credits")
-    balance, reserved = CreditAccount.objects.select_for_update().filter(
-        pk=account_id).values_list("balance", "reserved")[0]
+    balance, reserved, organization_id = CreditAccount.objects.select_for_update().filter(
+        pk=account_id).values_list("balance", "reserved", "organization_id")[0]
     taken = min(credits, balance - reserved)
     shortfall = credits - max(0, taken)
     if shortfall:
@@ -184,7 +184,7 @@ def credits_reverse(*, account_id: int, credits: int, reason: str,
                               reason=reason, actor_label="stripe",
                               idempotency_key=idempotency_key)
     audit_record(action="credits.reversal", actor_label="stripe",
-                 organization_id=CreditAccount.objects.get(pk=account_id).organization_id,
+                 organization_id=organization_id,
                  target=f"account {account_id}", reason=reason,
                  after={"taken": max(0, taken), "debt_added": shortfall,
                         "entry": entry.pk if entry else None})

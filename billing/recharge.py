@@ -35,7 +35,7 @@ from django.utils import timezone
 from accounts.emails import owners_notify
 from accounts.services import audit_record
 from accounts.webhooks import webhook_emit
-from billing.models import AutoRecharge, CreditAccount, Payment
+from billing.models import AutoRecharge, Payment
 from billing.topups import CENT, CURRENCY, PAYMENT_METADATA, credits_for, stripe_client
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,10 @@ def auto_recharge_scan() -> int:
     """Charge each organization whose balance crossed its threshold, once; re-arm those back
     above it; resume a charge whose call to Stripe did not happen. Returns the charges made."""
     charges = 0
-    for setup in AutoRecharge.objects.filter(enabled=True).select_related("charging"):
-        account = CreditAccount.objects.filter(organization_id=setup.organization_id).first()
+    setups = AutoRecharge.objects.filter(enabled=True).select_related(
+        "charging", "organization__credit_account")
+    for setup in setups:
+        account = getattr(setup.organization, "credit_account", None)
         available = account.available if account is not None else 0
         pending = setup.charging
         if pending is not None:

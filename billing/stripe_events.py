@@ -44,11 +44,22 @@ class EventRefused(ValueError):
     """A delivery that is not a genuine, current Stripe event: answered 400, nothing done."""
 
 
+def _payment_id(obj: dict[str, Any]) -> int | None:
+    """The NovaKit payment a Stripe object names in its metadata, or None (not ours)."""
+    raw = str((obj.get("metadata") or {}).get(PAYMENT_METADATA, ""))
+    return int(raw) if raw.isdigit() else None
+
+
+def _payment_of(obj: dict[str, Any]) -> Payment | None:
+    payment_id = _payment_id(obj)
+    return None if payment_id is None else Payment.objects.filter(pk=payment_id).first()
+
+
 @dataclass(frozen=True, slots=True)
 class PaidObject:
     """What a "paid" event says, read from a Checkout Session or a PaymentIntent."""
 
-    payment_id: str
+    payment_id: int | None
     amount: int | None
     currency: str
     payment_intent: str | None
@@ -91,16 +102,14 @@ def stripe_event_handle(event: dict[str, Any]) -> str:
 def _checkout_paid(session: dict[str, Any]) -> PaidObject | None:
     if session.get("payment_status") != "paid":
         return None  # a delayed method (a bank debit): async_payment_succeeded follows
-    return PaidObject(payment_id=str((session.get("metadata") or {}).get(PAYMENT_METADATA, "")),
-                      amount=session.get("amount_total"),
+    return PaidObject(payment_id=_payment_id(session), amount=session.get("amount_total"),
                       currency=str(session.get("currency", "")),
                       payment_intent=session.get("payment_intent"),
                       checkout_session=session.get("id"))
 
 
 def _intent_paid(intent: dict[str, Any]) -> PaidObject:
-    return PaidObject(payment_id=str((intent.get("metadata") or {}).get(PAYMENT_METADATA, "")),
-                      amount=intent.get("amount_received"),
+    return PaidObject(payment_id=_payment_id(intent), amount=intent.get("amount_received"),
                       currency=str(intent.get("currency", "")),
                       payment_intent=intent.get("id"), checkout_session=None,
                       customer=intent.get("customer"), payment_method=intent.get("payment_method"))
@@ -109,9 +118,9 @@ def _intent_paid(intent: dict[str, Any]) -> PaidObject:
 def _paid(paid: PaidObject | None) -> tuple[str, Payment | None]:
     if paid is None:
         return "ignored: not paid yet", None
-    if not paid.payment_id.isdigit():
+    if paid.payment_id is None:
         return "ignored: not a NovaKit payment", None
-    payment = Payment.objects.select_for_update().filter(pk=int(paid.payment_id)).first()
+    payment = Payment.objects.select_for_update().filter(pk=paid.payment_id).first()
     if payment is None:
         logger.error("a Stripe event names payment %s, which does not exist", paid.payment_id)
         return "refused: no such payment", None
@@ -144,13 +153,12 @@ def _paid(paid: PaidObject | None) -> tuple[str, Payment | None]:
 
 
 def _failed(obj: dict[str, Any]) -> tuple[str, Payment | None]:
-    payment_id = str((obj.get("metadata") or {}).get(PAYMENT_METADATA, ""))
-    if not payment_id.isdigit():
+    payment = _payment_of(obj)
+    if payment is None:
         return "ignored: not a NovaKit payment", None
-    changed = Payment.objects.filter(pk=int(payment_id), status=Payment.Status.PENDING).update(
+    changed = Payment.objects.filter(pk=payment.pk, status=Payment.Status.PENDING).update(
         status=Payment.Status.FAILED)
-    return ("failed" if changed else "ignored: not pending"), Payment.objects.filter(
-        pk=int(payment_id)).first()
+    return ("failed" if changed else "ignored: not pending"), payment
 
 
 class NotYet(Exception):
@@ -166,10 +174,10 @@ def _reversed(obj: dict[str, Any], *, refunded: int | None = None,
     payment = Payment.objects.select_for_update().filter(payment_intent_id=intent).first() if (
         intent) else None
     if payment is None:
-        payment_id = str((obj.get("metadata") or {}).get(PAYMENT_METADATA, ""))
-        if not payment_id.isdigit() or not Payment.objects.filter(pk=int(payment_id)).exists():
+        ours = _payment_of(obj)
+        if ours is None:
             return "ignored: not a NovaKit payment", None
-        raise NotYet(f"payment {payment_id} is not granted yet")
+        raise NotYet(f"payment {ours.pk} is not granted yet")
     if refunded is not None:
         payment.amount_refunded = max(payment.amount_refunded, min(refunded, payment.amount))
     if disputed is not None:
@@ -177,8 +185,8 @@ def _reversed(obj: dict[str, Any], *, refunded: int | None = None,
     returned = min(payment.amount, payment.amount_refunded + payment.amount_disputed)
     owed = payment.credits * returned // payment.amount
     more = owed - payment.credits_reversed
-    payment.save(update_fields=["amount_refunded", "amount_disputed"])
     if more <= 0:
+        payment.save(update_fields=["amount_refunded", "amount_disputed"])
         return "already reversed", payment
     _, shortfall = credits_reverse(
         account_id=account_for_organization(organization=payment.organization_id).pk,
@@ -187,15 +195,14 @@ def _reversed(obj: dict[str, Any], *, refunded: int | None = None,
                f"{'refunded' if refunded is not None else 'lost in a dispute'}: "
                f"{returned / 100:.2f} of {payment.amount / 100:.2f} {payment.currency.upper()}")
     payment.credits_reversed = owed
-    payment.save(update_fields=["credits_reversed"])
+    payment.save(update_fields=["amount_refunded", "amount_disputed", "credits_reversed"])
     return f"reversed {more} credits" + (f", {shortfall} owed" if shortfall else ""), payment
 
 
 def _intent_failed(intent: dict[str, Any]) -> tuple[str, Payment | None]:
     """A charge of the saved card that failed after it was made (a bank's late decline):
     auto-recharge turns off. A buyer's failed attempt at checkout may be tried again."""
-    payment_id = str((intent.get("metadata") or {}).get(PAYMENT_METADATA, ""))
-    payment = Payment.objects.filter(pk=int(payment_id)).first() if payment_id.isdigit() else None
+    payment = _payment_of(intent)
     if payment is None or not payment.automatic:
         return "ignored: a checkout may be tried again", payment
     error = intent.get("last_payment_error") or {}
