@@ -7,9 +7,9 @@ a data URL as base64); an assistant's `tool_calls` become `tool_use` blocks
 and `tool` messages `tool_result` blocks in the user turn that follows;
 `tools` and `tool_choice` take Anthropic's shapes; `stop` becomes
 `stop_sequences`; `max_tokens` (required there) comes from the budget the
-request was admitted with. Parameters Messages has no equivalent for are
-left out (`ANTHROPIC_DROPS`), and `n` above 1 is refused before the request
-is admitted (completions.parameters).
+request was admitted with. Only what Messages takes is sent: parameters it
+has no equivalent for (penalties, `seed`, `logprobs`, `response_format` ...)
+are left out; `n` above 1 is refused (completions.kinds).
 
 Back, a message becomes one choice; `stop_reason` becomes `finish_reason`;
 `usage` counts cache reads and writes as prompt tokens (cache reads also as
@@ -30,13 +30,6 @@ VERSION = "2023-06-01"
 # The longest answer asked for when the request named no budget (it always has one
 # by the time it is sent: admission sets it).
 DEFAULT_MAX_TOKENS = 4096
-# OpenAI parameters Messages cannot express: not sent.
-ANTHROPIC_DROPS = frozenset({
-    "n", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
-    "seed", "response_format", "stream_options", "parallel_tool_calls", "plugins",
-    "max_completion_tokens", "reasoning_effort", "modalities", "audio", "prediction",
-    "service_tier", "store",
-})
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
                 "tool_use": "tool_calls", "pause_turn": "stop", "refusal": "content_filter"}
 

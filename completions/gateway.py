@@ -158,7 +158,8 @@ async def answer(admitted: Admitted) -> HttpResponse:
                              ttft_ms=admitted.elapsed_ms())
     settlement = await settle(outcome)  # SettlementFailed: a 500, never a free answer
     body = _normalise_completion(data, admitted)
-    body["usage"] = {**openai_usage_fields(data), **usage_extras(admitted, outcome, settlement)}
+    body["usage"] = {**openai_usage_fields(data.get("usage")),
+                     **usage_extras(admitted, outcome, settlement)}
     return json_response(body, headers=response_headers(admitted, settlement))
 
 

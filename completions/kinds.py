@@ -87,9 +87,7 @@ def _openrouter_extras_dropped(payload: dict[str, Any]) -> dict[str, Any]:
 def _anthropic_request(payload: dict[str, Any]) -> dict[str, Any]:
     if int(payload.get("n") or 1) > 1:
         raise Unsupported("Anthropic's models give one answer per request: 'n' must be 1")
-    sent = {name: value for name, value in payload.items()
-            if name not in anthropic.ANTHROPIC_DROPS or name == "max_completion_tokens"}
-    return anthropic.messages_request(sent)
+    return anthropic.messages_request(payload)
 
 
 KINDS: dict[str, ProviderKind] = {

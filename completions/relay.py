@@ -79,8 +79,8 @@ class _Relay:
         self.outcome: RequestOutcome | None = None  # once settled
         self.delivered: list[str] = []
         self.usage: tuple[int, int] | None = None
-        self.usage_fields: dict[str, Any] = {}  # as the upstream reported them (details too)
-        self.report: dict[str, Any] | None = None  # the whole usage object, its cost included
+        # The upstream's usage object as it sent it (details and cost included).
+        self.report: dict[str, Any] | None = None
         self.held_finish: dict[str, Any] | None = None
         self.settled = False
 
@@ -152,9 +152,7 @@ class _Relay:
                                           kind="stream_error")
                 reported = reported_usage(event)
                 if reported is not None:
-                    self.usage = reported
-                    self.usage_fields = openai_usage_fields(event)
-                    self.report = event["usage"]
+                    self.usage, self.report = reported, event["usage"]
                 if not event.get("choices"):
                     continue  # a usage-only chunk: its numbers go on our final chunk
                 chunk = self.normalise(event)
@@ -173,7 +171,8 @@ class _Relay:
             self.delivered.append(_chunk_text(final))
             settlement = await self.finish(Ending.COMPLETED)
             assert self.outcome is not None
-            usage = {**self.usage_fields, **usage_extras(admitted, self.outcome, settlement)}
+            usage = {**openai_usage_fields(self.report),
+                     **usage_extras(admitted, self.outcome, settlement)}
             final["model_tier"] = admitted.model.tier
             if admitted.usage_chunk:
                 # As OpenAI ends a stream asked for its usage: one more chunk, no choices.

@@ -53,9 +53,8 @@ def reported_usage(data: dict[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-def openai_usage_fields(data: dict[str, Any]) -> dict[str, Any]:
-    """The upstream's usage fields OpenAI defines, as it sent them."""
-    usage = data.get("usage")
+def openai_usage_fields(usage: Any) -> dict[str, Any]:
+    """The fields OpenAI defines of the upstream's usage object, as it sent them."""
     if not isinstance(usage, dict):
         return {}
     return {name: value for name, value in usage.items() if name in OPENAI_USAGE_FIELDS}
