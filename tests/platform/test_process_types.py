@@ -69,19 +69,25 @@ def test_an_inference_process_serves_the_inference_api_and_health_only(
         assert response.json()["error"]["code"] == "not_found", path  # the API's error shape
 
 
-def test_an_inference_process_loads_nothing_of_the_portal_admin_or_management_api():
+def modules_after_start_up(process: str, *, freeze: bool = False) -> set[str]:
+    """The modules a fresh process of this type has loaded once its URLconf is built."""
     script = ("import os, sys\n"
               "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'novakit.settings')\n"
               "import novakit.asgi\n"
               "from django.urls import get_resolver\n"
-              "get_resolver().url_patterns\n"
-              "from novakit.runtime.lifespan import _freeze_what_start_up_built\n"
-              "_freeze_what_start_up_built()\n"
-              "print('\\n'.join(sorted(sys.modules)))\n")
-    env = {**os.environ, "NOVAKIT_PROCESS": "inference", "DATABASE_URL": "sqlite:///:memory:"}
+              "get_resolver().url_patterns\n")
+    if freeze:
+        script += ("from novakit.runtime.lifespan import _freeze_what_start_up_built\n"
+                   "_freeze_what_start_up_built()\n")
+    script += "print('\\n'.join(sorted(sys.modules)))\n"
+    env = {**os.environ, "NOVAKIT_PROCESS": process, "DATABASE_URL": "sqlite:///:memory:"}
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120, check=True)
-    loaded = set(done.stdout.split())
+    return set(done.stdout.split())
+
+
+def test_an_inference_process_loads_nothing_of_the_portal_admin_or_management_api():
+    loaded = modules_after_start_up("inference", freeze=True)
 
     assert "novakit.inference_urls" in loaded and "completions.gateway" in loaded
     assert not {name for name in loaded if name.startswith(NOT_FOR_INFERENCE)}
@@ -106,16 +112,7 @@ def test_an_idle_inference_worker_holds_less_memory_than_one_that_serves_everyth
 def test_no_serving_process_loads_the_stripe_library_until_a_payment_needs_it():
     """The stripe library holds ~3.4 MB once used; billing imports it where it talks to
     Stripe, so a process that takes no payment does not carry it."""
-    script = ("import os, sys\n"
-              "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'novakit.settings')\n"
-              "import novakit.asgi\n"
-              "from django.urls import get_resolver\n"
-              "get_resolver().url_patterns\n"
-              "print('\\n'.join(sorted(sys.modules)))\n")
-    env = {**os.environ, "NOVAKIT_PROCESS": "all", "DATABASE_URL": "sqlite:///:memory:"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
-    loaded = set(done.stdout.split())
+    loaded = modules_after_start_up("all")
 
     assert "billing.views" in loaded and "billing.stripe_events" in loaded
     assert not {name for name in loaded if name == "stripe" or name.startswith("stripe.")}
