@@ -204,7 +204,6 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-
 # --- Background jobs -----------------------------------------------------------
 USAGE_ROLLUP_LOOKBACK_SECONDS = env_int("USAGE_ROLLUP_LOOKBACK_SECONDS", 3 * 3600, minimum=60)
 # Refused requests (402, 429, 503) written to the usage records per key per second and
@@ -375,12 +374,13 @@ DB_THREADS = env_int("DB_THREADS", 8, minimum=0)
 # The inference API's own handler and short middleware chain (novakit/runtime/inference.py);
 # off: the inference paths go through Django's handler and MIDDLEWARE like the rest.
 INFERENCE_HANDLER = env_bool("INFERENCE_HANDLER", True)
-# Freeze what start-up built out of the garbage collector's reach (novakit/runtime/lifespan.py).
+# The garbage collector after start-up (novakit/runtime/lifespan.py): what start-up built
+# frozen out of its reach; the youngest generation collected every GC_YOUNG_THRESHOLD objects.
 GC_FREEZE = env_bool("GC_FREEZE", True)
+GC_YOUNG_THRESHOLD = env_int("GC_YOUNG_THRESHOLD", 20_000, minimum=0)
 # Requests that wait together share one database group and one Redis pipeline
 # (novakit/runtime/batching.py); off: every item runs on its own, at once.
 BATCHING = env_bool("BATCHING", True)
-
 # --- Process type (novakit/runtime/README.md "Process types") ------------------------
 # `all` (the default, `make run`, the web process type) serves everything; `inference`
 # only the inference API with health and metrics, without admin, portal, DRF, templates.

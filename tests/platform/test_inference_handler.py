@@ -119,6 +119,12 @@ def test_start_up_leaves_what_it_built_out_of_the_collectors_walks(live_gateway)
     assert all(tracked is not tokenizer for tracked in gc.get_objects())
 
 
+def test_start_up_collects_the_youngest_generation_less_often(live_gateway, settings):
+    # A completion makes a few thousand short-lived objects; Python's 700 scanned them often.
+    assert settings.GC_YOUNG_THRESHOLD > 700
+    assert gc.get_threshold()[0] == settings.GC_YOUNG_THRESHOLD
+
+
 def test_a_served_completion_leaves_no_cycle_for_the_garbage_collector(
     tenant, fake_upstream, client_for
 ):
