@@ -28,6 +28,8 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from django.conf import settings
+
 logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
@@ -51,8 +53,6 @@ class Batches(Generic[In, Out]):
 
     async def submit(self, item: In) -> Out:
         """`item`'s result, once the batch that takes it has run."""
-        from django.conf import settings
-
         loop = asyncio.get_running_loop()
         if not settings.BATCHING:
             alone: asyncio.Future[Out] = loop.create_future()

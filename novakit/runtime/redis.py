@@ -51,6 +51,8 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, a
     weakref.WeakKeyDictionary()
 )
 _sync_clients: dict[str, redis.Redis] = {}
+# The client `async_client` returned last, with its loop and URL.
+_last_async: tuple[asyncio.AbstractEventLoop, str, aredis.Redis] | None = None
 # URL -> monotonic time before which the URL is not tried again.
 _down_until: dict[str, float] = {}
 _last_warning: float | None = None
@@ -76,10 +78,14 @@ def _options() -> dict[str, object]:
 
 def async_client() -> aredis.Redis | None:
     """This event loop's client, or None: no `REDIS_URL`, or Redis failed a moment ago."""
+    global _last_async
     url = settings.REDIS_URL
     if not _available(url):
         return None
     loop = asyncio.get_running_loop()
+    last = _last_async
+    if last is not None and last[0] is loop and last[1] == url:
+        return last[2]  # a request asks several times: no lock, no weak reference made
     with _lock:
         clients = _async_clients.setdefault(loop, {})
         client = clients.get(url)
@@ -93,6 +99,7 @@ def async_client() -> aredis.Redis | None:
                 **_options(),
             )
             client = clients[url] = aredis.Redis(connection_pool=pool)
+        _last_async = (loop, url, client)
     return client
 
 
@@ -142,8 +149,11 @@ def reset() -> None:
 
 async def aclose() -> None:
     """Close this event loop's clients (process shutdown)."""
+    global _last_async
     loop = asyncio.get_running_loop()
     with _lock:
         clients = _async_clients.pop(loop, {})
+        if _last_async is not None and _last_async[0] is loop:
+            _last_async = None
     for client in clients.values():
         await client.aclose()
