@@ -11,7 +11,6 @@ What happens next is completions.gateway's (answers) and completions.relay's
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,7 +28,13 @@ from completions.costs import upstream_cost
 from completions.parameters import forwarded_parameters, parameters_check
 from completions.refusals import refusal_record
 from completions.schemas import ChatCompletionRequest
-from completions.services import KEY_CLASS_OWN, KEY_CLASS_PLATFORM, Ending, RequestOutcome
+from completions.services import (
+    ENDINGS,
+    KEY_CLASS_OWN,
+    KEY_CLASS_PLATFORM,
+    Ending,
+    RequestOutcome,
+)
 from completions.settlement import settle_later
 from completions.tokens import estimate_prompt_tokens
 from completions.usage import UsageBounds, usage_within
@@ -103,7 +108,19 @@ class Admitted:
         held to its bounds (README "Credits") and priced by the one pricing function; served
         with the organization's own provider key (`own_key`), at the BYOK fee. `report` is
         the upstream's usage object, read for its cost (completions.costs)."""
-        outcome = RequestOutcome(
+        used: dict[str, Any] = {}
+        if not ENDINGS[ending].release and usage is not None:
+            held = usage_within(*usage, self.bounds, request_id=self.request_id)
+            price = self.price(held.prompt_tokens, held.completion_tokens)
+            used = {
+                "prompt_tokens": held.prompt_tokens, "completion_tokens": held.completion_tokens,
+                "usage_source": "clamped" if held.clamped else source,
+                "price": byok_fee(price) if own_key else price,
+                "cost": upstream_cost(self.model.prices, prompt_tokens=held.prompt_tokens,
+                                      completion_tokens=held.completion_tokens, usage=report,
+                                      images=self.images, own_key=own_key),
+            }
+        return RequestOutcome(
             request_id=self.request_id, organization_id=self.key.organization_id,
             api_key_id=self.key.key_id, model=self.model.model_id,
             multiplier=self.model.multiplier, credits_reserved=self.reserved.total,
@@ -111,18 +128,8 @@ class Admitted:
             failure_status=failure_status, failure_code=failure_code,
             latency_ms=self.elapsed_ms(), ttft_ms=ttft_ms, quota_holds=self.quota_holds,
             key_class=KEY_CLASS_OWN if own_key else KEY_CLASS_PLATFORM, upstream_id=upstream_id,
+            **used,
         )
-        if outcome.release or usage is None:
-            return outcome
-        held = usage_within(*usage, self.bounds, request_id=self.request_id)
-        price = self.price(held.prompt_tokens, held.completion_tokens)
-        cost = upstream_cost(self.model.prices, prompt_tokens=held.prompt_tokens,
-                             completion_tokens=held.completion_tokens, usage=report,
-                             images=self.images, own_key=own_key)
-        return dataclasses.replace(
-            outcome, prompt_tokens=held.prompt_tokens, completion_tokens=held.completion_tokens,
-            usage_source="clamped" if held.clamped else source,
-            price=byok_fee(price) if own_key else price, cost=cost)
 
 
 def _upstream_messages(body: ChatCompletionRequest) -> list[dict[str, Any]]:
