@@ -41,9 +41,12 @@ import logging
 import math
 import os
 import socket
+import sys
 from dataclasses import asdict, dataclass
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 
 from novakit.env import env_str
 
@@ -137,6 +140,31 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class _Arbiter(Arbiter):
+    """gunicorn's arbiter, halting once when several workers fail to boot together.
+
+    gunicorn 27 halts on the first worker's boot error and, while stopping,
+    reaps the other workers; a second boot error found there is raised again
+    from inside the halt, escapes it, and the server exited 1 with a traceback
+    instead of 3 ("Worker failed to boot"), the rest of the halt undone
+    (tests/platform/test_serve.py). Once halting, that news is already known.
+    """
+
+    halting = False
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.halting = True
+        super().halt(reason=reason, exit_status=exit_status)
+
+    def reap_workers(self) -> None:
+        try:
+            super().reap_workers()
+        except HaltServer:
+            if not self.halting:
+                raise
+            self.reap_workers()  # the worker that raised is reaped; on with the rest
+
+
 class Server(BaseApplication):
     """gunicorn with NovaKit's options, the ASGI application loaded in each worker."""
 
@@ -167,6 +195,13 @@ class Server(BaseApplication):
         from novakit.asgi import application
 
         return application
+
+    def run(self) -> None:
+        try:
+            _Arbiter(self).run()
+        except RuntimeError as exc:  # as gunicorn's own run(): settings it cannot serve
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -125,6 +126,45 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path):
 
     assert gateway.process.wait(120) == 3  # gunicorn's "worker failed to boot": not restarted
     assert "Worker failed to boot" in log.read_text()
+
+
+def test_workers_that_fail_to_start_at_once_stop_the_server_with_the_boot_error(tmp_path: Path):
+    """gunicorn halts on the first worker's boot error and, while stopping, reaps the others:
+    a second boot error found there is raised again, from inside the halt, and uncaught the
+    server exited 1. Here every worker has failed before the server looks at any of them."""
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.support.settings_that_fail_together",
+           "FAIL_TOGETHER_DIR": str(arrived), "FAIL_TOGETHER_WORKERS": "2"}
+    log = tmp_path / "serve.log"
+    gateway = gateway_spawn(env=env, log=log, workers=2)
+    server = gateway.process.pid
+    _wait_until(lambda: len(list(arrived.iterdir())) == 2, timeout=60)
+    os.kill(server, signal.SIGSTOP)  # the workers go on to fail; the server sees none yet
+    try:
+        workers = [int(path.name) for path in arrived.iterdir()]
+        _wait_until(lambda: all(_exited(pid) for pid in workers), timeout=60)
+    finally:
+        os.kill(server, signal.SIGCONT)
+
+    assert gateway.process.wait(120) == 3
+    assert "HaltServer" not in log.read_text()  # no traceback of the server's own
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def _exited(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie its parent has not reaped yet counts)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in status
 
 
 def test_a_port_something_already_listens_on_is_refused(tmp_path: Path):
