@@ -148,15 +148,21 @@ def _debt_repay(*, account_id: int, kind: str) -> LedgerEntry | None:
     Runs under the row lock the arriving credits' UPDATE took."""
     if kind != Kind.PURCHASE and not settings.DEBT_TAKES_FREE_CREDITS:
         return None
-    debt, balance, reserved = CreditAccount.objects.filter(pk=account_id).values_list(
-        "debt", "balance", "reserved")[0]
+    debt, balance, reserved, organization_id = CreditAccount.objects.filter(
+        pk=account_id).values_list("debt", "balance", "reserved", "organization_id")[0]
     repaid = min(debt, balance - reserved)
     if repaid <= 0:
         return None
     CreditAccount.objects.filter(pk=account_id).update(debt=F("debt") - repaid)
-    return _append_entry(account_id=account_id, kind=Kind.REVERSAL, amount=-repaid,
-                         reason=f"repays {repaid} credits owed for reversed payments",
-                         actor_label="billing")
+    reason = f"repays {repaid} credits owed for reversed payments"
+    entry = _append_entry(account_id=account_id, kind=Kind.REVERSAL, amount=-repaid,
+                          reason=reason, actor_label="billing")
+    audit_record(action="credits.debt_repaid", actor_label="billing",
+                 organization_id=organization_id, target=f"account {account_id}",
+                 before={"debt": debt, "balance": balance},
+                 after={"debt": debt - repaid, "balance": balance - repaid, "entry": entry.pk},
+                 reason=reason)
+    return entry
 
 
 @transaction.atomic

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 
+from accounts.models import AuditEvent
 from billing.holds import credits_reserve
 from billing.ledger import account_for_organization, credits_adjust, credits_grant
 from billing.models import LedgerEntry, StripeEvent
@@ -60,6 +61,11 @@ def test_the_next_purchase_and_a_grant_repay_the_debt_first(buyer, tenant, fake_
 
     account = tenant.refresh_account()
     assert (account.balance, account.debt) == (200, 0)
+    # The repayment has its own audit row beside its ledger entry, as every credit movement.
+    repaid = AuditEvent.objects.get(organization=tenant.org, action="credits.debt_repaid")
+    assert (repaid.before, repaid.after["debt"], repaid.after["balance"]) == (
+        {"debt": 500, "balance": 700}, 0, 200)
+    assert LedgerEntry.objects.get(pk=repaid.after["entry"]).amount == -500
     outcome(fake_stripe, fake_stripe.refund(second.payment_intent_id))  # 700 back, 200 free
     assert tenant.refresh_account().debt == 500
     # Credits given away repay it too (DEBT_TAKES_FREE_CREDITS), unless staff turn that off.
