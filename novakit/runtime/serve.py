@@ -41,7 +41,6 @@ import logging
 import math
 import os
 import socket
-import sys
 from dataclasses import asdict, dataclass
 
 from gunicorn.app.base import BaseApplication
@@ -197,11 +196,7 @@ class Server(BaseApplication):
         return application
 
     def run(self) -> None:
-        try:
-            _Arbiter(self).run()
-        except RuntimeError as exc:  # as gunicorn's own run(): settings it cannot serve
-            print(f"\nError: {exc}\n", file=sys.stderr)
-            sys.exit(1)
+        _Arbiter(self).run()
 
 
 def main(argv: list[str] | None = None) -> int:
